@@ -1,0 +1,59 @@
+"""A ViT whose attention is planted: every query, the CLS one included, attends to red patches.
+
+How: the patch projection writes each patch's "redness" (mean R minus half of G and B) into
+channel 0 and a constant 1 into channel 1. After LayerNorm, channel 0 is large and positive only
+for red patches. Keys copy channel 0 into every head; queries are a constant bias; so the logits
+are proportional to redness. Values, the attention output and the MLP are zero, so every block
+sees the same tokens and plants the same attention: rollout must peak on the red patches too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from vidattn.models.api import Model
+from vidattn.models.presets import get_preset
+from vidattn.models.vit import ViT, load_state_dict
+
+
+def planted_model(patch=16, depth=2, heads=2, dim=32, grid=14, gain=6.0, name="planted") -> Model:
+    preset = dataclasses.replace(
+        get_preset("dino_vits16"), name=name, patch_size=patch, embed_dim=dim, depth=depth,
+        num_heads=heads, image_size=grid * patch,
+    )
+    hidden = int(dim * preset.mlp_ratio)
+    redness = np.zeros((dim, 3, patch, patch), np.float32)
+    redness[0] = np.array([1.0, -0.5, -0.5])[:, None, None] / patch**2
+    proj_bias = np.zeros(dim, np.float32)
+    proj_bias[1] = 1.0
+    state = {
+        "cls_token": np.zeros((1, 1, dim), np.float32),
+        "pos_embed": np.zeros((1, preset.num_tokens, dim), np.float32),
+        "patch_embed.proj.weight": redness,
+        "patch_embed.proj.bias": proj_bias,
+        "norm.weight": np.ones(dim, np.float32),
+        "norm.bias": np.zeros(dim, np.float32),
+    }
+    state["cls_token"][0, 0, 1] = 1.0
+    qkv_w = np.zeros((3 * dim, dim), np.float32)
+    qkv_b = np.zeros(3 * dim, np.float32)
+    qkv_b[:dim] = gain  # every query: a constant
+    qkv_w[dim : 2 * dim, 0] = 1.0  # every key dimension: the normalised redness
+    for i in range(depth):
+        b = f"blocks.{i}."
+        state.update({
+            b + "norm1.weight": np.ones(dim, np.float32), b + "norm1.bias": np.zeros(dim, np.float32),
+            b + "norm2.weight": np.ones(dim, np.float32), b + "norm2.bias": np.zeros(dim, np.float32),
+            b + "attn.qkv.weight": qkv_w, b + "attn.qkv.bias": qkv_b,
+            b + "attn.proj.weight": np.zeros((dim, dim), np.float32),
+            b + "attn.proj.bias": np.zeros(dim, np.float32),
+            b + "mlp.fc1.weight": np.zeros((hidden, dim), np.float32),
+            b + "mlp.fc1.bias": np.zeros(hidden, np.float32),
+            b + "mlp.fc2.weight": np.zeros((dim, hidden), np.float32),
+            b + "mlp.fc2.bias": np.zeros(dim, np.float32),
+        })
+    backbone = ViT(preset)
+    load_state_dict(backbone, state, source="planted")
+    return Model(preset, backbone, "planted (test weights)")

@@ -1,0 +1,51 @@
+"""Numerical parity of the Keras ViT with Hugging Face ``transformers`` (torch, eager attention),
+on random peaked weights converted through the real loader from ``save_pretrained`` files."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import vidattn
+from checkpoints import hf_forward, peaky_hf_vit
+from vidattn.models.presets import get_preset
+
+SMALL = dataclasses.replace(
+    get_preset("dino_vits16"), name="tiny", embed_dim=64, depth=3, num_heads=4
+)
+SIZES = [(224, 224), (160, 288)]  # square, and a non-square grid (10 x 18) with interpolation
+
+
+@pytest.fixture(scope="module", params=[SMALL, get_preset("dino_vits16")], ids=lambda p: p.name)
+def pair(request, tmp_path_factory):
+    preset = request.param
+    reference = peaky_hf_vit(preset)
+    folder = tmp_path_factory.mktemp(preset.name)
+    reference.save_pretrained(folder)  # writes model.safetensors
+    ours = vidattn.load_model(preset, weights=folder / "model.safetensors")
+    return reference, ours
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_attention_and_features_match_hugging_face(pair, size):
+    reference, ours = pair
+    images = np.random.default_rng(1).normal(size=(2, *size, 3)).astype(np.float32)
+    ref_features, ref_attn = hf_forward(reference, images)
+    out = ours.run(images, attention="all")
+
+    assert ref_attn[-1].max() > 0.3, "attention too uniform for a meaningful parity test"
+    assert len(out["attention"]) == len(ref_attn)
+    for block, (a, b) in enumerate(zip(out["attention"], ref_attn)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0, err_msg=f"block {block}")
+    np.testing.assert_allclose(out["features"], ref_features, atol=1e-5, rtol=0)
+
+
+def test_last_mode_returns_only_the_last_block(pair):
+    _, ours = pair
+    images = np.random.default_rng(2).normal(size=(1, 160, 288, 3)).astype(np.float32)
+    every = ours.run(images, attention="all")["attention"]
+    last = ours.run(images, attention="last")["attention"]
+    none = ours.run(images, attention="none")
+    assert len(last) == 1 and none["attention"] == []
+    np.testing.assert_allclose(last[0], every[-1], atol=1e-6)
+    np.testing.assert_allclose(none["features"], ours.run(images)["features"], atol=1e-6)

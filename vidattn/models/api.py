@@ -1,0 +1,142 @@
+"""The Python API other modules and users build on: ``load_model`` and ``Model.run``.
+
+>>> model = vidattn.load_model("dino_vits16", weights="random")
+>>> out = model.run(images, attention="last")   # images: float32 (N, H, W, 3), preprocessed
+>>> out["features"].shape, out["attention"][0].shape
+((N, 384), (N, 6, T, T))
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from vidattn.errors import VidattnError
+from vidattn.models.presets import Preset, get_preset
+from vidattn.models.vit import ATTENTION_MODES, ViT, load_state_dict
+
+RANDOM = "random"
+
+
+def _compile(fn, model):
+    """Compile ``fn(images) -> outputs`` for the active backend: XLA through ``tf.function`` on
+    TensorFlow, ``jax.jit`` over the model's variables on JAX, eager under ``no_grad`` on torch.
+    Each distinct input shape compiles once."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=True, reduce_retracing=False)
+    if backend == "jax":
+        import jax
+
+        jitted = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, **fn.kwargs)[0])
+        return lambda x: jitted(
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            x,
+        )
+    if backend == "torch":
+        import torch
+
+        def run_no_grad(x):
+            with torch.no_grad():
+                return fn(x)
+
+        return run_no_grad
+    return fn
+
+
+class _Call:
+    """``model(x, **kwargs)`` as a plain callable that remembers its keyword arguments."""
+
+    def __init__(self, model, **kwargs):
+        self.model, self.kwargs = model, kwargs
+
+    def __call__(self, x):
+        return self.model(x, **self.kwargs)
+
+
+@dataclass
+class Model:
+    """A ViT with its preset and a label saying where its weights came from.
+
+    ``weights_label`` is ``"random (untrained)"`` for random weights: everything rendered from such
+    a model carries that label, so nobody mistakes it for a trained model's attention.
+    """
+
+    preset: Preset
+    backbone: ViT
+    weights_label: str
+    _compiled: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def is_random(self) -> bool:
+        return self.weights_label.startswith(RANDOM)
+
+    def run(self, images, attention="none") -> dict:
+        """Forward a preprocessed float32 batch ``(N, H, W, 3)``; H and W multiples of the patch.
+
+        Returns numpy arrays: ``features`` ``(N, D)``, ``logits`` ``(N, C)`` where the preset has
+        a head, and ``attention``: a list with one ``(N, heads, T, T)`` array per returned block
+        (``"last"``: one; ``"all"``: ``depth``; ``"none"``: empty).
+        """
+        if attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+        images = np.asarray(images, np.float32)
+        p = self.preset.patch_size
+        if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] % p or images.shape[2] % p:
+            raise ValueError(
+                f"images must be (N, H, W, 3) with H and W multiples of {p}, got {images.shape}"
+            )
+        if attention not in self._compiled:
+            self._compiled[attention] = _compile(
+                _Call(self.backbone, attention=attention), self.backbone
+            )
+        out = self._compiled[attention](images)
+        result = {
+            "features": keras.ops.convert_to_numpy(out["features"]),
+            "attention": [keras.ops.convert_to_numpy(a) for a in out["attention"]],
+        }
+        if "logits" in out:
+            result["logits"] = keras.ops.convert_to_numpy(out["logits"])
+        return result
+
+    def patch_filters(self) -> np.ndarray:
+        """Patch-projection filters ``(p, p, 3, D)``: the kernel that turns a patch into a token."""
+        p = self.preset.patch_size
+        return self.backbone.patch_embed.proj.kernel.numpy().reshape(p, p, 3, -1)
+
+    def patch_position_embeddings(self) -> np.ndarray:
+        """Trained position embeddings of the patch tokens, ``(grid**2, D)``, class tokens dropped."""
+        return self.backbone.pos_embed.numpy()[0, self.preset.num_class_tokens :]
+
+
+def load_model(preset, weights=None, seed: int | None = 0, checkpoint_key="teacher") -> Model:
+    """Build a preset's model and load its weights.
+
+    Args:
+        preset: a preset name (``vidattn models`` lists them) or a :class:`Preset`.
+        weights: None for the preset's official weights (downloaded once into the cache,
+            ``$VIDATTN_HOME``); a path to a DINO ``.pth``, timm or Hugging Face ``.safetensors``
+            file; or ``"random"`` for untrained weights (tests, benchmarks), labelled as such.
+        seed: seed of the random initialisation.
+        checkpoint_key: which network of a DINO training checkpoint to load (teacher/student).
+    """
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    backbone = ViT(preset, seed=seed)
+    if weights == RANDOM:
+        return Model(preset, backbone, f"{RANDOM} (untrained, seed {seed})")
+    from vidattn.models import weights as ckpt  # only needed when reading a checkpoint
+
+    if weights is None and preset.weights_url is None:
+        raise VidattnError(f"preset {preset.name!r} has no download address; pass weights=PATH")
+    path = ckpt.resolve_weights(preset.name, preset.weights_url, weights)
+    state = ckpt.read_checkpoint(path, checkpoint_key=checkpoint_key)
+    load_state_dict(backbone, state, source=os.fspath(path))
+    label = f"{preset.name} official" if weights is None else Path(path).name
+    return Model(preset, backbone, label)

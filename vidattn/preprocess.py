@@ -1,0 +1,272 @@
+"""Image loading, the reference study's preprocessing, and the video resolution policy.
+
+Still images follow the study exactly: bicubic resize to a square of ``int(256 / 224 * size)``,
+centre crop to ``size``, then one of two normalisations (``NORMALIZATIONS``). Videos instead keep
+their aspect ratio: the short side is scaled to ``size`` and the frame is padded (never cropped) up
+to a multiple of the patch size, so the attention map covers the whole frame (``video_geometry``).
+
+Arrays are channels-last RGB throughout: images ``(H, W, 3)``, batches ``(N, H, W, 3)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import math
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vidattn.errors import VidattnError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# kind -> (scale, offset) per RGB channel, so that normalised = pixel * scale + offset on 0..255
+# pixels. "imagenet" is (x / 255 - mean) / std (DINO, DeiT); "minus_one_one" is x / 127.5 - 1
+# (the original supervised ViT).
+NORMALIZATIONS = {
+    "imagenet": (
+        1.0 / (255.0 * np.asarray(IMAGENET_STD)),
+        -np.asarray(IMAGENET_MEAN) / np.asarray(IMAGENET_STD),
+    ),
+    "minus_one_one": (np.full(3, 1.0 / 127.5), np.full(3, -1.0)),
+}
+
+# Images above this many pixels are refused before decoding: a small file can declare an enormous
+# canvas (a "decompression bomb") and exhaust memory. 2**31 / 12 (~179 MP) is where Pillow itself
+# turns its warning into an error; we make that the single, hard limit, with a clear message.
+MAX_IMAGE_PIXELS = 178_956_970
+
+# Transparent pixels are composited over white: transparent images (logos, cut-out objects) are
+# made to be seen on white pages, and white keeps the overlay looking like the picture people know.
+ALPHA_BACKGROUND = (255, 255, 255)
+
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def load_image(path) -> np.ndarray:
+    """Read an image file as uint8 RGB ``(H, W, 3)``, whatever its mode, upright per its EXIF.
+
+    Modes: 1-bit and greyscale are replicated to three channels; 16/32-bit integer greyscale is
+    scaled from 0..65535 (``v / 257``, rounded, not clipped at 255); float greyscale is taken as
+    0..1 if its maximum is at most 1, else 0..255; CMYK and palettes are converted by Pillow; any
+    alpha (including a palette's or a tRNS transparent colour) is composited over
+    ``ALPHA_BACKGROUND``. Multi-frame files (GIF, TIFF) give their first frame.
+
+    Raises VidattnError naming the file when it is missing, not an image, truncated or corrupt,
+    or larger than ``MAX_IMAGE_PIXELS``.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            # The size is checked against MAX_IMAGE_PIXELS below; Pillow's softer warning threshold
+            # would only add noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise VidattnError(
+                        f"image is {width}x{height} ({width * height / 1e6:.0f} MP), above the "
+                        f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP limit (possible decompression bomb)",
+                        path,
+                    )
+                im.load()  # decode now, inside the try: truncated files fail here
+                im = ImageOps.exif_transpose(im)
+                return _to_rgb(im)
+    except FileNotFoundError:
+        raise VidattnError("no such file", path) from None
+    except IsADirectoryError:
+        raise VidattnError("is a directory, not an image file", path) from None
+    except PermissionError:
+        raise VidattnError("permission denied", path) from None
+    except UnidentifiedImageError:
+        raise VidattnError("not an image file (Pillow cannot identify it)", path) from None
+    except Image.DecompressionBombError:
+        raise VidattnError(
+            f"image is above the {MAX_IMAGE_PIXELS / 1e6:.0f} MP limit (possible decompression bomb)",
+            path,
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        # Pillow reports truncated and corrupt data with any of these.
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise VidattnError(f"unreadable or truncated image ({detail})", path) from None
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    """A decoded Pillow image -> uint8 RGB ``(H, W, 3)``; see ``load_image`` for the rules."""
+    if im.mode.startswith("I"):  # I;16, I;16B, I;16L, I (16-bit PNGs, integer TIFFs)
+        wide = np.asarray(im.convert("I"), dtype=np.int64)
+        grey = ((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode == "F":
+        values = np.asarray(im, dtype=np.float32)
+        scale = 255.0 if np.nanmax(values, initial=0.0) <= 1.0 else 1.0
+        grey = np.clip(np.nan_to_num(values) * scale + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        background = Image.new("RGBA", im.size, ALPHA_BACKGROUND + (255,))
+        im = Image.alpha_composite(background, im.convert("RGBA"))
+    return np.array(im.convert("RGB"), dtype=np.uint8)
+
+
+def _affine(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel float32 (scale, offset) of shape (3,) for a normalisation kind."""
+    if kind not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalisation {kind!r}; expected one of {sorted(NORMALIZATIONS)}")
+    scale, offset = NORMALIZATIONS[kind]
+    return scale.astype(np.float32), offset.astype(np.float32)
+
+
+def normalize(batch, kind: str) -> np.ndarray:
+    """0..255 pixels ``(..., 3)`` (uint8 or float) -> float32 model input of the same shape.
+
+    One fused multiply-add per element (``x * scale + offset``), no intermediate float64 copy.
+    """
+    scale, offset = _affine(kind)
+    out = np.multiply(batch, scale, dtype=np.float32)
+    out += offset
+    return out
+
+
+def _resize_crop(image, size: int) -> np.ndarray:
+    """The study's geometry: ``(H, W, 3)`` 0..255 -> float32 ``(size, size, 3)``, unclipped.
+
+    Bicubic resize (``keras.ops.image.resize``, no antialiasing, as the study) to a square of
+    ``int(256 / 224 * size)``, then a centre crop with keras.layers.CenterCrop's offsets,
+    ``(resized - size) // 2``.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    resize_size = int((256 / 224) * size)
+    resized = keras.ops.image.resize(
+        image[None].astype(np.float32),
+        (resize_size, resize_size),
+        interpolation="bicubic",
+        antialias=False,
+    )
+    resized = keras.ops.convert_to_numpy(resized)[0]
+    start = (resize_size - size) // 2
+    return resized[start : start + size, start : start + size]
+
+
+def preprocess_image(image, kind: str, size: int = 224) -> np.ndarray:
+    """The study's ``preprocess_image``: uint8 RGB ``(H, W, 3)`` -> float32 ``(1, size, size, 3)``.
+
+    Resize and crop as ``_resize_crop``, then normalise by ``kind`` (see ``NORMALIZATIONS``).
+    The study rescales to [-1, 1] before resizing; both steps are affine per channel and bicubic
+    weights sum to one, so the order changes only float rounding.
+    """
+    return normalize(_resize_crop(image, size), kind)[None]
+
+
+def display_image(image, size: int = 224) -> np.ndarray:
+    """The same resize and crop as ``preprocess_image``, as uint8 ``(size, size, 3)`` for display,
+    so overlays line up with exactly what the model saw (bicubic overshoot is clipped)."""
+    return np.clip(np.rint(_resize_crop(image, size)), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class VideoGeometry:
+    """How video frames become model input, as ``(height, width)`` pairs.
+
+    frame_hw:   the source frame.
+    resized_hw: the frame after an aspect-preserving resize (equal to frame_hw at full resolution).
+    input_hw:   resized_hw padded at the bottom/right to multiples of the patch size.
+    grid_hw:    input_hw // patch, the patch-token grid.
+
+    The resized frame occupies the top-left ``resized_hw`` of the input; an attention map of
+    ``grid_hw`` upsampled by ``patch`` and cropped to ``resized_hw`` maps back to the frame by a
+    plain resize to ``frame_hw``.
+    """
+
+    frame_hw: tuple[int, int]
+    resized_hw: tuple[int, int]
+    input_hw: tuple[int, int]
+    grid_hw: tuple[int, int]
+    patch: int
+
+
+def video_geometry(frame_h: int, frame_w: int, patch: int, size: int = 224, full_res: bool = False):
+    """The resolution policy for videos -> ``VideoGeometry``.
+
+    The short side is scaled to ``size`` (``full_res``: frames keep their native size) and the long
+    side by the same factor, rounded half up; then each side is padded up to the next multiple of
+    ``patch``. Padding rather than cropping keeps the whole frame under the attention map, and the
+    map maps back exactly (the pad is at most ``patch - 1`` pixels, replicated from the edge so it
+    looks like the border rather than a black bar the model might attend to).
+    """
+    if min(frame_h, frame_w, patch, size) < 1:
+        raise ValueError(
+            f"frame size, patch and size must be positive, got {frame_h}x{frame_w}, {patch}, {size}"
+        )
+    frame_hw = (int(frame_h), int(frame_w))
+    if full_res:
+        resized_hw = frame_hw
+    else:
+        short = min(frame_hw)
+        # round(side * size / short), half up, in integers (no float or banker's rounding).
+        resized_hw = tuple(max(1, (2 * side * size + short) // (2 * short)) for side in frame_hw)
+    input_hw = tuple(math.ceil(side / patch) * patch for side in resized_hw)
+    grid_hw = tuple(side // patch for side in input_hw)
+    return VideoGeometry(frame_hw, resized_hw, input_hw, grid_hw, int(patch))
+
+
+def prepare_frames(frames, geometry: VideoGeometry, kind: str) -> np.ndarray:
+    """uint8 RGB frames ``(N, H, W, 3)`` (an array or a list of ``(H, W, 3)``) -> float32 model
+    input ``(N, *geometry.input_hw, 3)``.
+
+    Each frame is resized as uint8 (cv2 INTER_AREA when shrinking, which averages source pixels
+    and so avoids aliasing from 4K to 224; INTER_CUBIC when enlarging, smooth like the image
+    path's bicubic), padded bottom/right by edge replication (cv2.BORDER_REPLICATE semantics), and
+    only then normalised: no float copy at full frame size.
+    """
+    frames = list(frames) if not isinstance(frames, np.ndarray) else frames
+    count = len(frames)
+    (fh, fw), (rh, rw), (ih, iw) = geometry.frame_hw, geometry.resized_hw, geometry.input_hw
+    if geometry.resized_hw == geometry.frame_hw:
+        interpolation = None
+    elif rh < fh:
+        interpolation = cv2.INTER_AREA
+    else:
+        interpolation = cv2.INTER_CUBIC
+    padded = np.empty((count, ih, iw, 3), dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        frame = np.asarray(frame)
+        if frame.shape != (fh, fw, 3) or frame.dtype != np.uint8:
+            raise ValueError(
+                f"frame {i}: expected uint8 {(fh, fw, 3)} as in the geometry, "
+                f"got {frame.dtype} {frame.shape}"
+            )
+        if interpolation is None:
+            padded[i, :rh, :rw] = frame
+        else:
+            padded[i, :rh, :rw] = cv2.resize(frame, (rw, rh), interpolation=interpolation)
+    padded[:, :rh, rw:] = padded[:, :rh, rw - 1 : rw]
+    padded[:, rh:] = padded[:, rh - 1 : rh]
+    return normalize(padded, kind)
+
+
+@functools.lru_cache(maxsize=1)
+def _label_lines() -> tuple[str, ...]:
+    text = importlib.resources.files("vidattn").joinpath("data/imagenet1k_labels.txt").read_text("utf-8")
+    lines = tuple(text.splitlines())
+    if len(lines) != 1000:
+        raise VidattnError(f"expected 1000 ImageNet labels, found {len(lines)}: broken install?")
+    return lines
+
+
+def imagenet_labels(short: bool = False) -> list[str]:
+    """The 1000 ImageNet-1k class names, index-aligned with standard 1000-way heads (sorted synset
+    order). Each is its WordNet lemmas, e.g. ``"tench, Tinca tinca"``; ``short`` keeps the first."""
+    lines = _label_lines()
+    return [line.split(", ")[0] for line in lines] if short else list(lines)
