@@ -30,6 +30,7 @@ def _compile(fn, model):
     if backend == "tensorflow":
         import tensorflow as tf
 
+        tf.get_logger().setLevel("ERROR")  # one trace per input shape is by design, not a bug
         return tf.function(fn, jit_compile=True, reduce_retracing=False)
     if backend == "jax":
         import jax

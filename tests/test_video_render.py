@@ -1,0 +1,148 @@
+"""``vidattn video`` end to end: frame counts, times, sizes, audio, GIF, geometry of the
+planted attention on a moving square, and clean failures."""
+
+import dataclasses
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+
+import vidattn
+from planted import planted_model
+from videos import make_audio_only, make_truncated_copy, make_video, make_zero_frame_video
+from vidattn.errors import VidattnError
+from vidattn.preprocess import video_geometry
+from vidattn.render import map_to_frame
+from vidattn.video.pipeline import VideoOptions, render_video
+
+QUIET = dict(progress=False)
+
+
+def _read(path):
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        frames = [(f.time, f.to_ndarray(format="rgb24")) for f in c.decode(s)]
+        return frames, s.average_rate, len(c.streams.audio), c.duration
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return planted_model(patch=16, depth=2, heads=2, dim=32, grid=14)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clip") / "in.mp4"
+    return make_video(path, n_frames=30, fps=25, size=(160, 96), audio=True)
+
+
+@pytest.mark.parametrize("view", ["heads", "mean", "masks", "rollout", "side-by-side"])
+def test_every_view_keeps_count_times_rate_and_audio(planted, clip, tmp_path, view):
+    out = tmp_path / "out.mp4"
+    result = render_video(planted, clip.path, out, VideoOptions(view=view, batch_size=4, **QUIET))
+    frames, rate, n_audio, _ = _read(out)
+    assert result.frames == len(frames) == 30
+    np.testing.assert_allclose([t for t, _ in frames], clip.pts_s, atol=1e-3)
+    assert rate == 25 and n_audio == 1
+    h, w = frames[0][1].shape[:2]
+    assert h % 2 == 0 and w % 2 == 0
+    expected = {"mean": (96, 160), "masks": (96, 160), "rollout": (96, 160),
+                "side-by-side": (96, 322)}
+    if view == "heads":  # 2 heads -> 2 columns of full-size panels (short side 96 < 240)
+        assert (h, w) == (96, 322)
+    else:
+        assert (h, w) == expected[view]
+    assert list(tmp_path.iterdir()) == [out]  # no temporary left behind
+
+
+def test_trim_and_stride(planted, clip, tmp_path):
+    out = tmp_path / "trim.mp4"
+    opts = VideoOptions(start=0.2, end=1.0, every=2, **QUIET)
+    render_video(planted, clip.path, out, opts)
+    frames, _, n_audio, _ = _read(out)
+    kept = clip.pts_s[(clip.pts_s >= 0.2) & (clip.pts_s < 1.0)][::2]
+    assert len(frames) == len(kept) == 10
+    np.testing.assert_allclose([t for t, _ in frames], kept - kept[0], atol=1e-3)
+    assert n_audio == 1
+
+
+def test_gif_frame_count(planted, clip, tmp_path):
+    out = tmp_path / "out.gif"
+    render_video(planted, clip.path, out, VideoOptions(gif_fps=10, gif_width=80, **QUIET))
+    frames, *_ = _read(out)
+    assert len(frames) == 12  # floor(29/25 * 10) + 1: one frame per 1/10 s slot
+    assert frames[0][1].shape[1] == 80
+
+
+@pytest.mark.parametrize("size,rotation", [((192, 112), 0), ((176, 96), 90)])
+def test_planted_peak_follows_the_square(planted, tmp_path, size, rotation):
+    made = make_video(tmp_path / "sq.mp4", n_frames=20, fps=20, size=size, rotation=rotation,
+                      square_size=28)
+    maps_file = tmp_path / "maps.npz"
+    opts = VideoOptions(view="mean", size=112, save_maps=maps_file, **QUIET)
+    render_video(planted, made.path, tmp_path / "out.mp4", opts)
+    saved = np.load(maps_file)
+    maps = saved["maps"][:, 0].astype(np.float32)
+    assert len(maps) == 20 and (made.height, made.width) != (0, 0)
+    geo = video_geometry(made.height, made.width, 16, 112)
+    assert tuple(saved["grid_hw"]) == geo.grid_hw
+    heat = map_to_frame(maps, (made.height, made.width), geo.resized_hw, 16)
+    reach = made.square_size / 2 + 16 * made.height / geo.resized_hw[0]  # on it, within a patch
+    for frame_heat, (cx, cy) in zip(heat, made.centres):
+        py, px = np.unravel_index(frame_heat.argmax(), frame_heat.shape)
+        assert abs(px - cx) <= reach and abs(py - cy) <= reach, (px, py, cx, cy)
+
+
+def test_side_maps_are_labelled_when_weights_are_random(clip, tmp_path):
+    tiny = dataclasses.replace(
+        vidattn.models.presets.get_preset("dino_vits16"), embed_dim=32, depth=1, num_heads=2
+    )
+    model = vidattn.load_model(tiny, weights="random")
+    plain = tmp_path / "plain.mp4"
+    render_video(model, clip.path, plain, VideoOptions(captions=False, **QUIET))
+    frames, *_ = _read(plain)
+    first = frames[0][1]
+    # the label sits bottom left even without captions: a dark box with light text
+    corner = first[-14:, :60].astype(int)
+    assert (corner < 40).mean() > 0.3 and (corner > 200).any()
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "vidattn", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_bad_inputs_give_one_line_errors_and_no_output(clip, tmp_path):
+    cut = make_truncated_copy(clip.path, tmp_path / "cut.mp4", 0.5)
+    audio = tmp_path / "audio.m4a"
+    make_audio_only(audio)
+    empty = tmp_path / "empty.y4m"
+    make_zero_frame_video(empty)
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    cases = [(p, tmp_path / f"out-{i}.mp4") for i, p in enumerate([cut, audio, empty, text])]
+    cases.append((clip.path, tmp_path / "missing-dir" / "out.mp4"))
+    for src, dst in cases:
+        proc = _cli("video", src, "-o", dst, "--weights", "random", "-q")
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode != 0, (src, proc.stderr)
+        assert lines[-1].startswith("vidattn: error: ") and "Traceback" not in proc.stderr, lines
+        assert not dst.exists()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_existing_output_is_not_overwritten(clip, tmp_path):
+    dst = tmp_path / "exists.mp4"
+    dst.write_bytes(b"keep me")
+    proc = _cli("video", clip.path, "-o", dst, "--weights", "random", "-q")
+    assert proc.returncode == 1 and "--overwrite" in proc.stderr
+    assert dst.read_bytes() == b"keep me"
+
+
+def test_no_frames_in_range_is_an_error(planted, clip, tmp_path):
+    with pytest.raises(VidattnError, match="no frames"):
+        render_video(planted, clip.path, tmp_path / "o.mp4", VideoOptions(start=50, **QUIET))
+    assert list(tmp_path.iterdir()) == []

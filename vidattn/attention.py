@@ -1,0 +1,178 @@
+"""Attention maths on the model's per-block attention probabilities, in plain numpy.
+
+Every block's attention is a float array ``(N, heads, T, T)``: N images, each query row a softmax
+over T keys, with ``T = n_cls + gh * gw``. The ``n_cls`` class tokens come first (1; 2 for
+distilled DeiT: CLS, then distillation), then the patches row by row over a ``gh x gw`` grid
+(``gh`` rows, ``gw`` columns; grids need not be square). Patch ``k`` sits at grid row ``k // gw``,
+column ``k % gw``.
+
+Nothing here loops over tokens or pixels, and nothing builds a temporary as large as a block:
+videos at full resolution give thousands of tokens, and a block is then ``heads * T**2`` floats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def _check(attn: np.ndarray, n_cls: int, grid_hw) -> None:
+    """Raise ValueError unless ``attn`` is ``(N, heads, T, T)`` with ``T = n_cls + gh * gw``."""
+    gh, gw = grid_hw
+    t = n_cls + gh * gw
+    if attn.ndim != 4 or attn.shape[-2:] != (t, t):
+        raise ValueError(
+            f"attention must be (N, heads, {t}, {t}) for {n_cls} class token(s) and a {gh}x{gw} "
+            f"grid, got {attn.shape}"
+        )
+
+
+def cls_maps(attn: np.ndarray, n_cls: int, grid_hw) -> np.ndarray:
+    """Per-head CLS attention maps: ``(N, heads, T, T)`` -> ``(N, heads, gh, gw)``.
+
+    The CLS query's row (token 0) over the patch keys, laid out on the patch grid. Pass the last
+    block's attention, as DINO does: that is where the CLS token gathers the image. The class
+    tokens' own columns are dropped, so a map sums to less than 1 (to 1 minus what CLS gives
+    to the class tokens). Returns a view of ``attn``.
+    """
+    _check(attn, n_cls, grid_hw)
+    return attn[:, :, 0, n_cls:].reshape(attn.shape[0], attn.shape[1], *grid_hw)
+
+
+def head_mean(maps: np.ndarray) -> np.ndarray:
+    """Mean over heads: ``(N, heads, gh, gw)`` -> ``(N, gh, gw)``."""
+    return maps.mean(axis=1)
+
+
+def normalize_maps(maps: np.ndarray) -> np.ndarray:
+    """Scale each map (the last two axes) by its maximum, so it peaks at 1: ``(..., gh, gw)``.
+
+    Division by the maximum rather than min-max: attention is non-negative, so 0 keeps meaning
+    "no attention" and ratios between patches survive; a head that spreads its attention evenly
+    stays evenly lit instead of having its small differences stretched into false contrast. It is
+    also the study's rollout convention. All-zero maps stay zero. Returns float32.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    peak = maps.max(axis=(-2, -1), keepdims=True)
+    return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)
+
+
+def threshold_masks(maps: np.ndarray, keep: float = 0.6) -> np.ndarray:
+    """DINO's masks: per map, the smallest set of patches holding ``keep`` of its attention mass.
+
+    ``maps`` ``(..., gh, gw)`` non-negative (e.g. ``cls_maps``) -> bool ``(..., gh, gw)``.
+
+    DINO's convention, exactly: sort each map ascending, divide by its sum, take the cumulative
+    sum, keep the patches where it exceeds ``1 - keep``. So the kept set holds at least ``keep``
+    of the mass, and without its weakest patch it would hold less. Ties are broken by patch order
+    (stable sort). Computed in float64 so the comparison with ``1 - keep`` is not float32 noise.
+    An all-zero map keeps nothing.
+    """
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep must be in (0, 1], got {keep}")
+    maps = np.asarray(maps)
+    flat = maps.reshape(*maps.shape[:-2], -1).astype(np.float64)
+    order = np.argsort(flat, axis=-1, kind="stable")
+    ranked = np.take_along_axis(flat, order, axis=-1)
+    total = ranked.sum(axis=-1, keepdims=True)
+    share = np.cumsum(np.divide(ranked, total, out=np.zeros_like(ranked), where=total > 0), -1)
+    kept = np.empty(flat.shape, dtype=bool)
+    np.put_along_axis(kept, order, share > 1 - keep, axis=-1)
+    return kept.reshape(maps.shape)
+
+
+def rollout(attns: Sequence[np.ndarray], n_cls: int, grid_hw) -> np.ndarray:
+    """Attention rollout (Abnar & Zuidema), the study's semantics: ``blocks`` -> ``(N, gh, gw)``.
+
+    ``attns``: the blocks' attention ``(N, heads, T, T)``, first block first (a list, or any
+    sequence; an iterator is read into a list, since it is consumed last block first).
+
+    The study averages heads, adds the identity (the residual path), renormalises rows to
+    ``R_b``, multiplies ``J = R_L @ ... @ R_1`` (each block on the left of the product so far) and
+    keeps the CLS row of ``J`` over the patch tokens, divided by its maximum. Only that row is
+    needed, and ``e_0 @ R_L @ ... @ R_1`` is a row vector times matrices taken LAST block first:
+    ``r <- r @ R_b`` for b = L..1. That costs O(L * N * heads * T**2), not O(L * N * T**3).
+    ``R_b`` is never formed either: with ``d`` its row sums (mean row sum of the heads, plus 1),
+    ``r @ R_b = mean_h((r / d) @ A_h) + r / d``.
+
+    Computed in the attention's own precision (float32 for the model's output, float64 when
+    given float64), which avoids a float64 copy of every block. Returns float32 or float64.
+    """
+    if not isinstance(attns, Sequence):
+        attns = list(attns)
+    if not attns:
+        raise ValueError("rollout needs at least one block of attention")
+    for attn in attns:
+        _check(attn, n_cls, grid_hw)
+    dtype = np.result_type(attns[-1].dtype, np.float32)
+    n, t = attns[-1].shape[0], attns[-1].shape[-1]
+    row = np.zeros((n, 1, 1, t), dtype)  # (N, 1, 1, T): broadcasts over heads in matmul
+    row[..., 0] = 1
+    for attn in reversed(attns):
+        attn = attn.astype(dtype, copy=False)
+        scaled = row / (attn.sum(axis=-1).mean(axis=1) + 1)[:, None, None, :]
+        row = (scaled @ attn).mean(axis=1, keepdims=True) + scaled
+    maps = row[:, 0, 0, n_cls:].reshape(n, *grid_hw)
+    return maps / maps.max(axis=(-2, -1), keepdims=True)
+
+
+def _grid_distances(grid_hw) -> np.ndarray:
+    """Distances between the patches of a ``gh x gw`` grid, in patches: ``(gh, gw, gh, gw)``.
+
+    Entry ``[r, c, r', c']`` is ``hypot(r - r', c - c')``. It depends only on the offset, so this
+    is a zero-copy view of a ``(2gh - 1, 2gw - 1)`` table of offset distances: no ``P x P``
+    matrix (P = gh * gw patches) is ever allocated, however big the grid.
+    """
+    gh, gw = grid_hw
+    dr, dc = np.meshgrid(np.arange(1 - gh, gh), np.arange(1 - gw, gw), indexing="ij")
+    # window[a, b, r', c'] = table[a + r', b + c'] = hypot(a + r' - gh + 1, b + c' - gw + 1);
+    # reversing a and b (a = gh - 1 - r) gives hypot(r' - r, c' - c).
+    return sliding_window_view(np.hypot(dr, dc), (gh, gw))[::-1, ::-1]
+
+
+def mean_attention_distance(attn: np.ndarray, n_cls: int, grid_hw, patch_size: int) -> np.ndarray:
+    """Mean attention distance per image and head in pixels: ``(N, heads, T, T)`` -> ``(N, heads)``.
+
+    The study's definition: drop the class tokens (rows and columns); for each query patch, sum
+    over key patches attention x the Euclidean distance between the two patches' grid positions
+    x ``patch_size``; then average over query patches. (The rows are not renormalised after the
+    class columns are dropped, as in the study.) One einsum over a reshaped view of the input and
+    a view of the distances (see ``_grid_distances``): no temporary of the input's size, and any
+    grid shape. Returns float64.
+    """
+    _check(attn, n_cls, grid_hw)
+    gh, gw = grid_hw
+    patches = attn[:, :, n_cls:, n_cls:].reshape(*attn.shape[:2], gh, gw, gh, gw)
+    total = np.einsum("nhabcd,abcd->nh", patches, _grid_distances(grid_hw), dtype=np.float64)
+    return total * (patch_size / (gh * gw))
+
+
+class RunningMean:
+    """Running mean over batches, e.g. of ``mean_attention_distance`` over many images.
+
+    ``add(values)`` takes ``(N, ...)`` (N samples); ``mean`` is the ``(...)`` mean of every sample
+    added so far, kept as a float64 sum and a count.
+    """
+
+    def __init__(self):
+        self.total, self.count = None, 0
+
+    def add(self, values) -> None:
+        values = np.asarray(values, dtype=np.float64)
+        batch = values.sum(axis=0)
+        self.total = batch if self.total is None else self.total + batch
+        self.count += values.shape[0]
+
+    @property
+    def mean(self) -> np.ndarray:
+        if not self.count:
+            raise ValueError("RunningMean.mean: nothing added yet")
+        return self.total / self.count
+
+
+def peak_location(attention_map: np.ndarray) -> tuple[int, int]:
+    """``(row, col)`` of the largest value of one ``(gh, gw)`` map (the first, on ties)."""
+    row, col = np.unravel_index(np.argmax(attention_map), attention_map.shape)
+    return int(row), int(col)

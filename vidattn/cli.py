@@ -1,0 +1,289 @@
+"""The ``vidattn`` command line: ``video``, ``image``, ``batch`` and ``models``.
+
+Every command turns a :class:`VidattnError` into one line on stderr and a non-zero exit;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from vidattn.errors import VidattnError
+
+
+def _friendly_errors(fn):
+    """Run a command body; user-facing errors become one line and exit 1, Ctrl-C exits 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return fn(*args, **kwargs)
+        except VidattnError as err:
+            if debug:
+                raise
+            click.echo(f"vidattn: error: {err}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            click.echo("vidattn: interrupted; no partial output was kept", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.version_option(package_name="vidattn")
+def main(debug):
+    """See what Vision Transformers look at.
+
+    \b
+    vidattn video IN.mp4 -o OUT.mp4     DINO self-attention rendered onto a video
+    vidattn image PHOTO.jpg -o DIR      the classic ViT probes of one or more images
+    vidattn batch INDIR -o OUTDIR       every video and image of a folder tree, resumable
+    vidattn models                      the model presets and where their weights come from
+
+    Weights: each preset downloads its official checkpoint once into the cache
+    ($VIDATTN_HOME, default ~/.cache/vidattn). Offline, pass a downloaded file with
+    --weights PATH (DINO .pth, timm or Hugging Face .safetensors), or --weights random for an
+    untrained model (its outputs are labelled as such).
+    """
+
+
+@main.command()
+@_friendly_errors
+def models():
+    """List the model presets: shape, preprocessing, weight source, and whether it is cached."""
+    from vidattn.models.presets import PRESETS
+    from vidattn.models.weights import is_cached
+
+    rows = [("preset", "patch", "width", "depth", "heads", "tokens", "input", "weights", "cached")]
+    for p in PRESETS.values():
+        tokens = "cls" if p.num_class_tokens == 1 else "cls+dist"
+        cached = "yes" if p.weights_url and is_cached(p.name, p.weights_url) else "no"
+        rows.append(
+            (p.name, p.patch_size, p.embed_dim, p.depth, p.num_heads, tokens, p.preprocessing,
+             p.weights_format or "-", cached)
+        )
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    click.echo("\nSources:")
+    for p in PRESETS.values():
+        click.echo(f"  {p.name:<20} {p.description}\n  {'':<20} {p.weights_url}")
+
+
+def _model_options(fn):
+    """--model, --weights and --checkpoint-key, shared by video, image and batch."""
+    fn = click.option(
+        "--checkpoint-key", default="teacher", show_default=True,
+        help="Network to load from a DINO training checkpoint (teacher or student).",
+    )(fn)
+    fn = click.option(
+        "--weights", metavar="PATH|random",
+        help="Checkpoint file (DINO .pth, timm or Hugging Face .safetensors), or 'random' for "
+        "untrained weights (outputs are labelled RANDOM). Default: the preset's official "
+        "weights, downloaded once into $VIDATTN_HOME.",
+    )(fn)
+    return click.option(
+        "--model", "-m", "preset", default="dino_vits16", show_default=True, metavar="PRESET",
+        help="Model preset; `vidattn models` lists them.",
+    )(fn)
+
+
+def _load(preset, weights, checkpoint_key, quiet=False):
+    import vidattn
+
+    model = vidattn.load_model(preset, weights=weights, checkpoint_key=checkpoint_key)
+    if model.is_random and not quiet:
+        click.echo("vidattn: note: random (untrained) weights; outputs are labelled so", err=True)
+    return model
+
+
+def video_options(fn):
+    """The rendering options of `video` (and of `batch`, which passes them on)."""
+    from vidattn.video.pipeline import DEFAULT_BATCH, DEFAULT_SIZE, SIDE_MAPS, VIEWS
+
+    options = [
+        click.option("--view", type=click.Choice(VIEWS), default="mean", show_default=True,
+                     help="heads: a grid with every head's CLS attention; mean: the head mean; "
+                     "masks: DINO's threshold masks, one colour per head; rollout: attention "
+                     "rollout through all blocks; side-by-side: the frame beside the map "
+                     "(--side-map)."),
+        click.option("--side-map", type=click.Choice(SIDE_MAPS), default="mean",
+                     show_default=True, help="Map shown by --view side-by-side."),
+        click.option("--size", type=click.IntRange(16), default=DEFAULT_SIZE, show_default=True,
+                     help="Short side, in pixels, of the frames the model sees (aspect kept, "
+                     "padded to a multiple of the patch). 224 is what the models were trained "
+                     "at and keeps CPU renders near real time."),
+        click.option("--full-res", is_flag=True,
+                     help="Run the model at the native frame size, as DINO's own video demo "
+                     "(slow: tokens grow with the area)."),
+        click.option("--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH,
+                     show_default=True, help="Frames per model call."),
+        click.option("--threshold", type=float, default=0.6, show_default=True,
+                     help="--view masks: share of each head's attention mass to keep."),
+        click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+                     help="Opacity of the overlay."),
+        click.option("--colormap", default="inferno", show_default=True,
+                     help="Any matplotlib colormap name."),
+        click.option("--captions/--no-captions", default=True, show_default=True,
+                     help="Head numbers and frame times on the frames."),
+        click.option("--smooth", type=click.FloatRange(1), default=1.0, show_default=True,
+                     help="Exponential smoothing of the maps across frames, time constant in "
+                     "frames (1 = off; 3 calms flicker)."),
+        click.option("--start", type=click.FloatRange(0), help="Start time in seconds."),
+        click.option("--end", type=click.FloatRange(0), help="End time in seconds."),
+        click.option("--every", type=click.IntRange(1), default=1, show_default=True,
+                     help="Keep every N-th frame."),
+        click.option("--max-frames", type=click.IntRange(1), help="Stop after this many frames."),
+        click.option("--crf", type=click.IntRange(0, 51), default=23, show_default=True,
+                     help="H.264 quality: lower is better and larger."),
+        click.option("--x264-preset", default="veryfast", show_default=True,
+                     help="H.264 speed/size trade-off (ultrafast ... veryslow); slower presets "
+                     "take CPU from the model."),
+        click.option("--gif-fps", type=click.FloatRange(0.1), help="GIF output: frame-rate cap."),
+        click.option("--gif-width", type=click.IntRange(16), help="GIF output: width cap."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _video_opts(kw, save_maps=None, quiet=False):
+    from vidattn.video.pipeline import VideoOptions
+
+    return VideoOptions(
+        view=kw["view"], side_map=kw["side_map"], size=kw["size"], full_res=kw["full_res"],
+        batch_size=kw["batch_size"], threshold=kw["threshold"], alpha=kw["alpha"],
+        colormap=kw["colormap"], captions=kw["captions"], smooth=kw["smooth"],
+        start=kw["start"], end=kw["end"], every=kw["every"], max_frames=kw["max_frames"],
+        crf=kw["crf"], x264_preset=kw["x264_preset"], gif_fps=kw["gif_fps"],
+        gif_width=kw["gif_width"], save_maps=save_maps, progress=not quiet,
+    )
+
+
+@main.command()
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "dst", required=True, type=click.Path(dir_okay=False),
+              help="Output video: .mp4 (H.264 + the input's audio), .mov, .mkv or .gif.")
+@_model_options
+@video_options
+@click.option("--save-maps", type=click.Path(dir_okay=False),
+              help="Also write the raw per-frame maps (and their times) to this .npz.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_friendly_errors
+def video(src, dst, preset, weights, checkpoint_key, save_maps, overwrite, quiet, **kw):
+    """Render what a ViT attends to in every frame of SRC into OUTPUT.
+
+    \b
+    Examples:
+      vidattn video clip.mp4 -o attn.mp4                       # head mean, DINO ViT-S/16
+      vidattn video clip.mp4 -o heads.mp4 --view heads         # every head in a grid
+      vidattn video clip.mp4 -o masks.gif --view masks --gif-width 480
+      vidattn video clip.mp4 -o a.mp4 --weights dino_deitsmall16_pretrain.pth --start 5 --end 9
+
+    Frames keep their aspect ratio, timestamps and audio; memory stays flat however long the
+    video is. The output appears only once complete (a failed or interrupted run leaves none).
+    """
+    from pathlib import Path
+
+    from vidattn.video.pipeline import render_video
+
+    if Path(dst).exists() and not overwrite:
+        raise VidattnError("output exists (use --overwrite to replace it)", dst)
+    opts = _video_opts(kw, Path(save_maps) if save_maps else None, quiet)
+    model = _load(preset, weights, checkpoint_key, quiet)
+    result = render_video(model, src, dst, opts)
+    if not quiet:
+        click.echo(
+            f"wrote {result.output} ({result.frames} frames, {result.size[0]}x{result.size[1]}, "
+            f"{result.frames / result.seconds:.1f} frames/s)", err=True,
+        )
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
+              help="Output folder (created if missing).")
+@_model_options
+@click.option("--probes", "probe_list", default="all", show_default=True,
+              metavar="all|LIST",
+              help="Comma-separated probes: distance, rollout, heads, masks (per image), "
+              "filters, posembed (per model).")
+@click.option("--size", type=click.IntRange(1), default=224, show_default=True,
+              help="Side of the square centre crop the model sees (a multiple of the patch).")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.6,
+              show_default=True, help="masks: share of each head's attention mass to keep.")
+@click.option("--overwrite", is_flag=True, help="Replace the output folders of images done before.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+@_friendly_errors
+def image(images, outdir, preset, weights, checkpoint_key, probe_list, size, threshold,
+          overwrite, quiet):
+    """Run the classic ViT probes on still IMAGES and write figures, numbers and an index page.
+
+    \b
+    Examples:
+      vidattn image toucan.jpg -o probes/                    # DINO ViT-S/16, every probe
+      vidattn image photos/*.jpg -o probes/ --model vit_b16  # supervised ViT, with top-5 classes
+      vidattn image cat.png -o out/ --probes heads,masks --threshold 0.5
+      vidattn image cat.png -o out/ --model dino_vits8 --weights dino_deitsmall8_pretrain.pth
+
+    \b
+    Probes (the study "Investigating Vision Transformer representations"):
+      distance  mean attention distance of every block and head, in pixels (scatter plot)
+      rollout   attention rollout through all blocks: input | map x image | overlay
+      heads     the last block's CLS attention, one overlay per head
+      masks     DINO's masks: the fewest patches holding --threshold of each head's attention
+      filters   the first 128 patch-projection filters (per model)
+      posembed  dot-product similarity of the position embeddings (per model)
+    Presets with an ImageNet-1k head (vit_b16, deit_*) also get their top-5 classes.
+
+    \b
+    Output:
+      OUTDIR/index.html             every image's figures and numbers (open it in a browser)
+      OUTDIR/<stem>/<probe>.png     one figure per per-image probe
+      OUTDIR/<stem>/probes.json     mean distances, rollout and head peaks, top-5, shapes
+      OUTDIR/model/<probe>.png      the per-model figures, written once per run
+    Images whose names share a stem get <stem>-2, <stem>-3... The index shows this run's
+    images. Each image is resized and centre-cropped as the study does; the maps are drawn on
+    that crop. An image that cannot be read (or whose folder exists, without --overwrite) gets
+    one error line; the others are still done, and the exit status is 1.
+    """
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from vidattn import probes as pr
+    from vidattn.report import write_index
+
+    wanted = pr.parse_probes(probe_list)
+    model = _load(preset, weights, checkpoint_key, quiet)
+    pr.check_size(model, size)
+    out = Path(outdir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise VidattnError("output path exists and is not a folder", out) from None
+    model_files = pr.write_model_probes(model, out / pr.MODEL_FOLDER, wanted)
+    entries, failures = [], []
+    names = pr.folder_names(images)
+    for path, name in zip(tqdm(images, unit="image", disable=quiet, dynamic_ncols=True), names):
+        try:
+            record = pr.probe_image(model, path, out / name, wanted, size, threshold, overwrite)
+        except VidattnError as err:
+            tqdm.write(f"vidattn: error: {err}", file=sys.stderr)
+            failures.append(str(err))
+            continue
+        entries.append((name, record))
+    index = write_index(out, model, entries, model_files, pr.MODEL_FOLDER, failures)
+    if not quiet:
+        click.echo(f"wrote {index} ({len(entries)} of {len(images)} images)", err=True)
+    if failures:
+        sys.exit(1)

@@ -1,0 +1,207 @@
+"""Attention maps into pictures: colormaps, map-to-frame geometry, overlays, grids, captions.
+
+Images are uint8 RGB ``(H, W, 3)`` arrays of any size (odd sizes included); maps are float arrays
+with values in [0, 1] (``attention.normalize_maps``). Each operation is one or two cv2/numpy calls
+over whole arrays, fast enough to run on every video frame.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import cv2
+import numpy as np
+
+from vidattn.errors import VidattnError
+
+INTERPOLATIONS = {
+    "nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def colormap_lut(name: str) -> np.ndarray:
+    """A matplotlib colormap as a read-only ``(256, 3)`` uint8 RGB lookup table (cached).
+
+    Entry i is matplotlib's own uint8 colour for ``i / 255`` (``cmap(x, bytes=True)``), so
+    ``apply_colormap`` reproduces matplotlib exactly for its 256-colour maps (inferno, viridis,
+    magma, jet, turbo, ...). Raises VidattnError for an unknown name.
+    """
+    import matplotlib  # only here: the rest of this module does not need it
+
+    try:
+        cmap = matplotlib.colormaps[name]
+    except KeyError:
+        raise VidattnError(f"unknown colormap {name!r} (try inferno, viridis, jet)") from None
+    lut = np.ascontiguousarray(cmap(np.linspace(0.0, 1.0, 256), bytes=True)[:, :3])
+    lut.flags.writeable = False
+    return lut
+
+
+def apply_colormap(values: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Colour float values in [0, 1] ``(...)`` through a ``(256, 3)`` LUT -> uint8 ``(..., 3)``.
+
+    Index ``floor(256 * v)`` clipped to 0..255, matplotlib's own rule; values outside [0, 1]
+    (bicubic overshoot) clip to the ends.
+    """
+    index = np.clip(np.asarray(values, dtype=np.float32) * 256, 0, 255).astype(np.uint8)
+    return np.take(lut, index, axis=0)  # several times faster than lut[index]
+
+
+def map_to_frame(attention_map, frame_hw, resized_hw, patch_size: int, interpolation="linear"):
+    """Upsample grid maps onto the frame they came from: ``(..., gh, gw)`` -> float32
+    ``(..., H, W)``, with ``frame_hw = (H, W)`` (one map, a stack of heads, a batch of stacks).
+
+    The geometry of ``preprocess.video_geometry``: the frame was resized to ``resized_hw`` =
+    ``(rh, rw)`` and padded bottom/right to the model input ``(gh * p, gw * p)``; grid cell
+    ``(i, j)`` covers input pixels ``[i*p, (i+1)*p) x [j*p, (j+1)*p)``. So the map, stretched to
+    the input, is cropped to the top-left ``(rh, rw)`` and stretched to ``(H, W)``. That is one
+    affine warp: frame pixel centre ``y + 0.5`` lies at input row ``(y + 0.5) * rh / H``, i.e. at
+    grid coordinate ``(y + 0.5) * rh / (H * p) - 0.5`` counted between cell centres (columns
+    alike); the pad never shows. For a still image (no padding) pass ``resized_hw=None``.
+
+    interpolation: ``"linear"`` (smooth, stays within the map's range), ``"cubic"`` (smoother,
+    may overshoot a little; ``apply_colormap`` clips), or ``"nearest"`` (DINO's blocky cells).
+    """
+    maps = np.asarray(attention_map, dtype=np.float32)
+    if maps.ndim < 2:
+        raise ValueError(f"maps must be (..., gh, gw), got {maps.shape}")
+    gh, gw = maps.shape[-2:]
+    h, w = frame_hw
+    rh, rw = (gh * patch_size, gw * patch_size) if resized_hw is None else resized_hw
+    if not (0 < rh <= gh * patch_size and 0 < rw <= gw * patch_size):
+        raise ValueError(f"resized size {rh}x{rw} does not fit a {gh}x{gw} grid of {patch_size}")
+    sy, sx = rh / (h * patch_size), rw / (w * patch_size)  # grid cells per frame pixel
+    inverse = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
+    out = np.empty((*maps.shape[:-2], h, w), np.float32)
+    # one call per map, written in place: cv2's cubic warp takes at most 4 channels
+    for src, dst in zip(maps.reshape(-1, gh, gw), out.reshape(-1, h, w)):
+        cv2.warpAffine(src, inverse, (w, h), dst=dst, borderMode=cv2.BORDER_REPLICATE,
+                       flags=INTERPOLATIONS[interpolation] | cv2.WARP_INVERSE_MAP)
+    return out
+
+
+def overlay(frame: np.ndarray, heat: np.ndarray, lut: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """Heat-weighted colour blend: uint8 ``(H, W, 3)`` frame, float ``(H, W)`` heat -> new image.
+
+    Each pixel mixes ``w = alpha * heat`` of the heat's colour into ``1 - w`` of the frame. Where
+    the heat is 0 the frame shows untouched; where it is 1, ``alpha`` of it is colour. So the
+    attention reads as a glow on the scene, and a colormap's dark low end (inferno's black) never
+    darkens the unattended parts of the video. Heat outside [0, 1] is clipped.
+    """
+    heat = np.clip(np.asarray(heat, dtype=np.float32), 0, 1)
+    if frame.shape != (*heat.shape, 3):
+        raise ValueError(f"frame {frame.shape} and heat {heat.shape} sizes differ")
+    weight = heat * np.float32(alpha)
+    return cv2.blendLinear(frame, apply_colormap(heat, lut), 1 - weight, weight)
+
+
+def _line_width(shape) -> int:
+    """Stroke width in pixels, growing with the image: 1 up to ~375 px on the short side."""
+    return max(1, round(min(shape[:2]) / 250))
+
+
+def mask_overlay(frame, mask, color=(0, 255, 255), alpha=0.5, outline=True) -> np.ndarray:
+    """DINO's mask display: uint8 ``(H, W, 3)`` frame, bool ``(H, W)`` mask -> new image.
+
+    Inside the mask, ``alpha`` of the frame is replaced by ``color`` (RGB, 0..255); with
+    ``outline`` the region's contours (holes included) are drawn in ``color`` too. A mask from
+    ``attention.threshold_masks`` lives on the patch grid: bring it to the frame with
+    ``map_to_frame(mask.astype(np.float32), ...) >= 0.5`` ("linear" rounds its corners,
+    "nearest" keeps DINO's square cells).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if frame.shape != (*mask.shape, 3):
+        raise ValueError(f"frame {frame.shape} and mask {mask.shape} sizes differ")
+    solid = np.empty_like(frame)
+    solid[:] = color
+    out = frame.copy()
+    np.copyto(out, cv2.addWeighted(frame, 1 - alpha, solid, alpha, 0), where=mask[..., None])
+    if outline:
+        contours, _ = cv2.findContours(
+            mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE
+        )
+        cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), _line_width(out.shape),
+                         cv2.LINE_AA)
+    return out
+
+
+def grid_shape(count: int, panel_hw, cols=None, pad: int = 2) -> tuple[int, int]:
+    """``(rows, cols)`` for ``count`` panels of ``panel_hw``.
+
+    Default: the column count whose mosaic is closest to a 4:3 landscape (on a log scale; ties go
+    to more columns). Rows x cols: 6 square heads -> 2x3, 6 heads of 16:9 video -> 3x2, 12 heads
+    of 16:9 -> 4x3, 12 square -> 3x4.
+    """
+    if cols is None:
+        ph, pw = panel_hw
+
+        def misfit(c):
+            r = math.ceil(count / c)
+            return abs(math.log((c * pw + (c - 1) * pad) / (r * ph + (r - 1) * pad) / (4 / 3))), -c
+
+        cols = min(range(1, count + 1), key=misfit)
+    return math.ceil(count / cols), cols
+
+
+def grid(panels, cols=None, pad: int = 2, bg: int = 0) -> np.ndarray:
+    """Tile same-sized uint8 ``(H, W, 3)`` panels row by row -> one uint8 image.
+
+    ``pad`` pixels of ``bg`` between panels (not around them: one panel comes back as itself);
+    empty cells of the last row are ``bg``. ``cols`` defaults to ``grid_shape``'s choice.
+    """
+    panels = [np.asarray(p) for p in panels]
+    if not panels or any(p.shape != panels[0].shape for p in panels):
+        raise ValueError(f"grid needs panels of one shape, got {[p.shape for p in panels]}")
+    h, w, ch = panels[0].shape
+    rows, cols = grid_shape(len(panels), (h, w), cols, pad)
+    out = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad, ch), bg, dtype=panels[0].dtype)
+    for i, panel in enumerate(panels):
+        r, c = divmod(i, cols)
+        out[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = panel
+    return out
+
+
+def side_by_side(a: np.ndarray, b: np.ndarray, pad: int = 2, bg: int = 0) -> np.ndarray:
+    """``a`` left, ``b`` right, ``pad`` columns of ``bg`` between; ``b`` is resized (aspect kept)
+    to ``a``'s height when the heights differ."""
+    if b.shape[0] != a.shape[0]:
+        width = max(1, round(b.shape[1] * a.shape[0] / b.shape[0]))
+        shrink = a.shape[0] < b.shape[0]
+        b = cv2.resize(b, (width, a.shape[0]),
+                       interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    gap = np.full((a.shape[0], pad, a.shape[2]), bg, dtype=a.dtype)
+    return np.concatenate([a, gap, b], axis=1)
+
+
+def caption(img: np.ndarray, text: str, corner: str = "tl") -> np.ndarray:
+    """Write ``text`` (lines split on newlines) into a corner of ``img`` IN PLACE; returns ``img``.
+
+    White anti-aliased text on a darkened box, sized with the image (about 1/30 of the short side
+    per line, never below a legible 9 px), so it reads on any background. ``corner``: "tl", "tr",
+    "bl" or "br". ``img`` must be a writeable C-contiguous uint8 ``(H, W, 3)`` array (a frame
+    you own; pass ``img.copy()`` to keep the original). Text beyond ASCII depends on OpenCV's
+    built-in font (OpenCV 4 draws "?" for it).
+    """
+    if corner not in ("tl", "tr", "bl", "br"):
+        raise ValueError(f"corner must be tl, tr, bl or br, got {corner!r}")
+    if img.dtype != np.uint8 or not (img.flags.c_contiguous and img.flags.writeable):
+        raise ValueError("caption draws in place: img must be a writeable C-contiguous uint8 array")
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    scale = max(0.4, min(img.shape[:2]) / 720)
+    thick = max(1, round(scale * 1.5))
+    lines = text.split("\n")
+    sizes = [cv2.getTextSize(line, font, scale, thick) for line in lines]
+    line_h = max(h + base for (_, h), base in sizes)
+    margin = max(2, line_h // 4)
+    box_w = max(w for (w, _), _ in sizes) + 2 * margin
+    box_h = len(lines) * (line_h + margin) + margin
+    x0 = 0 if corner[1] == "l" else max(0, img.shape[1] - box_w)
+    y0 = 0 if corner[0] == "t" else max(0, img.shape[0] - box_h)
+    box = img[y0 : y0 + box_h, x0 : x0 + box_w]
+    box[:] = box // 3  # darken: a third of the background's brightness
+    for i, (line, ((_, h), _)) in enumerate(zip(lines, sizes)):
+        y = y0 + margin + i * (line_h + margin) + h  # putText's y is the text's baseline
+        cv2.putText(img, line, (x0 + margin, y), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return img

@@ -1,0 +1,332 @@
+"""``vidattn video``: reader -> preprocess -> model -> attention maths -> render -> writer.
+
+Three threads overlap the work: one decodes and preprocesses frames into batches, the caller's
+thread runs the model (TensorFlow and XLA release the GIL), and one renders and encodes. Bounded
+queues between them keep memory flat however long the video is.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from vidattn import attention as am
+from vidattn import render
+from vidattn.errors import VidattnError
+from vidattn.preprocess import prepare_frames, video_geometry
+from vidattn.video.reader import Prefetcher, probe, read_frames
+from vidattn.video.writer import VideoWriter
+
+VIEWS = ("heads", "mean", "masks", "rollout", "side-by-side")
+SIDE_MAPS = ("mean", "rollout")
+DEFAULT_SIZE = 224
+DEFAULT_BATCH = 8
+HEAD_PANEL_MIN = 240  # heads view: panels are the frame scaled by 1/cols, but not below this
+
+
+@dataclass
+class VideoOptions:
+    """Everything ``vidattn video`` can be told; the CLI's ``--help`` documents each option."""
+
+    view: str = "mean"
+    side_map: str = "mean"
+    size: int = DEFAULT_SIZE
+    full_res: bool = False
+    batch_size: int = DEFAULT_BATCH
+    threshold: float = 0.6
+    alpha: float = 0.5
+    colormap: str = "inferno"
+    captions: bool = True
+    smooth: float = 1.0
+    start: float | None = None
+    end: float | None = None
+    every: int = 1
+    max_frames: int | None = None
+    crf: int = 23
+    x264_preset: str = "veryfast"
+    gif_fps: float | None = None
+    gif_width: int | None = None
+    save_maps: Path | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.view not in VIEWS:
+            raise VidattnError(f"unknown view {self.view!r}; choose one of {', '.join(VIEWS)}")
+        if self.side_map not in SIDE_MAPS:
+            raise VidattnError(f"side map must be one of {', '.join(SIDE_MAPS)}")
+        if not 0 < self.threshold < 1:
+            raise VidattnError(f"--threshold must be in (0, 1), got {self.threshold}")
+        if self.smooth < 1:
+            raise VidattnError(f"--smooth must be >= 1 (1 = off), got {self.smooth}")
+
+    @property
+    def needs_rollout(self) -> bool:
+        return self.view == "rollout" or (self.view == "side-by-side" and self.side_map == "rollout")
+
+
+@dataclass
+class VideoResult:
+    """What a render did: frames written, wall time, the output path and its frame size."""
+
+    frames: int
+    seconds: float
+    output: Path
+    size: tuple[int, int]
+    maps_shape: tuple[int, ...] = field(default=())
+
+
+def _batches(frames, size):
+    """Group an iterator of Frames into lists of at most ``size``."""
+    batch = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _Stopped(Exception):
+    """Marks a sink stopped by its producer; never raised to users."""
+
+
+class _Sink:
+    """A consumer thread behind a bounded queue: ``put(item)`` hands work to ``fn``.
+
+    The consumer's exception is re-raised in the producer at the next ``put`` or at ``close``.
+    """
+
+    _END = object()
+
+    def __init__(self, fn, maxsize=2):
+        self._fn, self._queue, self._error = fn, queue.Queue(maxsize), None
+        self._thread = threading.Thread(target=self._run, name="vidattn-render", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while (item := self._queue.get()) is not self._END:
+            if self._error is None:
+                try:
+                    self._fn(item)
+                except BaseException as err:  # noqa: BLE001 - handed to the producer
+                    self._error = err
+
+    def put(self, item):
+        if self._error is not None:
+            raise self._error
+        self._queue.put(item)
+
+    def close(self):
+        """Finish the queued work, stop the thread, and re-raise its error if it had one."""
+        self._queue.put(self._END)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self):
+        """Drop the queued work and stop the thread (after a failure elsewhere): with an error
+        set, the thread skips the items left, so the put below cannot block for long."""
+        self._error = self._error or _Stopped()
+        self._queue.put(self._END)
+        self._thread.join()
+
+
+class MapMaker:
+    """Turns a batch of model inputs into the maps a view shows, ``(N, k, gh, gw)`` float32:
+    k = heads for ``heads`` and ``masks``, 1 for ``mean`` and ``rollout``. Smoothing (an
+    exponential moving average with time constant ``smooth`` frames) runs across batches."""
+
+    def __init__(self, model, opts: VideoOptions, grid_hw):
+        self.model, self.opts, self.grid_hw = model, opts, grid_hw
+        self.n_cls = model.preset.num_class_tokens
+        self._state = None
+
+    def __call__(self, inputs):
+        o = self.opts
+        n = len(inputs)
+        if n < o.batch_size:  # pad the last batch: one compiled shape for the whole video
+            inputs = np.concatenate([inputs, np.repeat(inputs[-1:], o.batch_size - n, 0)])
+        if o.needs_rollout:
+            out = self.model.run(inputs, attention="all")
+            maps = am.rollout(out["attention"], self.n_cls, self.grid_hw)[:n, None]
+        else:
+            out = self.model.run(inputs, attention="last")
+            maps = am.cls_maps(out["attention"][-1][:n], self.n_cls, self.grid_hw)
+            if o.view in ("mean", "side-by-side"):
+                maps = am.head_mean(maps)[:, None]
+        maps = np.ascontiguousarray(maps, np.float32)
+        if o.smooth > 1:
+            rate = 1.0 / o.smooth
+            for i in range(len(maps)):  # per frame, not per pixel: the recurrence is sequential
+                self._state = maps[i] if self._state is None else self._state + rate * (
+                    maps[i] - self._state
+                )
+                maps[i] = self._state
+        return maps
+
+
+class FrameRenderer:
+    """Draws one frame's maps onto it as the chosen view.
+
+    Output size for an ``H x W`` frame: ``mean``, ``masks``, ``rollout``: ``H x W``;
+    ``side-by-side``: the frame and the overlay with a 2-pixel gap, ``H x (2W + 2)``; ``heads``: a
+    grid (``render.grid_shape``, ``cols = ceil(sqrt(heads))``) of panels, each the frame scaled by
+    ``max(1 / cols, min(1, 240 / min(H, W)))``. The writer pads an odd side by one pixel.
+    Captions: head numbers, the frame time (bottom right) and, always, for random weights, a
+    RANDOM WEIGHTS label (bottom left), so an untrained model's maps are never mistaken for a real
+    one's.
+    """
+
+    def __init__(self, model, opts: VideoOptions, geometry):
+        self.opts, self.geometry = opts, geometry
+        self.patch = model.preset.patch_size
+        self.lut = render.colormap_lut(opts.colormap)
+        self.random_label = "RANDOM WEIGHTS (untrained)" if model.is_random else None
+        heads = model.preset.num_heads
+        self.cols = math.ceil(math.sqrt(heads))
+        hues = render.colormap_lut("hsv")[np.linspace(0, 255, heads, endpoint=False).astype(int)]
+        self.mask_colors = [tuple(int(c) for c in rgb) for rgb in hues]
+
+    def _heat(self, grid_map, out_hw):
+        return render.map_to_frame(grid_map, out_hw, self.geometry.resized_hw, self.patch)
+
+    def __call__(self, image, maps, pts_s):
+        o = self.opts
+        h, w = image.shape[:2]
+        maps = am.normalize_maps(maps)
+        if o.view == "heads":
+            scale = max(1 / self.cols, min(1.0, HEAD_PANEL_MIN / min(h, w)))
+            ph, pw = max(2, round(h * scale)), max(2, round(w * scale))
+            small = cv2.resize(image, (pw, ph), interpolation=cv2.INTER_AREA)
+            panels = []
+            for k, m in enumerate(maps):
+                panel = render.overlay(small, self._heat(m, (ph, pw)), self.lut, o.alpha)
+                panels.append(render.caption(panel, f"head {k}") if o.captions else panel)
+            out = render.grid(panels, cols=self.cols)
+        elif o.view == "masks":
+            masks = am.threshold_masks(maps[None], keep=o.threshold)[0]
+            regions = self._heat(masks.astype(np.float32), (h, w)) >= 0.5
+            out = image
+            for region, color in zip(regions, self.mask_colors):
+                out = render.mask_overlay(out, region, color, o.alpha)
+        else:
+            out = render.overlay(image, self._heat(maps[0], (h, w)), self.lut, o.alpha)
+            if o.view == "side-by-side":
+                out = render.side_by_side(image, out)
+        if o.captions:
+            out = render.caption(out, f"t={pts_s:.2f}s", corner="br")
+        if self.random_label:
+            out = render.caption(out, self.random_label, corner="bl")
+        return out
+
+
+def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResult:
+    """Render the attention of ``model`` on every (kept) frame of ``src`` into ``dst``.
+
+    ``dst`` ends in .mp4/.mov/.mkv (H.264 with the source's audio) or .gif. Nothing is left at
+    ``dst`` unless the whole video was written.
+    """
+    opts = opts or VideoOptions()
+    info = probe(src)
+    geometry = video_geometry(
+        info.height, info.width, model.preset.patch_size, opts.size, opts.full_res
+    )
+    kind = model.preset.preprocessing
+    make_maps = MapMaker(model, opts, geometry.grid_hw)
+    draw = FrameRenderer(model, opts, geometry)
+    total = _expected_frames(info, opts)
+    saved_maps, saved_pts = [], []
+    started = time.perf_counter()
+    written = 0
+
+    def prepared():
+        frames = read_frames(src, opts.start, opts.end, opts.every, opts.max_frames)
+        with Prefetcher(frames, maxsize=2 * opts.batch_size, name="vidattn-decode") as decoded:
+            for batch in _batches(decoded, opts.batch_size):
+                images = [f.image for f in batch]
+                yield batch, prepare_frames(images, geometry, kind)
+
+    bar = tqdm(total=total, unit="frame", disable=not opts.progress, dynamic_ncols=True,
+               desc=Path(src).name, leave=True)
+    first = {}
+    writer = None
+
+    def consume(item):
+        nonlocal writer, written
+        batch, maps = item
+        for frame, frame_maps in zip(batch, maps):
+            image = draw(frame.image, frame_maps, frame.pts_s)
+            if writer is None:
+                first["pts"] = frame.pts_s
+                writer = VideoWriter(
+                    dst, info.fps or 25, image.shape[1], image.shape[0], audio_from=src,
+                    crf=opts.crf, preset=opts.x264_preset, gif_fps=opts.gif_fps,
+                    gif_width=opts.gif_width,
+                )
+            writer.write(image, frame.pts_s)
+            written += 1
+        bar.update(len(batch))
+
+    _check_writable(dst)
+    sink = _Sink(consume)
+    try:
+        with Prefetcher(prepared(), maxsize=2, name="vidattn-prepare") as batches:
+            for batch, inputs in batches:
+                maps = make_maps(inputs)
+                if opts.save_maps is not None:
+                    saved_maps.append(maps.astype(np.float16))
+                    saved_pts.extend(f.pts_s for f in batch)
+                sink.put((batch, maps))
+        sink.close()
+        if writer is None:
+            raise VidattnError("no frames in the requested range", src)
+        if opts.save_maps is not None:
+            _save_maps(opts.save_maps, saved_maps, saved_pts, opts, model, geometry)
+        writer.close()
+    except BaseException:
+        sink.stop()
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        bar.close()
+    return VideoResult(written, time.perf_counter() - started, Path(dst), writer.size,
+                       tuple(np.concatenate(saved_maps).shape) if saved_maps else ())
+
+
+def _expected_frames(info, opts):
+    """Frames the run will write, for the progress bar (an estimate for VFR video)."""
+    if info.n_frames is None or not info.fps:
+        return opts.max_frames
+    first = round((opts.start or 0) * float(info.fps))
+    last = info.n_frames if opts.end is None else min(info.n_frames, round(opts.end * info.fps))
+    n = max(0, math.ceil((last - first) / opts.every))
+    return n if opts.max_frames is None else min(n, opts.max_frames)
+
+
+def _check_writable(dst):
+    parent = Path(dst).resolve().parent
+    if not parent.is_dir():
+        raise VidattnError("output folder does not exist", parent)
+
+
+def _save_maps(path, maps, pts, opts, model, geometry):
+    """Write the raw per-frame maps (before display normalisation) as .npz, atomically."""
+    from vidattn.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(
+                f, maps=np.concatenate(maps), pts_s=np.asarray(pts, np.float64),
+                view=opts.view, model=model.preset.name, weights=model.weights_label,
+                grid_hw=np.asarray(geometry.grid_hw), patch_size=model.preset.patch_size,
+            )
