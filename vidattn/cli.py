@@ -65,7 +65,10 @@ def models():
     rows = [("preset", "patch", "width", "depth", "heads", "tokens", "input", "weights", "cached")]
     for p in PRESETS.values():
         tokens = "cls" if p.num_class_tokens == 1 else "cls+dist"
-        cached = "yes" if p.weights_url and is_cached(p.name, p.weights_url) else "no"
+        if p.packaged_weights:
+            cached = "bundled"
+        else:
+            cached = "yes" if is_cached(p.name, p.weights_url) else "no"
         rows.append(
             (p.name, p.patch_size, p.embed_dim, p.depth, p.num_heads, tokens, p.preprocessing,
              p.weights_format or "-", cached)
@@ -75,7 +78,8 @@ def models():
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
     click.echo("\nSources:")
     for p in PRESETS.values():
-        click.echo(f"  {p.name:<20} {p.description}\n  {'':<20} {p.weights_url}")
+        source = f"vidattn/data/{p.packaged_weights}" if p.packaged_weights else p.weights_url
+        click.echo(f"  {p.name:<20} {p.description}\n  {'':<20} {source}")
 
 
 def _model_options(fn):

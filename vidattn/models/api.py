@@ -134,10 +134,14 @@ def load_model(preset, weights=None, seed: int | None = 0, checkpoint_key="teach
         return Model(preset, backbone, f"{RANDOM} (untrained, seed {seed})")
     from vidattn.models import weights as ckpt  # only needed when reading a checkpoint
 
-    if weights is None and preset.weights_url is None:
+    if weights is None and preset.packaged_weights:
+        path = Path(__file__).resolve().parent.parent / "data" / preset.packaged_weights
+    elif weights is None and preset.weights_url is None:
         raise VidattnError(f"preset {preset.name!r} has no download address; pass weights=PATH")
-    path = ckpt.resolve_weights(preset.name, preset.weights_url, weights)
+    else:
+        path = ckpt.resolve_weights(preset.name, preset.weights_url, weights)
     state = ckpt.read_checkpoint(path, checkpoint_key=checkpoint_key)
     load_state_dict(backbone, state, source=os.fspath(path))
-    label = f"{preset.name} official" if weights is None else Path(path).name
+    label = f"{preset.name} ({'bundled' if preset.packaged_weights else 'official'})"
+    label = label if weights is None else Path(path).name
     return Model(preset, backbone, label)

@@ -1,0 +1,497 @@
+"""The reference study's still-image probes: numbers, and a figure for each.
+
+Per image (one forward pass of the ``size x size`` centre crop the model sees, ``analyse``):
+
+- ``distance``: mean attention distance per block and head, in pixels (Dosovitskiy et al.; Raghu
+  et al.), drawn as the study's scatter: block on x, one point per head.
+- ``rollout``: attention rollout through every block (Abnar & Zuidema): input | map x image |
+  colormap overlay.
+- ``heads``: the last block's CLS attention, one overlay per head (DINO's heatmaps).
+- ``masks``: DINO's threshold masks, the smallest set of patches holding ``keep`` of each head's
+  CLS attention mass.
+- top-5 ImageNet-1k classes, for presets with a 1000-way head (numbers only).
+
+Per model (the same for every image): ``filters``, the first 128 patch-projection filters, and
+``posembed``, the dot-product similarity of the patch position embeddings.
+
+Maps are drawn on ``preprocess.display_image``, the exact crop the model saw, so a map's cell
+``(i, j)`` covers pixels ``[i*p, (i+1)*p) x [j*p, (j+1)*p)`` of the picture it is drawn on.
+Figures are plain ``matplotlib.figure.Figure`` objects on the Agg canvas, never registered with
+pyplot: nothing stays open, however many images a batch renders. Every title names the preset and
+the weights; random weights are called out in red.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+from vidattn import attention as am
+from vidattn import render
+from vidattn.errors import VidattnError
+from vidattn.io import atomic_path
+from vidattn.preprocess import display_image, imagenet_labels, load_image, preprocess_image
+
+IMAGE_PROBES = ("distance", "rollout", "heads", "masks")
+MODEL_PROBES = ("filters", "posembed")
+PROBES = IMAGE_PROBES + MODEL_PROBES
+MODEL_FOLDER = "model"  # OUTDIR/model/ holds the model-level figures of a run
+
+COLORMAP = "inferno"
+ALPHA = 0.6  # the study's heatmap opacity
+DPI = 100
+MAX_FILTERS = 128  # the study shows the first 128 filters, 8 rows of 16
+FILTER_COLUMNS = 16
+
+
+# -- numbers ---------------------------------------------------------------------------------------
+
+
+def check_size(model, size: int) -> None:
+    """Raise VidattnError unless ``size`` (the square crop's side) is a positive multiple of the
+    model's patch size: the model takes whole patches only."""
+    p = model.preset.patch_size
+    if size < p or size % p:
+        raise VidattnError(f"--size {size} must be a multiple of the patch size {p} "
+                           f"of {model.preset.name} (e.g. {max(1, round(size / p)) * p})")
+
+
+def mean_distances(model, attns, grid_hw) -> np.ndarray:
+    """Mean attention distance in pixels, ``(N, depth, heads)``, from the per-block attention
+    ``model.run(..., attention="all")`` returns (a list of ``(N, heads, T, T)``, first block
+    first), with the model's class tokens removed and its patch size as the unit."""
+    p, n_cls = model.preset.patch_size, model.preset.num_class_tokens
+    return np.stack([am.mean_attention_distance(a, n_cls, grid_hw, p) for a in attns], axis=1)
+
+
+def average_mean_distance(model, images, size: int = 224, batch_size: int = 8) -> np.ndarray:
+    """The study's mean attention distance averaged over many images, ``(depth, heads)`` pixels.
+
+    ``images``: paths or uint8 RGB ``(H, W, 3)`` arrays, preprocessed as ``preprocess_image``; the
+    model runs on batches of ``batch_size`` and a ``RunningMean`` accumulates, so memory holds one
+    batch's attention however many images there are. An unreadable file raises VidattnError.
+    """
+    check_size(model, size)
+    grid = (size // model.preset.patch_size,) * 2
+    running = am.RunningMean()
+    batch = []
+
+    def flush():
+        out = model.run(np.concatenate(batch), attention="all")
+        running.add(mean_distances(model, out["attention"], grid))
+        batch.clear()
+
+    for image in images:
+        pixels = image if isinstance(image, np.ndarray) else load_image(image)
+        batch.append(preprocess_image(pixels, model.preset.preprocessing, size))
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    return running.mean
+
+
+def rollout_maps(model, attns, grid_hw) -> np.ndarray:
+    """Attention rollout through every block, ``(N, gh, gw)`` peaking at 1 (``attention.rollout``)."""
+    return am.rollout(attns, model.preset.num_class_tokens, grid_hw)
+
+
+def head_maps(model, attns, grid_hw) -> np.ndarray:
+    """The last block's CLS attention per head, ``(N, heads, gh, gw)``, unscaled."""
+    return am.cls_maps(attns[-1], model.preset.num_class_tokens, grid_hw)
+
+
+def head_masks(maps, keep: float = 0.6) -> np.ndarray:
+    """DINO's masks of ``(..., gh, gw)`` maps: bool, the patches holding ``keep`` of each map's mass."""
+    return am.threshold_masks(maps, keep)
+
+
+def top_classes(model, logits, k: int = 5) -> list[dict]:
+    """The ``k`` most probable classes of one image's logits ``(C,)``, best first: dicts of
+    ``class`` (index), ``name`` (ImageNet-1k short name for a 1000-way head, else None) and
+    ``probability`` (softmax)."""
+    logits = np.asarray(logits, np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    names = imagenet_labels(short=True) if model.preset.num_classes == 1000 else None
+    best = np.argsort(-probs, kind="stable")[:k]
+    return [
+        {"class": int(i), "name": names[i] if names else None, "probability": float(probs[i])}
+        for i in best
+    ]
+
+
+def filter_images(model, limit: int = MAX_FILTERS) -> np.ndarray:
+    """The first ``limit`` patch-projection filters as RGB images in [0, 1], ``(n, p, p, 3)``.
+
+    The study's scaling: sklearn's ``MinMaxScaler`` on the ``(p*p*3, D)`` kernel, i.e. each filter
+    (column) is min-max scaled on its own; a constant filter becomes 0, as sklearn does.
+    """
+    filters = model.patch_filters()  # (p, p, 3, D)
+    p, d = filters.shape[0], filters.shape[-1]
+    flat = filters.reshape(-1, d)[:, :limit].astype(np.float64)
+    low, span = flat.min(axis=0), np.ptp(flat, axis=0)
+    scaled = (flat - low) / np.where(span > 0, span, 1.0)
+    return np.moveaxis(scaled.reshape(p, p, 3, -1), -1, 0)
+
+
+def position_similarity(model) -> np.ndarray:
+    """Dot products of the patch position embeddings (class tokens dropped), ``(P, P)``,
+    ``P = grid**2`` patches in row-major order."""
+    pos = model.patch_position_embeddings().astype(np.float64)
+    return pos @ pos.T
+
+
+@dataclass
+class Analysis:
+    """What one forward pass of one image gives the per-image probes.
+
+    The attention itself is not kept: for a ViT-B/8 every block's ``(heads, T, T)`` is hundreds of
+    MB, and the probes need only these reductions of it. Fields are None for probes not asked for.
+
+    image_hw:  ``(H, W)`` of the source image.
+    display:   uint8 ``(size, size, 3)``, the crop the model saw.
+    grid_hw:   ``(gh, gw)`` patch grid.
+    tokens:    tokens per image, class tokens included.
+    distances: ``(depth, heads)`` mean attention distance in pixels.
+    rollout:   ``(gh, gw)`` rollout map, peak 1.
+    heads:     ``(heads, gh, gw)`` last-block CLS attention.
+    logits:    ``(C,)`` where the preset has a head.
+    """
+
+    image_hw: tuple[int, int]
+    display: np.ndarray
+    grid_hw: tuple[int, int]
+    tokens: int
+    distances: np.ndarray | None = None
+    rollout: np.ndarray | None = None
+    heads: np.ndarray | None = None
+    logits: np.ndarray | None = None
+
+
+def analyse(model, image, size: int = 224, probes=IMAGE_PROBES) -> Analysis:
+    """Run the model once on an image (a path or uint8 RGB ``(H, W, 3)``) for ``probes``.
+
+    Only as much attention as the probes need is computed: every block for ``distance`` and
+    ``rollout``, the last for ``heads`` and ``masks``, none otherwise (top-5 needs only logits).
+    """
+    check_size(model, size)
+    pixels = image if isinstance(image, np.ndarray) else load_image(image)
+    probes = set(probes)
+    mode = "all" if probes & {"distance", "rollout"} else "last" if probes & {"heads", "masks"} \
+        else "none"
+    out = model.run(preprocess_image(pixels, model.preset.preprocessing, size), attention=mode)
+    attns = out["attention"]
+    grid = (size // model.preset.patch_size,) * 2
+    return Analysis(
+        image_hw=tuple(pixels.shape[:2]),
+        display=display_image(pixels, size),
+        grid_hw=grid,
+        tokens=model.preset.num_class_tokens + grid[0] * grid[1],
+        distances=mean_distances(model, attns, grid)[0] if "distance" in probes else None,
+        rollout=rollout_maps(model, attns, grid)[0] if "rollout" in probes else None,
+        heads=head_maps(model, attns, grid)[0] if probes & {"heads", "masks"} else None,
+        logits=out["logits"][0] if "logits" in out else None,
+    )
+
+
+# -- pictures --------------------------------------------------------------------------------------
+
+
+def upsample(maps, image_hw, patch: int) -> np.ndarray:
+    """Grid maps ``(..., gh, gw)`` scaled to peak 1 and upsampled (bilinear) onto the square crop
+    they came from, ``image_hw = (gh*p, gw*p)`` -> float32 ``(..., H, W)`` in [0, 1]: the heat
+    that the figures draw, in the display image's own pixel coordinates."""
+    return render.map_to_frame(am.normalize_maps(maps), image_hw, None, patch)
+
+
+def heat_overlay(display, heat, alpha: float = ALPHA, colormap=COLORMAP) -> np.ndarray:
+    """uint8 display image ``(H, W, 3)`` with ``(H, W)`` heat as a colormap glow -> uint8 image."""
+    return render.overlay(display, heat, render.colormap_lut(colormap), alpha)
+
+
+def head_colors(count: int) -> list[tuple[int, int, int]]:
+    """``count`` well-separated RGB colours, one per head (evenly spaced hues)."""
+    hues = render.colormap_lut("hsv")[np.linspace(0, 255, count, endpoint=False).astype(int)]
+    return [tuple(int(c) for c in rgb) for rgb in hues]
+
+
+def mask_image(display, masks, patch: int, colors, alpha: float = 0.45):
+    """Grid masks ``(k, gh, gw)`` bool drawn onto the uint8 display image, mask i in
+    ``colors[i]``, as DINO shows them: whole patches (nearest upsampling), tinted and outlined."""
+    regions = render.map_to_frame(np.asarray(masks, np.float32), display.shape[:2], None, patch,
+                                  interpolation="nearest") >= 0.5
+    out = display
+    for region, color in zip(regions, colors):
+        out = render.mask_overlay(out, region, color, alpha)
+    return out
+
+
+def _figure(model, what: str, width: float, height: float) -> Figure:
+    """A ``width x height`` inch Figure on the Agg canvas, titled with the probe, the preset and
+    the weights; widened if the title would not fit. Random weights get a red title that says
+    so, since their maps are noise."""
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    if model.is_random:
+        title = fig.suptitle(f"{what}\n{model.preset.name} · RANDOM (untrained) WEIGHTS",
+                             color="firebrick", fontweight="bold", fontsize=13)
+    else:
+        title = fig.suptitle(f"{what}\n{model.preset.name} · weights: {model.weights_label}",
+                             fontsize=13)
+    needed = title.get_window_extent(fig.canvas.get_renderer()).width / DPI + 0.4
+    fig.set_figwidth(max(width, needed))
+    return fig
+
+
+def _panel_figure(model, what: str, panels, cols=None) -> Figure:
+    """A titled figure of same-sized uint8 images, ``panels`` = ``[(title, image), ...]``, in the
+    grid ``render.grid_shape`` picks (or ``cols`` columns), about 3 inches per panel."""
+    rows, cols = render.grid_shape(len(panels), panels[0][1].shape[:2], cols)
+    fig = _figure(model, what, 3 * cols, 3 * rows + 1)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+        ax.set(xticks=[], yticks=[])  # hidden axes still lay their ticks out: a third of the time
+    for ax, (title, img) in zip(axes, panels):
+        ax.imshow(img)
+        ax.set_title(title, fontsize=11)
+    return fig
+
+
+def _named(what: str, name: str, limit: int = 40) -> str:
+    """``what · name``, a long name shortened in the middle so titles stay one figure wide."""
+    if len(name) > limit:
+        name = f"{name[: limit // 2 - 1]}…{name[-(limit // 2):]}"
+    return f"{what} · {name}" if name else what
+
+
+def distance_figure(model, distances, name: str = "") -> Figure:
+    """The study's scatter of ``(depth, heads)`` mean attention distances: block on x, distance
+    in pixels on y, one point per head, one colour per block."""
+    depth, heads = distances.shape
+    fig = _figure(model, _named("Mean attention distance", name), 9, 7)
+    ax = fig.add_subplot()
+    colors = render.colormap_lut("viridis")[np.linspace(0, 230, depth).astype(int)] / 255
+    for b in range(depth):
+        ax.scatter(np.full(heads, b), distances[b], color=colors[b], s=36, label=f"block {b}",
+                   edgecolors="black", linewidths=0.4, zorder=3)
+    ax.set_xlabel("Transformer block", fontsize=12)
+    ax.set_ylabel("Mean attention distance (pixels)", fontsize=12)
+    ax.set_xticks(range(depth))
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.4)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9,
+              title=f"{heads} heads each", title_fontsize=9)
+    return fig
+
+
+def rollout_figure(model, display, rollout_map, name: str = "", top=None) -> Figure:
+    """The study's rollout display on the uint8 display image: input | map x image | overlay.
+    ``rollout_map`` is ``(gh, gw)``; ``top`` (``top_classes`` output) adds the prediction."""
+    what = _named("Attention rollout", name)
+    if top:
+        what += f" · predicted: {top[0]['name'] or top[0]['class']} ({top[0]['probability']:.0%})"
+    heat = upsample(rollout_map, display.shape[:2], model.preset.patch_size)
+    masked = (heat[..., None] * display).astype(np.uint8)
+    panels = [
+        ("Input (the crop the model saw)", display),
+        ("Rollout map × image", masked),
+        ("Rollout overlay", heat_overlay(display, heat)),
+    ]
+    return _panel_figure(model, what, panels, cols=3)
+
+
+def heads_figure(model, display, maps, name: str = "") -> Figure:
+    """Last-block CLS attention ``(heads, gh, gw)`` overlaid per head on the display image, one
+    labelled panel per head, each map scaled to its own peak."""
+    what = _named("Last-block CLS attention per head (each scaled to its peak)", name)
+    heats = upsample(maps, display.shape[:2], model.preset.patch_size)
+    panels = [(f"head {k}", heat_overlay(display, heat)) for k, heat in enumerate(heats)]
+    return _panel_figure(model, what, panels)
+
+
+def masks_figure(model, display, masks, keep: float, name: str = "") -> Figure:
+    """DINO's threshold masks ``(heads, gh, gw)`` bool: one panel per head in its colour, with its
+    patch count, and a last panel with every head."""
+    colors = head_colors(len(masks))
+    p = model.preset.patch_size
+    panels = [(f"head {k}: {int(m.sum())} patches", mask_image(display, m[None], p, [c]))
+              for k, (m, c) in enumerate(zip(masks, colors))]
+    panels.append(("all heads", mask_image(display, masks, p, colors, alpha=0.25)))
+    what = _named(f"DINO masks: fewest patches holding {keep:.0%} of each head's CLS attention",
+                  name)
+    return _panel_figure(model, what, panels)
+
+
+def filters_figure(model, filters) -> Figure:
+    """Patch-projection filters ``(n, p, p, 3)`` in [0, 1] as one mosaic, 16 per row."""
+    n, p = filters.shape[:2]
+    zoom = max(1, math.ceil(32 / p))  # whole pixels per filter pixel, so the gaps stay thin
+    tiles = np.repeat(np.repeat(np.rint(filters * 255).astype(np.uint8), zoom, 1), zoom, 2)
+    mosaic = render.grid(list(tiles), cols=FILTER_COLUMNS, pad=2, bg=255)
+    total = model.preset.embed_dim
+    what = f"Patch-projection filters: {f'first {n} of' if n < total else 'all'} {total}" \
+        " (each min-max scaled)"
+    fig = _figure(model, what, 13, 12.8 * mosaic.shape[0] / mosaic.shape[1] + 1)
+    ax = fig.add_subplot()
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_axis_off()
+    return fig
+
+
+def posembed_figure(model, similarity) -> Figure:
+    """Position-embedding similarity ``(P, P)`` as an inferno image with a colorbar."""
+    g = math.isqrt(len(similarity))
+    fig = _figure(model, f"Position-embedding similarity ({g}x{g} patches, dot product)", 7.5, 7)
+    ax = fig.add_subplot()
+    shown = ax.imshow(similarity, cmap=COLORMAP, interpolation="nearest")
+    ax.set_xlabel("patch (row by row)")
+    ax.set_ylabel("patch (row by row)")
+    fig.colorbar(shown, ax=ax, shrink=0.85, label="dot product")
+    return fig
+
+
+def figure_image(fig: Figure) -> np.ndarray:
+    """Draw ``fig`` once on its Agg canvas -> uint8 RGB ``(H, W, 3)``, ``H, W = figsize * DPI``."""
+    fig.canvas.draw()
+    return np.array(fig.canvas.buffer_rgba())[..., :3]
+
+
+def save_figure(fig: Figure, path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically. Drawn once and encoded by Pillow: half the
+    time of ``savefig``, which lays a constrained-layout figure out again."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(figure_image(fig)).save(tmp, format="PNG")
+    return Path(path)
+
+
+# -- files -----------------------------------------------------------------------------------------
+
+
+def parse_probes(text: str) -> tuple[str, ...]:
+    """``"all"`` or a comma list such as ``"distance,heads"`` -> probe names in canonical order."""
+    names = {t.strip() for t in text.split(",") if t.strip()}
+    if "all" in names:
+        return PROBES
+    unknown = sorted(names - set(PROBES))
+    if unknown or not names:
+        raise VidattnError(f"unknown probe(s) {', '.join(unknown) or repr(text)}; choose all or "
+                           f"any of {','.join(PROBES)}")
+    return tuple(p for p in PROBES if p in names)
+
+
+def folder_names(paths, reserved=(MODEL_FOLDER,)) -> list[str]:
+    """One output folder name per input path: its stem, with ``-2``, ``-3``... for repeats (first
+    come, first served; compared case-insensitively for case-insensitive file systems) and for
+    ``reserved`` names."""
+    taken = {r.lower() for r in reserved}
+    names = []
+    for path in paths:
+        stem = Path(path).stem or "image"
+        name, k = stem, 1
+        while name.lower() in taken:
+            k += 1
+            name = f"{stem}-{k}"
+        taken.add(name.lower())
+        names.append(name)
+    return names
+
+
+def write_model_probes(model, folder, probes=MODEL_PROBES) -> dict[str, str]:
+    """Write the model-level figures among ``probes`` into ``folder`` (replacing any there) ->
+    ``{probe: file name}``."""
+    figures = {
+        "filters": lambda: filters_figure(model, filter_images(model)),
+        "posembed": lambda: posembed_figure(model, position_similarity(model)),
+    }
+    wanted = [p for p in MODEL_PROBES if p in probes]
+    if wanted:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    for probe in wanted:
+        save_figure(figures[probe](), Path(folder) / f"{probe}.png")
+    return {probe: f"{probe}.png" for probe in wanted}
+
+
+def _json_lines(record: dict) -> str:
+    """JSON with one top-level key per line, each value compact: readable, and a block's row of
+    head distances stays on one line."""
+    lines = (f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in record.items())
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def probe_image(model, path, outdir, probes=PROBES, size: int = 224, threshold: float = 0.6,
+                overwrite: bool = False) -> dict:
+    """Run the per-image probes on the image at ``path`` and write them into the folder
+    ``outdir``: ``<probe>.png`` each, then ``probes.json`` (last: its presence means the folder is
+    complete). Model-level probes in ``probes`` are skipped here (``write_model_probes``).
+
+    Raises VidattnError for an unreadable image (before anything is written) or, unless
+    ``overwrite``, when ``outdir`` already holds files. Returns the ``probes.json`` record.
+    """
+    outdir = Path(outdir)
+    wanted = [p for p in IMAGE_PROBES if p in probes]
+    pixels = load_image(path)
+    if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())) and not overwrite:
+        raise VidattnError("output folder exists (use --overwrite to replace it)", outdir)
+    a = analyse(model, pixels, size, wanted)
+    masks = head_masks(a.heads, threshold) if "masks" in wanted else None
+    top = top_classes(model, a.logits) if a.logits is not None else None
+    name, p = Path(path).name, model.preset.patch_size
+    figures = {
+        "distance": lambda: distance_figure(model, a.distances, name),
+        "rollout": lambda: rollout_figure(model, a.display, a.rollout, name, top),
+        "heads": lambda: heads_figure(model, a.display, a.heads, name),
+        "masks": lambda: masks_figure(model, a.display, masks, threshold, name),
+    }
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise VidattnError("output folder path is a file", outdir) from None
+    for stale in ["probes.json"] + [f"{q}.png" for q in IMAGE_PROBES if q not in wanted]:
+        (outdir / stale).unlink(missing_ok=True)
+    for probe in wanted:
+        save_figure(figures[probe](), outdir / f"{probe}.png")
+
+    record = {
+        "image": os.fspath(path),
+        "image_size": list(a.image_hw),
+        "input_size": [size, size],
+        "model": {
+            "preset": model.preset.name, "weights": model.weights_label,
+            "random_weights": model.is_random, "patch_size": p, "depth": model.preset.depth,
+            "heads": model.preset.num_heads, "class_tokens": model.preset.num_class_tokens,
+        },
+        "shapes": {
+            "input": [1, size, size, 3], "grid": list(a.grid_hw), "tokens": a.tokens,
+            "attention_per_block": [1, model.preset.num_heads, a.tokens, a.tokens],
+        },
+        "probes": wanted,
+        "files": {probe: f"{probe}.png" for probe in wanted},
+    }
+    if a.distances is not None:
+        record["mean_attention_distance"] = {
+            "unit": "pixels", "per_block_head": a.distances.tolist(),
+            "per_block_mean": a.distances.mean(axis=1).tolist(),
+        }
+    if a.rollout is not None:
+        row, col = am.peak_location(a.rollout)
+        record["rollout_peak"] = {"row": row, "col": col, "y": (row + 0.5) * p,
+                                  "x": (col + 0.5) * p}
+    if a.heads is not None:
+        record["head_peaks"] = [list(am.peak_location(m)) for m in a.heads]
+    if masks is not None:
+        record["masks"] = {"keep": threshold, "patches_per_head": masks.sum((1, 2)).tolist()}
+    if top is not None:
+        record["top5"] = top
+    with atomic_path(outdir / "probes.json") as tmp:
+        Path(tmp).write_text(_json_lines(record), encoding="utf-8")
+    return record
