@@ -27,6 +27,8 @@ class Preset:
             cover ``(image_size // patch_size) ** 2`` patches and are interpolated for other grids.
         preprocessing: ``"imagenet"`` (mean/std on 0..1 pixels) or ``"minus_one_one"``.
         weights_url: official download address of the weights, or None.
+        packaged_weights: file name under ``vidattn/data/`` for weights that ship with the
+            package (the demo model), used instead of a download.
         weights_format: what the download is (for listings): "DINO .pth", "timm safetensors", ...
         layer_norm_eps: LayerNorm epsilon of the checkpoint's implementation.
     """
@@ -43,6 +45,7 @@ class Preset:
     image_size: int = 224
     preprocessing: str = "imagenet"
     weights_url: str | None = None
+    packaged_weights: str | None = None
     weights_format: str = ""
     layer_norm_eps: float = 1e-6
 
@@ -118,6 +121,17 @@ PRESETS: dict[str, Preset] = {
                 f"{_HF}/timm/deit_base_distilled_patch16_224.fb_in1k/resolve/main/model.safetensors"
             ),
             weights_format="timm safetensors",
+        ),
+        Preset(
+            name="demo",
+            description="Demo ViT-4L/8 trained here with DINO on synthetic scenes (a toy, offline)",
+            patch_size=8,
+            embed_dim=128,
+            depth=4,
+            num_heads=4,
+            image_size=64,
+            packaged_weights="demo_vit.safetensors",
+            weights_format="demo safetensors",
         ),
     )
 }

@@ -1,0 +1,741 @@
+#!/usr/bin/env python
+"""Benchmark vidattn on this machine and print one table (also written as JSON).
+
+    python scripts/bench.py [--quick] [--only model,torch,ceiling,e2e,memory,rollout]
+                            [--json out/bench.json] [--cache out/bench-cache]
+
+Parts (all by default, in this order):
+
+- ``model``: ``Model.run`` throughput of dino_vits16 (random weights) at 224x224 and at the video
+  input size of a 720p frame (``video_geometry(720, 1280, 16, DEFAULT_SIZE)``), batch 1 and
+  ``DEFAULT_BATCH``, attention "last" and "none" (and "all" at the video size, the rollout view's
+  need). Each shape is warmed up first (XLA compiles per shape); the rate is batch / median time.
+- ``torch``: the same shapes in Hugging Face ``transformers`` (``ViTModel``, eager attention with
+  ``output_attentions`` for "last", sdpa without attentions for "none"), the reference of the
+  ``model`` rows' ratio column (ours / torch, > 1: ours is faster).
+- ``ceiling``: float32 matmul GFLOP/s on the active Keras backend (2048^3 and the model's largest
+  matmul) and in numpy; the ``model`` rates turned into GFLOP/s (analytic FLOPs) as % of it.
+- ``e2e``: ``render_video`` frames/s for every view on a generated 720p H.264 clip, over the
+  model-only rate at the same size and batch; plus a serial per-stage breakdown of the mean view
+  (decode, preprocess, model, render, encode).
+- ``memory``: peak RSS of a short and a 10x longer render, each in a fresh subprocess.
+- ``rollout``: dino_vits8 at 480x848, a forward pass with attention="all" against
+  ``attention.rollout`` on its output.
+
+The backend is KERAS_BACKEND's (TensorFlow by default); nothing here needs TensorFlow itself.
+Generated clips are cached in ``--cache``. ``--quick`` is a smoke run: few iterations, short
+clips, a smaller rollout input; its numbers are not meant to be quoted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, replace
+from fractions import Fraction
+from itertools import islice
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+import vidattn  # noqa: E402  (sets the KERAS_BACKEND default before keras is imported)
+from vidattn.models.presets import Preset, get_preset  # noqa: E402
+from vidattn.preprocess import video_geometry  # noqa: E402
+from vidattn.video.pipeline import DEFAULT_BATCH, DEFAULT_SIZE, VIEWS  # noqa: E402
+
+PARTS = ("model", "torch", "ceiling", "e2e", "memory", "rollout")
+PRESET = "dino_vits16"
+ROLLOUT_PRESET = "dino_vits8"
+ROLLOUT_SIZES = ((480, 848), (360, 640), (240, 424))  # 16:9 inputs, largest first
+VIDEO_HW = (720, 1280)  # the e2e clip (H, W): 5 s at 30 fps
+VIDEO_FRAMES = 150
+MEMORY_HW = (360, 640)  # the memory clip: 20 s, and the same model input size as 720p
+MEMORY_FRAMES = 600
+FPS = 30
+
+
+@dataclass
+class Row:
+    """One line of the table. ``ratio`` is value / reference, shown as ``ratio_unit`` ("x" or
+    "%"); ``reference`` says what it is compared with in ``ref_label``."""
+
+    measure: str
+    size: str
+    batch: int | None
+    value: float
+    unit: str
+    reference: float | None = None
+    ref_label: str = ""
+    ratio: float | None = None
+    ratio_unit: str = "x"
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Effort:
+    """How hard to try: warm-up calls, then at least ``min_iters`` timed calls, more (up to
+    ``max_iters``) while the timed calls took less than ``budget_s`` in all."""
+
+    warmup: int
+    min_iters: int
+    max_iters: int
+    budget_s: float
+    e2e_frames: int
+    memory_frames: tuple[int, int]
+    rollout_iters: int
+
+
+FULL = Effort(2, 5, 20, 4.0, VIDEO_FRAMES, (60, MEMORY_FRAMES), 3)
+QUICK = Effort(1, 2, 2, 0.0, 2 * DEFAULT_BATCH, (24, 240), 1)
+
+
+def hw_str(hw) -> str:
+    return f"{hw[0]}x{hw[1]}"
+
+
+def median_seconds(fn, effort: Effort) -> tuple[float, str]:
+    """Median wall time of ``fn()`` after ``effort.warmup`` untimed calls, and a note on how
+    many calls were timed and how far apart they were ("n=5 spread 4%": (max - min) / median),
+    so noise on a busy machine shows in the table."""
+    for _ in range(effort.warmup):
+        fn()
+    times = []
+    while len(times) < effort.min_iters or (
+        len(times) < effort.max_iters and sum(times) < effort.budget_s
+    ):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    mid = statistics.median(times)
+    return mid, f"n={len(times)} spread {100 * (max(times) - min(times)) / mid:.0f}%"
+
+
+def vit_flops(preset: Preset, input_hw) -> float:
+    """Forward FLOPs of one image (2 per multiply-add), matmuls only: patch embedding, and per
+    block qkv, attention scores and weighted sum, output projection, MLP. LayerNorm, softmax and
+    GELU (O(T * D) and O(heads * T^2) elementwise work) are left out."""
+    p, d = preset.patch_size, preset.embed_dim
+    patches = (input_hw[0] // p) * (input_hw[1] // p)
+    t = preset.num_class_tokens + patches
+    hidden = int(d * preset.mlp_ratio)
+    per_block = t * d * 3 * d + 2 * t * t * d + t * d * d + 2 * t * d * hidden
+    return 2.0 * (patches * p * p * 3 * d + preset.depth * per_block)
+
+
+# -- machine and backend ---------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def backend_device() -> tuple[str, str]:
+    """(kind, description) of the device the Keras backend computes on: kind "cpu" or "gpu"."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            details = tf.config.experimental.get_device_details(gpus[0])
+            return "gpu", details.get("device_name", gpus[0].name)
+    elif backend == "jax":
+        import jax
+
+        dev = jax.devices()[0]
+        if dev.platform != "cpu":
+            return "gpu", f"{dev.platform}: {dev.device_kind}"
+    elif backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return "gpu", torch.cuda.get_device_name(0)
+    return "cpu", f"CPU: {cpu_model()}"
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "vidattn": vidattn.__version__}
+    for dist in ("numpy", "keras", "tensorflow", "tensorflow-cpu", "jax", "torch", "transformers",
+                 "av", "opencv-python-headless"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def header(args) -> dict:
+    import keras
+
+    kind, device = backend_device()
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": f"{os.cpu_count()} cores, {cpu_model()}, {mem_gb:.0f} GiB RAM",
+        "load_average_at_start": os.getloadavg()[0],
+        "backend": keras.backend.backend(),
+        "device": device,
+        "device_kind": kind,
+        "torch_device": args.torch_device,
+        "quick": args.quick,
+        "parts": args.parts,
+        "versions": versions(),
+    }
+
+
+# -- the benchmark state ---------------------------------------------------------------------
+
+
+class Bench:
+    """Models, clips and rates shared between parts, so a rate measured once is reused (the
+    e2e part's reference is the model part's row when both run)."""
+
+    def __init__(self, args):
+        self.args = args
+        self.effort = QUICK if args.quick else FULL
+        self.rows: list[Row] = []
+        self.rates: dict = {}  # (impl, preset, hw, batch, attention) -> images/s
+        self.spreads: dict = {}  # same keys -> median_seconds' note
+        self.ceiling: float | None = None  # best backend matmul GFLOP/s, from part_ceiling
+        self._models: dict = {}
+        self.cache = Path(args.cache)
+        self.video_geo = video_geometry(*VIDEO_HW, get_preset(PRESET).patch_size, DEFAULT_SIZE)
+
+    def model(self, name):
+        if name not in self._models:
+            self._models[name] = vidattn.load_model(name, weights="random")
+        return self._models[name]
+
+    def ours_rate(self, name, hw, batch, attention) -> float:
+        """Images/s of ``Model.run`` (numpy in, numpy out, as the video pipeline calls it)."""
+        key = ("ours", name, tuple(hw), batch, attention)
+        if key not in self.rates:
+            model = self.model(name)
+            x = np.random.default_rng(0).standard_normal((batch, *hw, 3), np.float32)
+            seconds, spread = median_seconds(lambda: model.run(x, attention=attention), self.effort)
+            self.rates[key] = batch / seconds
+            self.spreads[key] = spread
+        return self.rates[key]
+
+    def clip(self, hw, n_frames) -> Path:
+        """The generated clip of ``n_frames`` at ``hw``, made once into the cache folder."""
+        path = self.cache / f"clip_{hw[1]}x{hw[0]}_{n_frames}f_{FPS}fps_v1.mp4"
+        if not path.exists():
+            make_clip(path, hw, n_frames)
+        return path
+
+
+def shapes(bench):
+    """The (input size, batch) pairs of the model and torch parts."""
+    return [(hw, b) for hw in ((224, 224), bench.video_geo.input_hw) for b in (1, DEFAULT_BATCH)]
+
+
+# -- part: model -----------------------------------------------------------------------------
+
+
+def part_model(bench):
+    for hw, batch in shapes(bench):
+        for attention in ("last", "none"):
+            rate = bench.ours_rate(PRESET, hw, batch, attention)
+            bench.rows.append(Row(f"model attention={attention}", hw_str(hw), batch, rate, "img/s",
+                                  note=bench.spreads[("ours", PRESET, hw, batch, attention)]))
+    hw = bench.video_geo.input_hw
+    rate = bench.ours_rate(PRESET, hw, DEFAULT_BATCH, "all")
+    key = ("ours", PRESET, hw, DEFAULT_BATCH, "all")
+    bench.rows.append(Row("model attention=all", hw_str(hw), DEFAULT_BATCH, rate, "img/s",
+                          note=f"{bench.spreads[key]}; the rollout view's mode"))
+
+
+# -- part: torch -----------------------------------------------------------------------------
+
+
+def part_torch(bench):
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from checkpoints import hf_config  # tests/checkpoints.py: the HF config of a preset
+    from transformers import ViTModel
+
+    torch.set_num_threads(os.cpu_count())
+    device = bench.args.torch_device
+    preset = get_preset(PRESET)
+    models = {}
+    for impl in ("eager", "sdpa"):
+        config = hf_config(preset)
+        config._attn_implementation = impl
+        models[impl] = ViTModel(config, add_pooling_layer=False).eval().to(device)
+
+    for hw, batch in shapes(bench):
+        x = torch.randn(batch, 3, *hw, device=device)
+        for attention, impl in (("last", "eager"), ("none", "sdpa")):
+            model, want = models[impl], attention == "last"
+
+            def call(model=model, want=want, x=x):
+                with torch.inference_mode():
+                    out = model(pixel_values=x, output_attentions=want,
+                                interpolate_pos_encoding=True)
+                    out.last_hidden_state[:, 0].cpu().numpy()
+                    if want:
+                        out.attentions[-1].cpu().numpy()
+
+            seconds, spread = median_seconds(call, bench.effort)
+            bench.rates[("torch", PRESET, tuple(hw), batch, attention)] = batch / seconds
+            bench.rows.append(Row(f"torch {impl}" + (" +attentions" if want else ""),
+                                  hw_str(hw), batch, batch / seconds, "img/s",
+                                  note=f"{spread}; HF ViTModel on {device}"))
+
+
+def add_torch_references(bench):
+    """Fill the model rows' reference columns with the torch rates of the same shape."""
+    for row in bench.rows:
+        if not row.measure.startswith("model attention="):
+            continue
+        attention = row.measure.split("=", 1)[1]
+        key = ("torch", PRESET, tuple(map(int, row.size.split("x"))), row.batch, attention)
+        if key in bench.rates:
+            row.reference, row.ref_label = bench.rates[key], "torch"
+            row.ratio = row.value / row.reference
+
+
+# -- part: ceiling ---------------------------------------------------------------------------
+
+
+def matmul_gflops(m, k, n, effort, use_numpy=False) -> float:
+    """Best-of-several float32 ``(m, k) @ (k, n)`` GFLOP/s on the Keras backend (or numpy); each
+    timed product is read back (one element) so asynchronous devices are timed to completion."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k), np.float32)
+    b = rng.standard_normal((k, n), np.float32)
+    if use_numpy:
+        def call():
+            return float((a @ b)[0, 0])
+    else:
+        a, b = keras.ops.convert_to_tensor(a), keras.ops.convert_to_tensor(b)
+
+        def call():
+            return float(keras.ops.convert_to_numpy(keras.ops.matmul(a, b)[0, 0]))
+
+    for _ in range(2):
+        call()
+    best = math.inf
+    for _ in range(max(3, effort.min_iters)):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * m * k * n / best / 1e9
+
+
+def part_ceiling(bench):
+    import keras
+
+    preset = get_preset(PRESET)
+    tokens = preset.num_class_tokens + math.prod(bench.video_geo.grid_hw)
+    fc1 = (DEFAULT_BATCH * tokens, preset.embed_dim, int(preset.embed_dim * preset.mlp_ratio))
+    backend = keras.backend.backend()
+    ceiling = 0.0
+    for label, mkn, use_numpy in (("2048^3", (2048,) * 3, False),
+                                  ("x".join(map(str, fc1)), fc1, False),
+                                  ("2048^3", (2048,) * 3, True)):
+        g = matmul_gflops(*mkn, bench.effort, use_numpy)
+        where = "numpy" if use_numpy else backend
+        bench.rows.append(Row(f"matmul f32 {where}", label, None, g, "GFLOP/s",
+                              note="MLP fc1 shape (B*T, D, 4D)" if mkn == fc1 else ""))
+        if not use_numpy:
+            ceiling = max(ceiling, g)
+    bench.ceiling = ceiling
+
+
+def add_efficiency(bench):
+    """One GFLOP/s row per model rate measured, as % of the matmul ceiling."""
+    ceiling = bench.ceiling
+    if not ceiling:
+        return
+    for (impl, name, hw, batch, attention), rate in list(bench.rates.items()):
+        if impl != "ours" or name != PRESET:
+            continue
+        achieved = vit_flops(get_preset(name), hw) * rate / 1e9
+        bench.rows.append(Row(f"model GFLOP/s attention={attention}", hw_str(hw), batch,
+                              achieved, "GFLOP/s", ceiling, "matmul ceiling",
+                              100 * achieved / ceiling, "%",
+                              note=f"{vit_flops(get_preset(name), hw) / 1e9:.1f} GFLOP/img"))
+
+
+# -- part: e2e -------------------------------------------------------------------------------
+
+
+def make_clip(path: Path, hw, n_frames, fps=FPS, seed=0):
+    """Write an H.264 clip (yuv420p, CRF 23, x264 veryfast, 2 s GOP) of ``n_frames`` RGB frames
+    ``hw`` = (H, W): a texture (colour blobs, fine grain, wavy stripes) panning 2 px/frame, with
+    three shapes moving over it (a circle on a sine path, a bouncing square, a spinning triangle).
+    Written to a temporary file in the same folder, then renamed, so a cached clip is complete."""
+    import av
+    import cv2
+
+    h, w = hw
+    rng = np.random.default_rng(seed)
+    big_h, big_w = h, w + 2 * n_frames
+
+    def blobs(scale, channels):  # smooth noise in 0..1 with features about `scale` pixels wide
+        noise = rng.random((big_h // scale + 2, big_w // scale + 2, channels)).astype(np.float32)
+        return cv2.resize(noise, (big_w, big_h), interpolation=cv2.INTER_CUBIC).reshape(
+            big_h, big_w, channels)
+
+    yy, xx = np.mgrid[0:big_h, 0:big_w].astype(np.float32)
+    stripes = 0.5 + 0.5 * np.sin(xx / 7.0 + 3.0 * np.sin(yy / 41.0))[..., None]
+    texture = 255 * (0.45 * blobs(96, 3) + 0.25 * blobs(12, 1) + 0.15 * stripes + 0.1)
+    texture = np.clip(texture, 0, 255).astype(np.uint8)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.mp4")
+    s = min(h, w) // 6
+    with av.open(str(tmp), "w", options={"movflags": "+faststart"}) as out:
+        stream = out.add_stream("libx264", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.gop_size = 2 * fps
+        stream.codec_context.options = {"preset": "veryfast", "crf": "23"}
+        for i in range(n_frames):
+            u = i / max(1, n_frames - 1)
+            frame = np.ascontiguousarray(texture[:, 2 * i : 2 * i + w])
+            cx, cy = int(s + u * (w - 2 * s)), int(h / 2 + h / 4 * math.sin(6 * math.pi * u))
+            cv2.circle(frame, (cx, cy), s // 2, (230, 40, 40), -1, cv2.LINE_AA)
+            bx = int(abs(((u * 3) % 2) - 1) * (w - s))
+            cv2.rectangle(frame, (bx, h - s - 10), (bx + s, h - 10), (40, 200, 60), -1)
+            angle = 4 * math.pi * u + np.arange(3) * 2 * math.pi / 3
+            tri = np.stack([w * 0.7 + s * np.cos(angle), h * 0.3 + s * np.sin(angle)], 1)
+            cv2.fillPoly(frame, [tri.astype(np.int32)], (40, 80, 230), cv2.LINE_AA)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, "rgb24")))
+        out.mux(stream.encode(None))
+    os.replace(tmp, path)
+
+
+def stage_seconds(model, clip, view, n_frames, dst) -> dict:
+    """Run the video pipeline's stages one after another (no threads) on ``n_frames`` and time
+    each: where a frame's time goes. Keys: decode, preprocess, model, render, encode."""
+    from vidattn.preprocess import prepare_frames
+    from vidattn.video.pipeline import FrameRenderer, MapMaker, VideoOptions
+    from vidattn.video.reader import probe, read_frames
+    from vidattn.video.writer import VideoWriter
+
+    info = probe(clip)
+    opts = VideoOptions(view=view, progress=False)
+    geo = video_geometry(info.height, info.width, model.preset.patch_size, opts.size)
+    make_maps, draw = MapMaker(model, opts, geo.grid_hw), FrameRenderer(model, opts, geo)
+    spent = dict.fromkeys(("decode", "preprocess", "model", "render", "encode"), 0.0)
+    frames = read_frames(clip, max_frames=n_frames)
+    writer = None
+    while True:
+        t0 = time.perf_counter()
+        batch = list(islice(frames, opts.batch_size))
+        t1 = time.perf_counter()
+        spent["decode"] += t1 - t0
+        if not batch:
+            break
+        inputs = prepare_frames([f.image for f in batch], geo, model.preset.preprocessing)
+        t2 = time.perf_counter()
+        maps = make_maps(inputs)
+        t3 = time.perf_counter()
+        spent["preprocess"] += t2 - t1
+        spent["model"] += t3 - t2
+        for frame, frame_maps in zip(batch, maps):
+            t3 = time.perf_counter()
+            image = draw(frame.image, frame_maps, frame.pts_s)
+            t4 = time.perf_counter()
+            if writer is None:
+                writer = VideoWriter(dst, info.fps or 25, image.shape[1], image.shape[0],
+                                     audio_from=clip, crf=opts.crf, preset=opts.x264_preset)
+            writer.write(image, frame.pts_s)
+            spent["render"] += t4 - t3
+            spent["encode"] += time.perf_counter() - t4
+    t0 = time.perf_counter()
+    writer.close()
+    spent["encode"] += time.perf_counter() - t0
+    return spent
+
+
+def part_e2e(bench):
+    from vidattn.video.pipeline import VideoOptions, render_video
+
+    n = bench.effort.e2e_frames
+    clip = bench.clip(VIDEO_HW, VIDEO_FRAMES)
+    model = bench.model(PRESET)
+    hw = bench.video_geo.input_hw
+    size = f"{hw_str(VIDEO_HW)}->{hw_str(hw)}"
+    with tempfile.TemporaryDirectory() as tmp:
+        for view in VIEWS:
+            warm = VideoOptions(view=view, progress=False, max_frames=DEFAULT_BATCH)
+            render_video(model, clip, Path(tmp) / "warm.mp4", warm)  # compiles, fills caches
+            result = render_video(model, clip, Path(tmp) / f"{view}.mp4",
+                                  VideoOptions(view=view, progress=False, max_frames=n))
+            attention = "all" if view == "rollout" else "last"
+            model_rate = bench.ours_rate(PRESET, hw, DEFAULT_BATCH, attention)
+            bench.rows.append(Row(f"e2e render view={view}", size, DEFAULT_BATCH,
+                                  result.frames / result.seconds, "frame/s", model_rate,
+                                  f"model attention={attention}",
+                                  result.frames / result.seconds / model_rate,
+                                  note=f"{result.frames} frames"))
+        spent = stage_seconds(model, clip, "mean", n, Path(tmp) / "stages.mp4")
+    total = sum(spent.values())
+    for stage, seconds in spent.items():
+        bench.rows.append(Row(f"e2e mean, serial stage {stage}", size, DEFAULT_BATCH,
+                              1000 * seconds / n, "ms/frame", 1000 * total / n, "serial total",
+                              100 * seconds / total, "%"))
+    piped = next(r for r in bench.rows if r.measure == "e2e render view=mean")
+    bench.rows.append(Row("e2e mean, threaded / serial", size, DEFAULT_BATCH,
+                          piped.value, "frame/s", n / total, "serial frame/s",
+                          piped.value * total / n, note="overlap gain of the pipeline's threads"))
+
+
+# -- part: memory ----------------------------------------------------------------------------
+
+
+def _status_mib(field) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak_rss() -> bool:
+    """Set this process's peak-RSS mark (VmHWM) to its current RSS; False where Linux refuses."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux >= 4.0
+        return True
+    except OSError:
+        return False
+
+
+def memory_worker(clip, n_frames):
+    """In a fresh process: load the model, reset the peak-RSS mark, render ``n_frames`` of
+    ``clip`` (mean view) and print, as one JSON line, the RSS after loading and the peak RSS
+    since then (``VmHWM``: unlike ``ru_maxrss``, it starts afresh at exec, so the parent's size
+    does not leak into a child's figure)."""
+    from vidattn.video.pipeline import VideoOptions, render_video
+
+    model = vidattn.load_model(PRESET, weights="random")
+    loaded = _status_mib("VmRSS")
+    since = "model load" if reset_peak_rss() else "process start"
+    with tempfile.TemporaryDirectory() as tmp:
+        result = render_video(model, clip, Path(tmp) / "out.mp4",
+                              VideoOptions(view="mean", progress=False, max_frames=n_frames))
+    print(json.dumps({"frames": result.frames, "seconds": result.seconds, "loaded_mib": loaded,
+                      "peak_mib": _status_mib("VmHWM"), "peak_since": since}))
+
+
+def part_memory(bench):
+    short, long = bench.effort.memory_frames
+    clip = bench.clip(MEMORY_HW, MEMORY_FRAMES)
+    size = hw_str(MEMORY_HW)
+    peaks = {}
+    for n in (short, long):
+        proc = subprocess.run([sys.executable, __file__, "--memory-worker", str(clip), str(n)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode:
+            raise RuntimeError(f"memory worker failed:\n{proc.stderr[-2000:]}")
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        peaks[n] = got["peak_mib"]
+        bench.rows.append(Row(f"peak RSS, {got['frames']}-frame render", size, DEFAULT_BATCH,
+                              got["peak_mib"], "MiB", got["loaded_mib"], "RSS after model load",
+                              got["peak_mib"] / got["loaded_mib"],
+                              note=f"peak since {got['peak_since']}, fresh process, "
+                                   f"{got['frames'] / got['seconds']:.1f} frame/s"))
+    bench.rows.append(Row(f"peak RSS {long} / {short} frames", size, DEFAULT_BATCH,
+                          peaks[long] / peaks[short], "ratio", note="1.0 = flat memory"))
+
+
+# -- part: rollout ---------------------------------------------------------------------------
+
+
+def rollout_size(bench, preset) -> tuple[tuple[int, int], str]:
+    """480x848, or the largest of ROLLOUT_SIZES whose attention fits in the available memory
+    (the model's output of every block, about twice over while it becomes numpy, plus 1 GiB)."""
+    sizes = ROLLOUT_SIZES[-1:] if bench.args.quick else ROLLOUT_SIZES
+    try:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    except ImportError:
+        return sizes[0], ""
+    for hw in sizes:
+        t = preset.num_class_tokens + (hw[0] // preset.patch_size) * (hw[1] // preset.patch_size)
+        need = 2.2 * preset.depth * preset.num_heads * t * t * 4 + 2**30
+        if need < available:
+            note = "" if hw == ROLLOUT_SIZES[0] else (
+                "quick run" if bench.args.quick else
+                f"480x848 needs ~{need / 2**30:.0f} GiB; {available / 2**30:.0f} GiB free")
+            return hw, note
+    raise RuntimeError("not enough memory for the rollout benchmark at any size")
+
+
+def part_rollout(bench):
+    from vidattn import attention as am
+
+    preset = get_preset(ROLLOUT_PRESET)
+    hw, note = rollout_size(bench, preset)
+    model = bench.model(ROLLOUT_PRESET)
+    grid = (hw[0] // preset.patch_size, hw[1] // preset.patch_size)
+    x = np.random.default_rng(0).standard_normal((1, *hw, 3), np.float32)
+    k = bench.effort.rollout_iters
+    once = replace(bench.effort, warmup=1, min_iters=k, max_iters=k, budget_s=0.0)
+    out = {}
+
+    def forward():
+        out.clear()
+        out.update(model.run(x, attention="all"))
+
+    last, last_spread = median_seconds(lambda: model.run(x, attention="last"), once)
+    rss, measured = _status_mib("VmRSS"), reset_peak_rss()
+    fwd, fwd_spread = median_seconds(forward, once)
+    peak = f"peak RSS +{(_status_mib('VmHWM') - rss) / 1024:.1f} GiB, " if measured else ""
+    roll, roll_spread = median_seconds(
+        lambda: am.rollout(out["attention"], preset.num_class_tokens, grid), once)
+    tokens = preset.num_class_tokens + grid[0] * grid[1]
+    gib = sum(a.nbytes for a in out["attention"]) / 2**30
+    out.clear()
+    size = hw_str(hw)
+    bench.rows.append(Row(f"{ROLLOUT_PRESET} forward attention=last", size, 1, last, "s/frame",
+                          note=f"{last_spread}; T={tokens}" + (f"; {note}" if note else "")))
+    bench.rows.append(Row(f"{ROLLOUT_PRESET} forward attention=all", size, 1, fwd, "s/frame",
+                          last, "attention=last", fwd / last,
+                          note=f"{fwd_spread}; {peak}attention out {gib:.1f} GiB"))
+    bench.rows.append(Row("attention.rollout", size, 1, roll, "s/frame", fwd, "forward all",
+                          100 * roll / fwd, "%", note=roll_spread))
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def fmt(x) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        return f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
+    return str(x)
+
+
+def table(head: dict, rows: list[Row]) -> str:
+    v = head["versions"]
+    lines = [
+        f"vidattn bench  {head['date']}" + ("  QUICK (smoke run, do not quote)" * head["quick"]),
+        f"machine: {head['machine']}; load average at start {head['load_average_at_start']:.2f}",
+        f"backend: keras {v.get('keras')} on {head['backend']} "
+        f"({v.get(head['backend']) or v.get(head['backend'] + '-cpu')}), device: {head['device']}"
+        + (f"; reference: torch {v.get('torch')} + transformers {v.get('transformers')} on "
+           f"{head['torch_device']} ({os.cpu_count()} threads)") * ("torch" in head["parts"]),
+        "versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        f"model: {PRESET}, random weights; video size {DEFAULT_SIZE}, batch {DEFAULT_BATCH}; "
+        f"ran {head['seconds']:.0f} s, load average at end {head['load_average_at_end']:.2f}",
+    ]
+    cols = ("measure", "size", "batch", "value", "unit", "reference", "vs", "ratio", "note")
+    cells = [
+        (r.measure, r.size, fmt(r.batch), fmt(r.value), r.unit, fmt(r.reference), r.ref_label,
+         "" if r.ratio is None else (f"{r.ratio:.1f}%" if r.ratio_unit == "%" else
+                                     f"{r.ratio:.2f}x"), r.note)
+        for r in rows
+    ]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c)
+              for i, c in enumerate(cols)]
+    numeric = {2, 3, 5, 7}
+
+    def line(values):
+        return " | ".join(val.rjust(wd) if i in numeric else val.ljust(wd)
+                          for i, (val, wd) in enumerate(zip(values, widths))).rstrip()
+
+    rule = "-+-".join("-" * wd for wd in widths)
+    return "\n".join(lines + [rule, line(cols), rule] + [line(c) for c in cells] + [rule])
+
+
+def write_json(path: Path, head: dict, rows: list[Row], errors: dict):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"header": head, "rows": [asdict(r) for r in rows],
+                               "errors": errors}, indent=1))
+    os.replace(tmp, path)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run: few iterations")
+    parser.add_argument("--only", default=",".join(PARTS),
+                        help=f"comma-separated parts to run, from {','.join(PARTS)}")
+    parser.add_argument("--json", default="out/bench.json", help="where to write the table")
+    parser.add_argument("--cache", default="out/bench-cache", help="generated clips")
+    parser.add_argument("--torch-device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="the reference's device; auto: cuda when the backend runs on a GPU")
+    parser.add_argument("--memory-worker", nargs=2, metavar=("CLIP", "FRAMES"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = sorted(set(args.parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.memory_worker:
+        memory_worker(args.memory_worker[0], int(args.memory_worker[1]))
+        return 0
+    if "torch" in args.parts and args.torch_device == "auto":
+        try:
+            import torch
+        except ImportError:
+            args.torch_device = "cpu"  # the torch part will report the missing package
+        else:
+            gpu = backend_device()[0] == "gpu" and torch.cuda.is_available()
+            args.torch_device = "cuda" if gpu else "cpu"
+    started = time.perf_counter()
+    bench = Bench(args)
+    head = header(args)
+    errors = {}
+    runners = {"model": part_model, "torch": part_torch, "ceiling": part_ceiling,
+               "e2e": part_e2e, "memory": part_memory, "rollout": part_rollout}
+    for part in PARTS:
+        if part not in args.parts:
+            continue
+        start = time.perf_counter()
+        try:
+            runners[part](bench)
+        except Exception as err:  # noqa: BLE001 - one failed part must not lose the others
+            traceback.print_exc()
+            errors[part] = f"{type(err).__name__}: {err}"
+        print(f"[{part}: {time.perf_counter() - start:.0f} s]", file=sys.stderr, flush=True)
+    add_torch_references(bench)
+    add_efficiency(bench)
+    head["seconds"] = round(time.perf_counter() - started, 1)
+    head["load_average_at_end"] = os.getloadavg()[0]
+    print(table(head, bench.rows))
+    for part, err in errors.items():
+        print(f"FAILED {part}: {err}")
+    write_json(Path(args.json), head, bench.rows, errors)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
