@@ -291,3 +291,71 @@ def image(images, outdir, preset, weights, checkpoint_key, probe_list, size, thr
         click.echo(f"wrote {index} ({len(entries)} of {len(images)} images)", err=True)
     if failures:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("indir", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
+              help="Output folder: the mirror of INDIR (created if missing).")
+@_model_options
+@video_options
+@click.option("--format", "fmt", type=click.Choice(["mp4", "gif"]), default="mp4",
+              show_default=True, help="Container of the rendered videos.")
+@click.option("--probes", "probe_list", default="all", show_default=True, metavar="all|LIST",
+              help="Image probes, as `vidattn image --probes`.")
+@click.option("--overwrite", is_flag=True,
+              help="Also replace outputs the manifest does not know (files in OUTDIR before).")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress bar and no summary table (failures are still listed).")
+@_friendly_errors
+def batch(indir, outdir, preset, weights, checkpoint_key, fmt, probe_list, overwrite, quiet,
+          **kw):
+    """Render every video and probe every image under INDIR into OUTDIR, resumably.
+
+    \b
+    Examples:
+      vidattn batch clips/ -o attn/                        # DINO ViT-S/16, head mean
+      vidattn batch clips/ -o attn/ --view heads --format gif --gif-width 480
+      vidattn batch photos/ -o probes/ --model vit_b16 --probes rollout,heads
+      vidattn batch clips/ -o attn/                        # again: only new, changed or failed
+
+    \b
+    Videos are rendered as `vidattn video` and images probed as `vidattn image`, with the
+    options below (--size and --threshold serve both: for images --size is the side of the
+    square crop and must be a multiple of the patch). The layout is mirrored:
+      INDIR/a/b/clip.mov   ->  OUTDIR/a/b/clip.mp4   (or clip.gif with --format gif)
+      INDIR/a/photo.jpg    ->  OUTDIR/a/photo/       probe figures and probes.json
+      OUTDIR/manifest.jsonl    one JSON line per file and attempt: input, output, status, error,
+                               seconds, model, weights, size, mtime_ns, options fingerprint
+      OUTDIR/index.html        every image's figures and numbers; OUTDIR/_model/ the model's
+    Names that would clash in one folder (clip.mov and clip.mp4, photo.jpg and photo.png) get
+    -2, -3... Hidden files and folders, OUTDIR, links to folders and links out of INDIR are
+    passed over; other files that are not videos or images are ignored.
+
+    \b
+    Re-running skips every file whose last run succeeded with the same size, modification
+    time, model, weights and options, and whose output is still there; it redoes the rest.
+    A file that fails gets one error line and the run goes on; the exit status is 1 if any
+    failed. Ctrl-C (or SIGTERM) stops within the current file, keeps no partial output and
+    exits 130; the manifest stays intact, so run again to continue. Outputs already in OUTDIR
+    that the manifest does not show are never replaced without --overwrite.
+    """
+    from vidattn import probes as pr
+    from vidattn.batch import BatchOptions, check_folders, format_summary, run_batch
+
+    check_folders(indir, outdir)
+    opts = BatchOptions(
+        video=_video_opts(kw, quiet=True), fmt=fmt, probes=pr.parse_probes(probe_list),
+        image_size=kw["size"], threshold=kw["threshold"], overwrite=overwrite,
+        progress=not quiet,
+        raise_unexpected=click.get_current_context().find_root().params.get("debug", False),
+    )
+    model = _load(preset, weights, checkpoint_key, quiet)
+    result = run_batch(model, indir, outdir, opts)
+    if not quiet:
+        click.echo(format_summary(result))
+    if result.interrupted:
+        click.echo(f"vidattn: interrupted: {result.finished} done, {result.left} left; re-run "
+                   "to continue", err=True)
+    if result.exit_code:
+        sys.exit(result.exit_code)

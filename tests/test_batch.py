@@ -1,0 +1,298 @@
+"""``vidattn batch``: the mirrored layout, the manifest, resuming, failures, interruption and
+where outputs may land. A planted model (tests/planted.py) at 64 pixels keeps every run fast."""
+
+import dataclasses
+import json
+import os
+import signal
+
+import av
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from planted import planted_model
+from videos import make_truncated_copy, make_video
+from vidattn import batch as vb
+from vidattn import cli
+from vidattn.batch import BatchOptions, output_names, run_batch
+from vidattn.video.pipeline import VideoOptions
+
+FRAMES = 10
+ARGS = ["--size", "64", "--probes", "rollout", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return planted_model(patch=16, depth=2, heads=2, dim=32, grid=14)
+
+
+@pytest.fixture(autouse=True)
+def _planted_cli(monkeypatch, planted):
+    """The CLI loads the planted model whatever --model says."""
+    monkeypatch.setattr(cli, "_load", lambda *args, **kwargs: planted)
+
+
+def _opts(**kw):
+    return BatchOptions(video=VideoOptions(size=64), probes=("rollout",), image_size=64,
+                        progress=False, **kw)
+
+
+def _image(path, seed=0):
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, (48, 80, 3), np.uint8)
+    pixels[8:24, 40:60] = (255, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _video(path, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return make_video(path, n_frames=FRAMES, size=(96, 64), seed=seed).path
+
+
+def _frames(path):
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(c.streams.video[0]))
+
+
+def _manifest(outdir):
+    """Every parseable line of the manifest, in order."""
+    lines = []
+    for line in (outdir / vb.MANIFEST).read_text().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            continue
+    return lines
+
+
+def _mtimes(outdir):
+    """mtime_ns of every output file (the manifest and the index aside)."""
+    return {p.relative_to(outdir).as_posix(): p.stat().st_mtime_ns for p in outdir.rglob("*")
+            if p.is_file() and p.name not in (vb.MANIFEST, vb.INDEX)}
+
+
+def _run(*args):
+    return CliRunner().invoke(cli.main, ["batch", *map(str, args)])
+
+
+def test_output_names_mirror_and_never_clash():
+    entries = [("Photo", "dir"), ("clip.mov", "video"), ("clip.mp4", "video"), ("clip", "dir"),
+               ("photo.jpg", "image"), ("photo.png", "image"), ("_model.png", "image"),
+               ("x.y.tif", "image")]
+    names = output_names(entries, "mp4", reserved=vb.RESERVED)
+    assert names == ["Photo", "clip-2.mp4", "clip.mp4", "clip", "photo-2", "photo-3",
+                     "_model-2", "x.y"]
+    assert output_names([("clip.mov", "video"), ("clip.gif", "video")], "gif") == \
+        ["clip-2.gif", "clip.gif"]
+
+
+def test_tree_failures_resume_and_touch(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    videos = [_video(src / "a.mp4", 1), _video(src / "sub" / "b.mp4", 2),
+              _video(src / "sub" / "deep" / "c.mov", 3)]
+    images = [_image(src / name, i) for i, name in enumerate(
+        ["p1.png", "p2.jpg", "sub/p3.png", "sub/deep/p4.jpg", "sub/deep/p5.bmp"])]
+    make_truncated_copy(videos[0], src / "sub" / "broken.mp4", 0.5)
+    (src / "sub" / "notes.jpg").write_text("not an image")
+    (src / "readme.txt").write_text("ignored")
+    _video(src / ".hidden" / "h.mp4")
+
+    first = _run(src, "-o", out, *ARGS[:-1])
+    assert first.exit_code == 1, first.output
+    for rel in ("a.mp4", "sub/b.mp4", "sub/deep/c.mp4"):
+        assert _frames(out / rel) == FRAMES
+    for rel in ("p1", "p2", "sub/p3", "sub/deep/p4", "sub/deep/p5"):
+        record = json.loads((out / rel / "probes.json").read_text())
+        assert record["probes"] == ["rollout"] and (out / rel / "rollout.png").is_file()
+    assert not (out / ".hidden").exists() and not (out / "sub" / "broken.mp4").exists()
+    lines = _manifest(out)
+    assert len(lines) == 10
+    failed = {r["input"]: r["error"] for r in lines if r["status"] == "failed"}
+    assert set(failed) == {"sub/broken.mp4", "sub/notes.jpg"}
+    assert all(failed.values()) and all("\n" not in e for e in failed.values())
+    assert all(r["model"] == "planted" and r["options"] and r["seconds"] >= 0 for r in lines)
+    summary = first.output
+    assert "done            8" in summary and "failed          2" in summary
+    assert "ignored         1" in summary  # readme.txt; the hidden folder is not counted
+    assert "sub/broken.mp4" in summary and "sub/notes.jpg" in summary
+    assert (out / vb.INDEX).is_file() and not (out / vb.MODEL_FOLDER).exists()  # none asked for
+
+    before = _mtimes(out)
+    second = _run(src, "-o", out, *ARGS)
+    assert second.exit_code == 1
+    again = _manifest(out)[10:]
+    assert sorted(r["input"] for r in again) == ["sub/broken.mp4", "sub/notes.jpg"]
+    assert _mtimes(out) == before
+
+    os.utime(images[2], ns=(images[2].stat().st_atime_ns, images[2].stat().st_mtime_ns + 10**9))
+    third = _run(src, "-o", out, *ARGS)
+    assert third.exit_code == 1
+    redone = [r["input"] for r in _manifest(out)[12:] if r["status"] == "ok"]
+    assert redone == ["sub/p3.png"]
+    changed = {k for k, v in _mtimes(out).items() if before.get(k) != v}
+    assert changed == {"sub/p3/probes.json", "sub/p3/rollout.png"}
+
+
+def test_fingerprint_follows_each_kinds_options(planted):
+    base = _opts()
+    video_changes = {"view": "heads", "side_map": "rollout", "size": 96, "full_res": True,
+                     "batch_size": 4, "alpha": 0.3, "colormap": "viridis", "captions": False,
+                     "smooth": 2.0, "start": 1.0, "end": 2.0, "every": 2, "max_frames": 5,
+                     "crf": 30, "x264_preset": "fast", "gif_fps": 5.0, "gif_width": 64}
+    for key, value in video_changes.items():
+        changed = dataclasses.replace(base, video=dataclasses.replace(base.video, **{key: value}))
+        assert vb.fingerprint(planted, "video", changed) != vb.fingerprint(planted, "video", base)
+        assert vb.fingerprint(planted, "image", changed) == vb.fingerprint(planted, "image", base)
+    for change in ({"probes": ("heads",)}, {"image_size": 32}):
+        changed = dataclasses.replace(base, **change)
+        assert vb.fingerprint(planted, "image", changed) != vb.fingerprint(planted, "image", base)
+        assert vb.fingerprint(planted, "video", changed) == vb.fingerprint(planted, "video", base)
+    shared = dataclasses.replace(base, threshold=0.5,
+                                 video=dataclasses.replace(base.video, threshold=0.5))
+    assert all(vb.fingerprint(planted, k, shared) != vb.fingerprint(planted, k, base)
+               for k in vb.KINDS)
+    quiet = dataclasses.replace(base, progress=True, overwrite=True,
+                                video=dataclasses.replace(base.video, progress=True))
+    assert all(vb.fingerprint(planted, k, quiet) == vb.fingerprint(planted, k, base)
+               for k in vb.KINDS)
+    other = dataclasses.replace(planted, weights_label="other.pth")
+    assert vb.fingerprint(other, "video", base) != vb.fingerprint(planted, "video", base)
+
+
+def test_options_deleted_outputs_and_foreign_files(tmp_path, planted):
+    src, out = tmp_path / "in", tmp_path / "out"
+    _video(src / "v.mp4")
+    _image(src / "i.png")
+    (out / "w.mp4").parent.mkdir(parents=True)
+    _video(src / "w.mp4")
+    (out / "w.mp4").write_bytes(b"someone else's file")
+    result = run_batch(planted, src, out, _opts())
+    assert result.done == ["i.png", "v.mp4"] and [f for f, _ in result.failed] == ["w.mp4"]
+    assert "--overwrite" in result.failed[0][1]
+    assert (out / "w.mp4").read_bytes() == b"someone else's file"
+
+    (out / "v.mp4").unlink()
+    result = run_batch(planted, src, out, _opts(overwrite=True))
+    assert result.done == ["v.mp4", "w.mp4"] and result.up_to_date == ["i.png"]
+    assert _frames(out / "w.mp4") == FRAMES
+
+    result = run_batch(planted, src, out, dataclasses.replace(_opts(), probes=("heads",)))
+    assert result.done == ["i.png"] and result.up_to_date == ["v.mp4", "w.mp4"]
+    assert sorted(p.name for p in (out / "i").iterdir()) == ["heads.png", "probes.json"]
+
+    result = run_batch(planted, src, out, dataclasses.replace(_opts(), probes=("heads",),
+                                                              fmt="gif"))
+    assert result.done == ["v.mp4", "w.mp4"] and result.up_to_date == ["i.png"]
+    assert _frames(out / "v.gif") > 0
+
+
+def test_outputs_never_land_outside_outdir(tmp_path, planted):
+    src = tmp_path / "in"
+    out = src / "results"  # OUTDIR inside INDIR: passed over by the walk
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    outside = _image(tmp_path / "outside.png")
+    _image(src / "a" / "b" / "c" / "deep.png")
+    _image(src / "x" / "y.png")
+    (src / "link.png").symlink_to(outside)
+    (src / "dirlink").symlink_to(src / "a", target_is_directory=True)
+    (src / "inner.png").symlink_to(src / "a" / "b" / "c" / "deep.png")
+    out.mkdir()
+    (out / "x").symlink_to(elsewhere, target_is_directory=True)  # a trap inside OUTDIR
+    before = {p for p in tmp_path.rglob("*")}
+
+    result = run_batch(planted, src, out, _opts())
+    assert sorted(result.done) == ["a/b/c/deep.png", "inner.png"]
+    assert [f for f, _ in result.failed] == ["x/y.png"] and "outside" in result.failed[0][1]
+    reasons = dict(result.ignored)
+    assert "outside the input folder" in reasons["link.png"]
+    assert "not followed" in reasons["dirlink"]
+    assert list(elsewhere.iterdir()) == []
+    new = {p for p in tmp_path.rglob("*") if p not in before}
+    assert new and all(p.resolve().is_relative_to(out.resolve()) for p in new)
+    assert (out / "a" / "b" / "c" / "deep" / "probes.json").is_file()
+    assert not (out / "results").exists()  # the output folder itself was not walked
+    assert run_batch(planted, src, out, _opts()).up_to_date == ["a/b/c/deep.png", "inner.png"]
+
+
+def test_torn_manifest_line_is_ignored(tmp_path, planted):
+    src, out = tmp_path / "in", tmp_path / "out"
+    _image(src / "one.png")
+    _image(src / "two.png", 1)
+    run_batch(planted, src, out, _opts())
+    with open(out / vb.MANIFEST, "a") as f:
+        f.write('{"input": "one.png", "status": "fai')  # a run killed mid-line
+    result = run_batch(planted, src, out, _opts())
+    assert result.up_to_date == ["one.png", "two.png"] and not result.done
+
+    (src / "two.png").unlink()
+    _image(src / "two.png", 2)
+    os.utime(src / "two.png", ns=(0, 10**18))
+    assert run_batch(planted, src, out, _opts()).done == ["two.png"]
+    lines = (out / vb.MANIFEST).read_text().splitlines()
+    assert len(lines) == 4 and json.loads(lines[-1])["input"] == "two.png"  # on a fresh line
+
+
+def test_sigterm_stops_after_the_current_file_and_resumes(tmp_path, monkeypatch):
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i, name in enumerate(["a.mp4", "b.mp4", "c.mp4"]):
+        _video(src / name, i)
+    real = vb.render_video
+    calls = []
+
+    def render_then_terminate(model, source, dst, opts):
+        calls.append(source.name)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises KeyboardInterrupt here
+        return real(model, source, dst, opts)
+
+    monkeypatch.setattr(vb, "render_video", render_then_terminate)
+    handler = signal.getsignal(signal.SIGTERM)
+    result = _run(src, "-o", out, *ARGS)
+    assert result.exit_code == 130
+    assert "interrupted: 1 done, 2 left; re-run to continue" in result.output
+    assert signal.getsignal(signal.SIGTERM) == handler
+    assert [(r["input"], r["status"]) for r in _manifest(out)] == \
+        [("a.mp4", "ok"), ("b.mp4", "interrupted")]
+    assert sorted(p.name for p in out.iterdir()) == ["a.mp4", vb.MANIFEST]  # no partial b
+
+    resumed = _run(src, "-o", out, *ARGS[:-1])
+    assert resumed.exit_code == 0 and calls == ["a.mp4", "b.mp4", "b.mp4", "c.mp4"]
+    assert "done            2" in resumed.output and "up to date      1" in resumed.output
+    assert all(_frames(out / n) == FRAMES for n in ("a.mp4", "b.mp4", "c.mp4"))
+
+
+def test_unexpected_errors_are_one_line_unless_debug(tmp_path, monkeypatch):
+    src, out = tmp_path / "in", tmp_path / "out"
+    _image(src / "good.png")
+    _image(src / "bad.png", 1)
+    real = vb.pr.probe_image
+
+    def flaky(model, path, *args, **kwargs):
+        if path.name == "bad.png":
+            raise RuntimeError("boom\nsecond line")
+        return real(model, path, *args, **kwargs)
+
+    monkeypatch.setattr(vb.pr, "probe_image", flaky)
+    result = _run(src, "-o", out, *ARGS)
+    assert result.exit_code == 1
+    assert "vidattn: error: bad.png: RuntimeError: boom second line" in result.output
+    assert [r["status"] for r in _manifest(out)] == ["failed", "ok"]
+
+    debug = CliRunner().invoke(cli.main, ["--debug", "batch", str(src), "-o", str(out), *ARGS])
+    assert isinstance(debug.exception, RuntimeError)
+
+
+def test_bad_folders_fail_before_anything_is_written(tmp_path, planted):
+    src = tmp_path / "in"
+    _image(src / "i.png")
+    for outdir in (src, tmp_path):
+        result = _run(src, "-o", outdir, *ARGS)
+        assert result.exit_code == 1 and "must not be the input folder" in result.output
+    assert sorted(p.name for p in src.iterdir()) == ["i.png"]
+    bad_size = _run(src, "-o", tmp_path / "out", "--size", "72", "--quiet")
+    assert bad_size.exit_code == 1 and "multiple of the patch size" in bad_size.output

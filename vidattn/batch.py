@@ -1,0 +1,526 @@
+"""``vidattn batch``: every video and image of a folder tree, mirrored into an output folder.
+
+Layout (``fmt`` = mp4 or gif)::
+
+    INDIR/a/b/clip.mov    ->  OUTDIR/a/b/clip.mp4      the attention video (``vidattn video``)
+    INDIR/a/photo.jpg     ->  OUTDIR/a/photo/          figures + probes.json (``vidattn image``)
+    OUTDIR/manifest.jsonl     one JSON line per attempt, appended as the run goes
+    OUTDIR/index.html         the images' figures and numbers on one page
+    OUTDIR/_model/            the per-model probe figures
+
+Names that would clash in one output folder (``clip.mov`` and ``clip.mp4``, ``photo.jpg`` and
+``photo.png``, a folder ``photo/`` beside ``photo.jpg``, the reserved names above) get ``-2``,
+``-3``...: folders keep their names, then a file whose name already is its output name, then the
+others in name order. Hidden files and folders, OUTDIR itself, links to folders and links leading
+out of INDIR are passed over; files that are neither video nor image are ignored.
+
+Resume: a file is up to date, and skipped, when its latest manifest line says ok with the same size,
+modification time (ns), output name and options fingerprint (a hash of the model, its weights and
+the options that change that kind of output), and the output is still there. Everything else is
+redone. Outputs are only ever replaced where the manifest shows this batch wrote them, unless
+``overwrite``: files that were in OUTDIR before are never clobbered by surprise.
+
+Ctrl-C or SIGTERM stop the run within the current file: its partial output is discarded by the
+writers, it gets an ``interrupted`` line, and the manifest is never torn (signals wait while a line
+is written; a torn last line from a harder kill is ignored on reading).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePath
+
+from tqdm import tqdm
+
+from vidattn import probes as pr
+from vidattn.errors import VidattnError
+from vidattn.report import write_index
+from vidattn.video.pipeline import VideoOptions, render_video
+
+VIDEO_SUFFIXES = frozenset(
+    ".mp4 .m4v .mov .mkv .webm .avi .wmv .flv .mpg .mpeg .ts .mts .m2ts .3gp .ogv .y4m .gif".split()
+)
+IMAGE_SUFFIXES = frozenset(
+    ".jpg .jpeg .jpe .jfif .png .bmp .tif .tiff .webp .ppm .pgm .pbm".split()
+)
+FORMATS = ("mp4", "gif")
+MANIFEST = "manifest.jsonl"
+INDEX = "index.html"
+MODEL_FOLDER = "_model"
+RESERVED = (MANIFEST, INDEX, MODEL_FOLDER)  # OUTDIR's own top-level entries
+KINDS = ("video", "image")
+
+
+def classify(name) -> str | None:
+    """``"video"`` or ``"image"`` by the file name's extension (any case), else None."""
+    suffix = PurePath(name).suffix.lower()
+    return "video" if suffix in VIDEO_SUFFIXES else "image" if suffix in IMAGE_SUFFIXES else None
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input file. ``src``: its path (INDIR joined with ``rel``); ``rel``: its path relative
+    to INDIR; ``out``: its output's path relative to OUTDIR (both with ``/``); ``kind``: video or
+    image."""
+
+    src: Path
+    rel: str
+    out: str
+    kind: str
+
+
+@dataclass
+class Scan:
+    """What ``scan`` found: the files to render or probe in walk order, the entries passed over as
+    ``(rel, reason)`` (reason None for a file that is simply not a video or image), and the
+    folders that could not be read as ``(rel, reason)``."""
+
+    items: list[Item] = field(default_factory=list)
+    ignored: list[tuple[str, str | None]] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+
+def output_names(entries, fmt: str = "mp4", reserved=()) -> list[str]:
+    """Output names of one folder's ``entries`` ``[(name, kind)]``, kind dir|video|image, in order.
+
+    A folder keeps its name, a video becomes ``<stem>.<fmt>``, an image ``<stem>`` (a folder).
+    Clashes, compared case-insensitively (as macOS and Windows do), get ``-2``, ``-3``... before the
+    extension: folders choose first, then files whose name already is their output name, then the
+    rest in name order. ``reserved`` names are never given.
+    """
+    wanted = []
+    for name, kind in entries:
+        stem = PurePath(name).stem
+        wanted.append((name, "") if kind == "dir" else (stem, "") if kind == "image"
+                      else (stem, f".{fmt}"))
+    order = sorted(range(len(entries)), key=lambda i: (
+        entries[i][1] != "dir", "".join(wanted[i]) != entries[i][0], entries[i][0]))
+    taken = {r.lower() for r in reserved}
+    names = [""] * len(entries)
+    for i in order:
+        base, ext = wanted[i]
+        name, k = base + ext, 1
+        while name.lower() in taken:
+            k += 1
+            name = f"{base}-{k}{ext}"
+        taken.add(name.lower())
+        names[i] = name
+    return names
+
+
+def _entry_kind(entry, root_real: Path, out_real: Path):
+    """-> ``(kind, reason)``: kind dir|video|image, "skip" (hidden from the summary: OUTDIR), or
+    None with the reason it is passed over (None: not a video or image)."""
+    path = Path(entry.path)
+    try:
+        if entry.is_symlink():
+            target = path.resolve()
+            if not target.is_relative_to(root_real):
+                return None, f"link to {target}, outside the input folder"
+            if target.is_relative_to(out_real):
+                return None, "link into the output folder"
+            if target.is_dir():
+                return None, "link to a folder (links to folders are not followed)"
+        if entry.is_dir():
+            return ("skip", None) if path.resolve() == out_real else ("dir", None)
+        if entry.is_file():
+            return classify(entry.name), None
+    except OSError as err:
+        return None, f"cannot read: {err.strerror}"
+    return None, "not a regular file (or a broken link)"
+
+
+def scan(indir, outdir, fmt: str = "mp4") -> Scan:
+    """Walk ``indir`` in sorted order (depth first, names compared as strings) and plan one
+    output per video and image under ``outdir`` (see the module docstring for the rules)."""
+    root, found = Path(indir), Scan()
+    root_real, out_real = root.resolve(), Path(outdir).resolve()
+
+    def walk(folder: Path, rel: str, out_rel: str):
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")),
+                                 key=lambda e: e.name)
+        except OSError as err:
+            found.unreadable.append((rel or ".", f"cannot read folder: {err.strerror}"))
+            return
+        kept = []
+        for entry in entries:
+            kind, reason = _entry_kind(entry, root_real, out_real)
+            if kind in ("dir", "video", "image"):
+                kept.append((entry, kind))
+            elif kind is None:
+                found.ignored.append((rel + entry.name, reason))
+        names = output_names([(e.name, k) for e, k in kept], fmt, () if rel else RESERVED)
+        for (entry, kind), name in zip(kept, names):
+            if kind == "dir":
+                walk(Path(entry.path), f"{rel}{entry.name}/", f"{out_rel}{name}/")
+            else:
+                found.items.append(Item(root / (rel + entry.name), rel + entry.name,
+                                        out_rel + name, kind))
+
+    walk(root, "", "")
+    return found
+
+
+def check_folders(indir, outdir) -> tuple[Path, Path]:
+    """Raise VidattnError unless ``indir`` is a folder and ``outdir`` is neither it nor around it
+    (outputs would land on the inputs); OUTDIR inside INDIR is fine (the walk passes over it)."""
+    indir, outdir = Path(indir), Path(outdir)
+    if not indir.is_dir():
+        raise VidattnError("input folder not found", indir)
+    if outdir.exists() and not outdir.is_dir():
+        raise VidattnError("output path exists and is not a folder", outdir)
+    if indir.resolve().is_relative_to(outdir.resolve()):
+        raise VidattnError(f"output folder must not be the input folder {indir} or contain it",
+                           outdir)
+    return indir, outdir
+
+
+class Manifest:
+    """``OUTDIR/manifest.jsonl``: one JSON object per line, one line per attempt, each flushed and
+    fsync'ed as soon as its file is finished.
+
+    ``latest``: the last line of each input (``rel`` -> record); ``outputs``: every output name a
+    line ever claimed (the outputs this batch may replace). Lines that do not parse, such as a last
+    line torn by a killed run, are skipped; the next line starts on a fresh line.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.latest: dict[str, dict] = {}
+        self.outputs: set[str] = set()
+        self._file = None
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            text = ""
+        except OSError as err:
+            raise VidattnError(f"cannot read the manifest: {err.strerror}", self.path) from None
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("input"), str):
+                self._remember(record)
+        self._torn = bool(text) and not text.endswith("\n")
+
+    def _remember(self, record):
+        self.latest[record["input"]] = record
+        if isinstance(record.get("output"), str):
+            self.outputs.add(record["output"])
+
+    def append(self, record: dict):
+        """Write ``record`` as one line and make it durable before returning."""
+        try:
+            if self._file is None:
+                self._file = open(self.path, "a", encoding="utf-8")
+                if self._torn:
+                    self._file.write("\n")
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as err:
+            raise VidattnError(f"cannot write the manifest: {err.strerror}", self.path) from None
+        self._remember(record)
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class _Interrupts:
+    """While entered (in the main thread), SIGINT and SIGTERM raise KeyboardInterrupt, except
+    inside ``deferred()``, where they wait for its end, so a manifest line is written whole.
+    A signal the caller ignores (``nohup``, a background job) stays ignored."""
+
+    def __init__(self):
+        self._saved, self._deferring, self._pending = {}, False, False
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self._deferring:
+            self._pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self._pending:
+            self._pending = False
+            raise KeyboardInterrupt
+
+
+@dataclass
+class BatchOptions:
+    """What ``vidattn batch`` is told besides its folders.
+
+    video:        the options of every video render (its ``progress`` and ``save_maps`` are
+                  ignored: batch shows one bar over the files).
+    fmt:          container of the rendered videos, "mp4" or "gif".
+    probes, image_size, threshold: the image probes, as ``vidattn image``.
+    overwrite:    also replace outputs the manifest does not know (files in OUTDIR before).
+    progress:     a bar over the files.
+    raise_unexpected: let an unexpected exception (a bug, not bad input) out instead of recording
+                  it as the file's failure (``--debug``).
+    """
+
+    video: VideoOptions = field(default_factory=VideoOptions)
+    fmt: str = "mp4"
+    probes: tuple[str, ...] = pr.PROBES
+    image_size: int = 224
+    threshold: float = 0.6
+    overwrite: bool = False
+    progress: bool = True
+    raise_unexpected: bool = False
+
+    def __post_init__(self):
+        if self.fmt not in FORMATS:
+            raise VidattnError(f"unknown format {self.fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+@dataclass
+class BatchResult:
+    """What a run did. ``done``, ``up_to_date``: inputs (``rel``); ``failed``: ``(rel, reason)``,
+    this run's failures and unreadable folders; ``ignored``: ``(rel, reason)`` as ``Scan``;
+    ``finished``: files this run finished (ok or failed); ``interrupted``: stopped by Ctrl-C or
+    SIGTERM with ``left`` files not finished (the one it stopped in included)."""
+
+    done: list[str] = field(default_factory=list)
+    up_to_date: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    ignored: list[tuple[str, str | None]] = field(default_factory=list)
+    finished: int = 0
+    interrupted: bool = False
+    left: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        """130 if interrupted, 1 if anything failed, else 0."""
+        return 130 if self.interrupted else 1 if self.failed else 0
+
+
+def fingerprint(model, kind: str, opts: BatchOptions) -> str:
+    """16 hex digits naming everything that shapes a ``kind`` output: the model, its weights and
+    that kind's options. A changed fingerprint means the output is redone."""
+    if kind == "video":
+        video = dataclasses.asdict(opts.video)
+        for key in ("progress", "save_maps"):
+            video.pop(key)
+        settings = {**video, "format": opts.fmt}
+    else:
+        settings = {"probes": [p for p in pr.IMAGE_PROBES if p in opts.probes],
+                    "size": opts.image_size, "threshold": opts.threshold}
+    blob = json.dumps({"kind": kind, "model": model.preset.name, "weights": model.weights_label,
+                       **settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _complete(path: Path, kind: str) -> bool:
+    """Whether a finished output is at ``path`` (an image's folder is finished by probes.json)."""
+    return (path / "probes.json").is_file() if kind == "image" else path.is_file()
+
+
+def _is_current(record, item: Item, outdir: Path, fp: str) -> bool:
+    """Whether ``record`` (the input's latest manifest line) makes ``item`` up to date: ok, same
+    size, mtime_ns, options fingerprint ``fp`` and output name, and the output still there."""
+    if not record or record.get("status") != "ok":
+        return False
+    try:
+        st = item.src.stat()
+    except OSError:
+        return False
+    same = (record.get("size"), record.get("mtime_ns"), record.get("options"), record.get("output"))
+    return same == (st.st_size, st.st_mtime_ns, fp, item.out) and _complete(outdir / item.out,
+                                                                            item.kind)
+
+
+def _reason(err: BaseException, item: Item) -> str:
+    """One line for the manifest and the summary; the input's own path is not repeated."""
+    if isinstance(err, VidattnError):
+        text = str(err)
+        if err.path is not None and Path(err.path) == item.src:
+            text = text[len(err.path) + 2:]
+    else:
+        text = f"{type(err).__name__}: {err}"
+    return " ".join(text.split())
+
+
+def _output_path(outdir: Path, item: Item, claimed: bool, overwrite: bool) -> Path:
+    """``OUTDIR/item.out``, checked to resolve inside OUTDIR and not to replace a file this batch
+    did not write; its folder is created."""
+    dst = outdir / item.out
+    if not (dst.parent.resolve() / dst.name).is_relative_to(outdir.resolve()):
+        raise VidattnError("output would land outside the output folder (a link there leads "
+                           "elsewhere); nothing written", dst)
+    if not (claimed or overwrite) and (dst.exists() or dst.is_symlink()):
+        raise VidattnError("output exists but this batch's manifest did not write it (use "
+                           "--overwrite to replace it)", dst)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise VidattnError(f"cannot create the output folder: {err.strerror}", dst.parent) from None
+    return dst
+
+
+def _record(model, item: Item, fp: str, **fields) -> dict:
+    return {"input": item.rel, "kind": item.kind, "output": item.out, **fields,
+            "model": model.preset.name, "weights": model.weights_label, "options": fp,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _attempt(model, item: Item, outdir: Path, opts: BatchOptions, fp: str, claimed: bool) -> dict:
+    """Render or probe one file -> its manifest record (status ok or failed, never raises for a
+    bad file; KeyboardInterrupt passes through)."""
+    started = time.perf_counter()
+    stat, status, error, extra = None, "ok", None, {}
+    try:
+        try:
+            stat = item.src.stat()
+        except OSError as err:
+            raise VidattnError(f"cannot read: {err.strerror}", item.src) from None
+        dst = _output_path(outdir, item, claimed, opts.overwrite)
+        if item.kind == "video":
+            extra["frames"] = render_video(model, item.src, dst, opts.video).frames
+        else:
+            pr.probe_image(model, item.src, dst, opts.probes, opts.image_size, opts.threshold,
+                           overwrite=True)
+    except Exception as err:  # noqa: BLE001 - one bad file must not stop the batch
+        if opts.raise_unexpected and not isinstance(err, VidattnError):
+            raise
+        status, error = "failed", _reason(err, item)
+    return _record(model, item, fp, size=None if stat is None else stat.st_size,
+                   mtime_ns=None if stat is None else stat.st_mtime_ns, status=status, error=error,
+                   seconds=round(time.perf_counter() - started, 3), **extra)
+
+
+def _finish_images(model, outdir: Path, items, manifest: Manifest, fp: str, opts: BatchOptions,
+                   refresh_model: bool):
+    """Write the per-model figures (if asked for and this run probed images, or they are missing)
+    and ``OUTDIR/index.html`` with every up-to-date image of the tree and the images that failed."""
+    entries, failures = [], []
+    for item in items:
+        record = manifest.latest.get(item.rel) or {}
+        if record.get("status") == "failed":
+            failures.append(f"{item.rel}: {record.get('error')}")
+        elif _is_current(record, item, outdir, fp):
+            try:
+                text = (outdir / item.out / "probes.json").read_text(encoding="utf-8")
+                entries.append((item.out, json.loads(text)))
+            except (OSError, ValueError):
+                continue
+    folder = outdir / MODEL_FOLDER
+    wanted = [p for p in pr.MODEL_PROBES if p in opts.probes]
+    if refresh_model or not all((folder / f"{p}.png").is_file() for p in wanted):
+        model_files = pr.write_model_probes(model, folder, wanted)
+    else:
+        model_files = {p: f"{p}.png" for p in wanted}
+    write_index(outdir, model, entries, model_files, MODEL_FOLDER, failures)
+
+
+def run_batch(model, indir, outdir, opts: BatchOptions | None = None) -> BatchResult:
+    """Render every video and probe every image under ``indir`` into the mirror ``outdir`` with
+    the loaded ``model``, skipping what the manifest shows up to date.
+
+    Per-file failures are recorded, printed (one line on stderr) and returned; the run goes on.
+    Ctrl-C or SIGTERM end it early with ``interrupted`` set. Raises VidattnError only for the run
+    as a whole: bad folders, a ``--size`` the model cannot take, an unwritable manifest.
+    """
+    opts = opts or BatchOptions()
+    indir, outdir = check_folders(indir, outdir)
+    found = scan(indir, outdir, opts.fmt)
+    fps = {kind: fingerprint(model, kind, opts) for kind in KINDS}
+    images = [item for item in found.items if item.kind == "image"]
+    if images:
+        pr.check_size(model, opts.image_size)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise VidattnError(f"cannot create the output folder: {err.strerror}", outdir) from None
+    manifest = Manifest(outdir / MANIFEST)
+    result = BatchResult(failed=list(found.unreadable), ignored=found.ignored)
+    todo = []
+    for item in found.items:
+        if _is_current(manifest.latest.get(item.rel), item, outdir, fps[item.kind]):
+            result.up_to_date.append(item.rel)
+        else:
+            todo.append(item)
+    opts = dataclasses.replace(opts, video=dataclasses.replace(opts.video, progress=False,
+                                                                save_maps=None))
+    probed, current, started = False, None, 0.0
+    bar = tqdm(todo, unit="file", disable=not opts.progress, dynamic_ncols=True, desc="batch")
+    try:
+        with _Interrupts() as signals:
+            try:
+                for item in bar:
+                    current, started = item, time.perf_counter()
+                    bar.set_postfix_str(item.rel, refresh=True)
+                    record = _attempt(model, item, outdir, opts, fps[item.kind],
+                                      item.out in manifest.outputs)
+                    with signals.deferred():
+                        manifest.append(record)
+                        current = None
+                        result.finished += 1
+                        if record["status"] == "ok":
+                            result.done.append(item.rel)
+                            probed |= item.kind == "image"
+                        else:
+                            result.failed.append((item.rel, record["error"]))
+                            tqdm.write(f"vidattn: error: {item.rel}: {record['error']}",
+                                       file=sys.stderr)
+            except KeyboardInterrupt:
+                result.interrupted = True
+                result.left = len(todo) - result.finished
+                if current is not None:
+                    with signals.deferred():
+                        manifest.append(_record(
+                            model, current, fps[current.kind], size=None, mtime_ns=None,
+                            status="interrupted", error="interrupted",
+                            seconds=round(time.perf_counter() - started, 3)))
+    finally:
+        bar.close()
+        manifest.close()
+    if images and not result.interrupted:
+        _finish_images(model, outdir, images, manifest, fps["image"], opts, probed)
+    return result
+
+
+def format_summary(result: BatchResult) -> str:
+    """The end-of-run table: counts, then each failure and each entry passed over with a reason."""
+    counts = [("done", len(result.done)), ("up to date", len(result.up_to_date)),
+              ("failed", len(result.failed)), ("ignored", len(result.ignored))]
+    lines = [f"  {label:<11}{n:>6}" for label, n in counts]
+    for title, rows in (("failed:", result.failed),
+                        ("passed over:", [(r, why) for r, why in result.ignored if why])):
+        if rows:
+            width = max(len(r) for r, _ in rows)
+            lines.append(title)
+            lines.extend(f"  {r:<{width}}  {why}" for r, why in rows)
+    return "\n".join(lines)
