@@ -98,7 +98,7 @@ class Effort:
 
 
 FULL = Effort(2, 5, 20, 4.0, VIDEO_FRAMES, (60, MEMORY_FRAMES), 3)
-QUICK = Effort(1, 2, 2, 0.0, 2 * DEFAULT_BATCH, (24, 240), 1)
+QUICK = Effort(1, 2, 2, 0.0, 2 * DEFAULT_BATCH, (16, 160), 1)
 
 
 def hw_str(hw) -> str:
@@ -580,13 +580,15 @@ def rollout_size(bench, preset) -> tuple[tuple[int, int], str]:
         available = psutil.virtual_memory().available
     except ImportError:
         return sizes[0], ""
-    for hw in sizes:
+    def need(hw):
         t = preset.num_class_tokens + (hw[0] // preset.patch_size) * (hw[1] // preset.patch_size)
-        need = 2.2 * preset.depth * preset.num_heads * t * t * 4 + 2**30
-        if need < available:
-            note = "" if hw == ROLLOUT_SIZES[0] else (
-                "quick run" if bench.args.quick else
-                f"480x848 needs ~{need / 2**30:.0f} GiB; {available / 2**30:.0f} GiB free")
+        return 2.2 * preset.depth * preset.num_heads * t * t * 4 + 2**30
+
+    for hw in sizes:
+        if need(hw) < available:
+            note = "" if hw == ROLLOUT_SIZES[0] else "quick run" if bench.args.quick else (
+                f"{hw_str(ROLLOUT_SIZES[0])} would need ~{need(ROLLOUT_SIZES[0]) / 2**30:.0f} GiB, "
+                f"{available / 2**30:.0f} GiB free")
             return hw, note
     raise RuntimeError("not enough memory for the rollout benchmark at any size")
 

@@ -100,7 +100,8 @@ def average_mean_distance(model, images, size: int = 224, batch_size: int = 8) -
 
 
 def rollout_maps(model, attns, grid_hw) -> np.ndarray:
-    """Attention rollout through every block, ``(N, gh, gw)`` peaking at 1 (``attention.rollout``)."""
+    """Attention rollout through every block -> ``(N, gh, gw)`` peaking at 1 (see
+    ``attention.rollout``)."""
     return am.rollout(attns, model.preset.num_class_tokens, grid_hw)
 
 
@@ -110,7 +111,8 @@ def head_maps(model, attns, grid_hw) -> np.ndarray:
 
 
 def head_masks(maps, keep: float = 0.6) -> np.ndarray:
-    """DINO's masks of ``(..., gh, gw)`` maps: bool, the patches holding ``keep`` of each map's mass."""
+    """DINO's masks of ``(..., gh, gw)`` maps -> bool, the fewest patches holding ``keep`` of each
+    map's mass."""
     return am.threshold_masks(maps, keep)
 
 
