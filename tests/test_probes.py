@@ -36,7 +36,7 @@ def study_distance_matrix(patch_size, num_patches, length):
 
 
 def study_mean_distance(patch_size, attention_weights, num_cls_tokens):
-    """The study's compute_mean_attention_dist (square grids): ``(N, heads, T, T)`` -> ``(N, heads)``."""
+    """The study's compute_mean_attention_dist, square grids: (N, heads, T, T) -> (N, heads)."""
     attention_weights = attention_weights[..., num_cls_tokens:, num_cls_tokens:]
     num_patches = attention_weights.shape[-1]
     length = int(np.sqrt(num_patches))
@@ -228,11 +228,11 @@ def test_probe_image_refuses_an_existing_folder_unless_overwrite(tmp_path):
     src = tmp_path / "a.png"
     Image.fromarray(red_photo()).save(src)
     out = tmp_path / "a"
-    pr.probe_image(model, src, out, size=64)
+    pr.probe_image(model, src, out, probes=("heads", "masks"), size=64)
     with pytest.raises(VidattnError, match="exists.*--overwrite"):
         pr.probe_image(model, src, out, size=64)
     record = pr.probe_image(model, src, out, probes=("heads",), size=64, overwrite=True)
-    assert record["probes"] == ["heads"] and "mean_attention_distance" not in record
+    assert record["probes"] == ["heads"] and "masks" not in record
     assert sorted(p.name for p in out.iterdir()) == ["heads.png", "probes.json"]  # stale gone
 
 

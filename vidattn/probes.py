@@ -220,12 +220,6 @@ def heat_overlay(display, heat, alpha: float = ALPHA, colormap=COLORMAP) -> np.n
     return render.overlay(display, heat, render.colormap_lut(colormap), alpha)
 
 
-def head_colors(count: int) -> list[tuple[int, int, int]]:
-    """``count`` well-separated RGB colours, one per head (evenly spaced hues)."""
-    hues = render.colormap_lut("hsv")[np.linspace(0, 255, count, endpoint=False).astype(int)]
-    return [tuple(int(c) for c in rgb) for rgb in hues]
-
-
 def mask_image(display, masks, patch: int, colors, alpha: float = 0.45):
     """Grid masks ``(k, gh, gw)`` bool drawn onto the uint8 display image, mask i in
     ``colors[i]``, as DINO shows them: whole patches (nearest upsampling), tinted and outlined."""
@@ -324,7 +318,7 @@ def heads_figure(model, display, maps, name: str = "") -> Figure:
 def masks_figure(model, display, masks, keep: float, name: str = "") -> Figure:
     """DINO's threshold masks ``(heads, gh, gw)`` bool: one panel per head in its colour, with its
     patch count, and a last panel with every head."""
-    colors = head_colors(len(masks))
+    colors = render.head_colors(len(masks))
     p = model.preset.patch_size
     panels = [(f"head {k}: {int(m.sum())} patches", mask_image(display, m[None], p, [c]))
               for k, (m, c) in enumerate(zip(masks, colors))]

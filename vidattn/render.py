@@ -39,6 +39,12 @@ def colormap_lut(name: str) -> np.ndarray:
     return lut
 
 
+def head_colors(count: int) -> list[tuple[int, int, int]]:
+    """``count`` well-separated RGB colours, one per head (evenly spaced hues)."""
+    hues = colormap_lut("hsv")[np.linspace(0, 255, count, endpoint=False).astype(int)]
+    return [tuple(int(c) for c in rgb) for rgb in hues]
+
+
 def apply_colormap(values: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """Colour float values in [0, 1] ``(...)`` through a ``(256, 3)`` LUT -> uint8 ``(..., 3)``.
 

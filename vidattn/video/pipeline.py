@@ -193,8 +193,7 @@ class FrameRenderer:
         self.random_label = "RANDOM WEIGHTS (untrained)" if model.is_random else None
         heads = model.preset.num_heads
         self.cols = math.ceil(math.sqrt(heads))
-        hues = render.colormap_lut("hsv")[np.linspace(0, 255, heads, endpoint=False).astype(int)]
-        self.mask_colors = [tuple(int(c) for c in rgb) for rgb in hues]
+        self.mask_colors = render.head_colors(heads)
 
     def _heat(self, grid_map, out_hw):
         return render.map_to_frame(grid_map, out_hw, self.geometry.resized_hw, self.patch)
