@@ -8,19 +8,20 @@ Parts (all by default, in this order):
 
 - ``model``: ``Model.run`` throughput of dino_vits16 (random weights) at 224x224 and at the video
   input size of a 720p frame (``video_geometry(720, 1280, 16, DEFAULT_SIZE)``), batch 1 and
-  ``DEFAULT_BATCH``, attention "last" and "none" (and "all" at the video size, the rollout view's
-  need). Each shape is warmed up first (XLA compiles per shape); the rate is batch / median time.
+  ``DEFAULT_BATCH``, attention "last" and "none" (and the in-graph rollout at the video size,
+  the rollout view's need). Each shape is warmed up first (XLA compiles per shape); the rate is batch / median time.
 - ``torch``: the same shapes in Hugging Face ``transformers`` (``ViTModel``, eager attention with
   ``output_attentions`` for "last", sdpa without attentions for "none"), the reference of the
   ``model`` rows' ratio column (ours / torch, > 1: ours is faster).
 - ``ceiling``: float32 matmul GFLOP/s on the active Keras backend (2048^3 and the model's largest
-  matmul) and in numpy; the ``model`` rates turned into GFLOP/s (analytic FLOPs) as % of it.
+  matmul) and in numpy (OpenBLAS); the fastest of them is the ceiling, and the ``model`` rates
+  turned into GFLOP/s (analytic FLOPs) are shown as % of it.
 - ``e2e``: ``render_video`` frames/s for every view on a generated 720p H.264 clip, over the
   model-only rate at the same size and batch; plus a serial per-stage breakdown of the mean view
   (decode, preprocess, model, render, encode).
 - ``memory``: peak RSS of a short and a 10x longer render, each in a fresh subprocess.
-- ``rollout``: dino_vits8 at 480x848, a forward pass with attention="all" against
-  ``attention.rollout`` on its output.
+- ``rollout``: dino_vits8 at 480x848 (6361 tokens): the forward pass, the same pass with the
+  in-graph rollout row (``Model.run(..., rollout=True)``), and ``cls_rollout`` alone.
 
 The backend is KERAS_BACKEND's (TensorFlow by default); nothing here needs TensorFlow itself.
 Generated clips are cached in ``--cache``. ``--quick`` is a smoke run: few iterations, short
@@ -53,17 +54,22 @@ import numpy as np  # noqa: E402
 import vidattn  # noqa: E402  (sets the KERAS_BACKEND default before keras is imported)
 from vidattn.models.presets import Preset, get_preset  # noqa: E402
 from vidattn.preprocess import video_geometry  # noqa: E402
+from vidattn.runtime import keep_freed_memory  # noqa: E402
 from vidattn.video.pipeline import DEFAULT_BATCH, DEFAULT_SIZE, VIEWS  # noqa: E402
 
 PARTS = ("model", "torch", "ceiling", "e2e", "memory", "rollout")
 PRESET = "dino_vits16"
 ROLLOUT_PRESET = "dino_vits8"
-ROLLOUT_SIZES = ((480, 848), (360, 640), (240, 424))  # 16:9 inputs, largest first
+ROLLOUT_HW, ROLLOUT_QUICK_HW = (480, 848), (240, 424)  # 6361 and 1591 tokens with patch 8
 VIDEO_HW = (720, 1280)  # the e2e clip (H, W): 5 s at 30 fps
 VIDEO_FRAMES = 150
 MEMORY_HW = (360, 640)  # the memory clip: 20 s, and the same model input size as 720p
 MEMORY_FRAMES = 600
 FPS = 30
+# Model.run arguments by mode: the last block's attention (heads, mean, masks views), none, or
+# the in-graph rollout row (rollout view)
+RUN_MODES = {"last": {"attention": "last"}, "none": {"attention": "none"},
+             "rollout": {"rollout": True}}
 
 
 @dataclass
@@ -97,7 +103,7 @@ class Effort:
     rollout_iters: int
 
 
-FULL = Effort(2, 5, 20, 4.0, VIDEO_FRAMES, (60, MEMORY_FRAMES), 3)
+FULL = Effort(2, 5, 20, 4.0, VIDEO_FRAMES, (60, MEMORY_FRAMES), 5)
 QUICK = Effort(1, 2, 2, 0.0, 2 * DEFAULT_BATCH, (16, 160), 1)
 
 
@@ -118,6 +124,11 @@ def median_seconds(fn, effort: Effort) -> tuple[float, str]:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+    return spread(times)
+
+
+def spread(times) -> tuple[float, str]:
+    """Median of ``times`` and the note ``median_seconds`` gives about them."""
     mid = statistics.median(times)
     return mid, f"n={len(times)} spread {100 * (max(times) - min(times)) / mid:.0f}%"
 
@@ -218,7 +229,7 @@ class Bench:
         self.rows: list[Row] = []
         self.rates: dict = {}  # (impl, preset, hw, batch, attention) -> images/s
         self.spreads: dict = {}  # same keys -> median_seconds' note
-        self.ceiling: float | None = None  # best backend matmul GFLOP/s, from part_ceiling
+        self.ceiling: float | None = None  # best matmul GFLOP/s (backend or numpy), from part_ceiling
         self._models: dict = {}
         self.cache = Path(args.cache)
         self.video_geo = video_geometry(*VIDEO_HW, get_preset(PRESET).patch_size, DEFAULT_SIZE)
@@ -228,13 +239,14 @@ class Bench:
             self._models[name] = vidattn.load_model(name, weights="random")
         return self._models[name]
 
-    def ours_rate(self, name, hw, batch, attention) -> float:
-        """Images/s of ``Model.run`` (numpy in, numpy out, as the video pipeline calls it)."""
-        key = ("ours", name, tuple(hw), batch, attention)
+    def ours_rate(self, name, hw, batch, mode) -> float:
+        """Images/s of ``Model.run`` (numpy in, numpy out, as the video pipeline calls it) in
+        one of ``RUN_MODES``."""
+        key = ("ours", name, tuple(hw), batch, mode)
         if key not in self.rates:
             model = self.model(name)
             x = np.random.default_rng(0).standard_normal((batch, *hw, 3), np.float32)
-            seconds, spread = median_seconds(lambda: model.run(x, attention=attention), self.effort)
+            seconds, spread = median_seconds(lambda: model.run(x, **RUN_MODES[mode]), self.effort)
             self.rates[key] = batch / seconds
             self.spreads[key] = spread
         return self.rates[key]
@@ -262,9 +274,9 @@ def part_model(bench):
             bench.rows.append(Row(f"model attention={attention}", hw_str(hw), batch, rate, "img/s",
                                   note=bench.spreads[("ours", PRESET, hw, batch, attention)]))
     hw = bench.video_geo.input_hw
-    rate = bench.ours_rate(PRESET, hw, DEFAULT_BATCH, "all")
-    key = ("ours", PRESET, hw, DEFAULT_BATCH, "all")
-    bench.rows.append(Row("model attention=all", hw_str(hw), DEFAULT_BATCH, rate, "img/s",
+    rate = bench.ours_rate(PRESET, hw, DEFAULT_BATCH, "rollout")
+    key = ("ours", PRESET, hw, DEFAULT_BATCH, "rollout")
+    bench.rows.append(Row("model rollout=True", hw_str(hw), DEFAULT_BATCH, rate, "img/s",
                           note=f"{bench.spreads[key]}; the rollout view's mode"))
 
 
@@ -364,9 +376,8 @@ def part_ceiling(bench):
         where = "numpy" if use_numpy else backend
         bench.rows.append(Row(f"matmul f32 {where}", label, None, g, "GFLOP/s",
                               note="MLP fc1 shape (B*T, D, 4D)" if mkn == fc1 else ""))
-        if not use_numpy:
-            ceiling = max(ceiling, g)
-    bench.ceiling = ceiling
+        ceiling = max(ceiling, g)
+    bench.ceiling = ceiling  # the fastest float32 matmul this machine ran, whoever ran it
 
 
 def add_efficiency(bench):
@@ -374,11 +385,11 @@ def add_efficiency(bench):
     ceiling = bench.ceiling
     if not ceiling:
         return
-    for (impl, name, hw, batch, attention), rate in list(bench.rates.items()):
+    for (impl, name, hw, batch, mode), rate in list(bench.rates.items()):
         if impl != "ours" or name != PRESET:
             continue
         achieved = vit_flops(get_preset(name), hw) * rate / 1e9
-        bench.rows.append(Row(f"model GFLOP/s attention={attention}", hw_str(hw), batch,
+        bench.rows.append(Row(f"model GFLOP/s {mode}", hw_str(hw), batch,
                               achieved, "GFLOP/s", ceiling, "matmul ceiling",
                               100 * achieved / ceiling, "%",
                               note=f"{vit_flops(get_preset(name), hw) / 1e9:.1f} GFLOP/img"))
@@ -477,6 +488,9 @@ def stage_seconds(model, clip, view, n_frames, dst) -> dict:
 
 
 def part_e2e(bench):
+    """Each view's e2e rate over the model-only rate measured just before and just after it, in
+    the same process: on a shared machine the load drifts over minutes, and a ratio of figures
+    taken minutes apart would measure the drift."""
     from vidattn.video.pipeline import VideoOptions, render_video
 
     n = bench.effort.e2e_frames
@@ -484,19 +498,24 @@ def part_e2e(bench):
     model = bench.model(PRESET)
     hw = bench.video_geo.input_hw
     size = f"{hw_str(VIDEO_HW)}->{hw_str(hw)}"
+    x = np.random.default_rng(0).standard_normal((DEFAULT_BATCH, *hw, 3), np.float32)
+    around = replace(bench.effort, warmup=0, min_iters=3, max_iters=3, budget_s=0.0)
     with tempfile.TemporaryDirectory() as tmp:
         for view in VIEWS:
+            mode = "rollout" if view == "rollout" else "last"
             warm = VideoOptions(view=view, progress=False, max_frames=DEFAULT_BATCH)
             render_video(model, clip, Path(tmp) / "warm.mp4", warm)  # compiles, fills caches
+            before = median_seconds(lambda: model.run(x, **RUN_MODES[mode]), around)[0]
             result = render_video(model, clip, Path(tmp) / f"{view}.mp4",
                                   VideoOptions(view=view, progress=False, max_frames=n))
-            attention = "all" if view == "rollout" else "last"
-            model_rate = bench.ours_rate(PRESET, hw, DEFAULT_BATCH, attention)
+            after = median_seconds(lambda: model.run(x, **RUN_MODES[mode]), around)[0]
+            model_rate = 2 * DEFAULT_BATCH / (before + after)
             bench.rows.append(Row(f"e2e render view={view}", size, DEFAULT_BATCH,
                                   result.frames / result.seconds, "frame/s", model_rate,
-                                  f"model attention={attention}",
+                                  f"model {mode}, same minute",
                                   result.frames / result.seconds / model_rate,
-                                  note=f"{result.frames} frames"))
+                                  note=f"{result.frames} frames; model before/after "
+                                       f"{DEFAULT_BATCH / before:.2f}/{DEFAULT_BATCH / after:.2f}"))
         spent = stage_seconds(model, clip, "mean", n, Path(tmp) / "stages.mp4")
     total = sum(spent.values())
     for stage, seconds in spent.items():
@@ -570,62 +589,47 @@ def part_memory(bench):
 # -- part: rollout ---------------------------------------------------------------------------
 
 
-def rollout_size(bench, preset) -> tuple[tuple[int, int], str]:
-    """480x848, or the largest of ROLLOUT_SIZES whose attention fits in the available memory
-    (the model's output of every block, about twice over while it becomes numpy, plus 1 GiB)."""
-    sizes = ROLLOUT_SIZES[-1:] if bench.args.quick else ROLLOUT_SIZES
-    try:
-        import psutil
-
-        available = psutil.virtual_memory().available
-    except ImportError:
-        return sizes[0], ""
-    def need(hw):
-        t = preset.num_class_tokens + (hw[0] // preset.patch_size) * (hw[1] // preset.patch_size)
-        return 2.2 * preset.depth * preset.num_heads * t * t * 4 + 2**30
-
-    for hw in sizes:
-        if need(hw) < available:
-            note = "" if hw == ROLLOUT_SIZES[0] else "quick run" if bench.args.quick else (
-                f"{hw_str(ROLLOUT_SIZES[0])} would need ~{need(ROLLOUT_SIZES[0]) / 2**30:.0f} GiB, "
-                f"{available / 2**30:.0f} GiB free")
-            return hw, note
-    raise RuntimeError("not enough memory for the rollout benchmark at any size")
-
-
 def part_rollout(bench):
-    from vidattn import attention as am
+    """dino_vits8 at 480x848 (240x424 when quick): the forward pass alone, the same pass with
+    the rollout row computed in the graph (what the rollout view runs), and ``cls_rollout`` on
+    its own, compiled, over random head-mean attention of every block."""
+    import keras
+
+    from vidattn.models.api import compiled
+    from vidattn.models.vit import cls_rollout
 
     preset = get_preset(ROLLOUT_PRESET)
-    hw, note = rollout_size(bench, preset)
+    hw = ROLLOUT_QUICK_HW if bench.args.quick else ROLLOUT_HW
     model = bench.model(ROLLOUT_PRESET)
-    grid = (hw[0] // preset.patch_size, hw[1] // preset.patch_size)
-    x = np.random.default_rng(0).standard_normal((1, *hw, 3), np.float32)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, *hw, 3), np.float32)
     k = bench.effort.rollout_iters
     once = replace(bench.effort, warmup=1, min_iters=k, max_iters=k, budget_s=0.0)
-    out = {}
+    tokens = preset.num_class_tokens + (hw[0] // preset.patch_size) * (hw[1] // preset.patch_size)
+    means = rng.random((preset.depth, 1, tokens, tokens), np.float32)
+    means = [keras.ops.convert_to_tensor(m / m.sum(-1, keepdims=True)) for m in means]
+    alone = compiled(cls_rollout)
 
-    def forward():
-        out.clear()
-        out.update(model.run(x, attention="all"))
-
-    last, last_spread = median_seconds(lambda: model.run(x, attention="last"), once)
-    rss, measured = _status_mib("VmRSS"), reset_peak_rss()
-    fwd, fwd_spread = median_seconds(forward, once)
-    peak = f"peak RSS +{(_status_mib('VmHWM') - rss) / 1024:.1f} GiB, " if measured else ""
-    roll, roll_spread = median_seconds(
-        lambda: am.rollout(out["attention"], preset.num_class_tokens, grid), once)
-    tokens = preset.num_class_tokens + grid[0] * grid[1]
-    gib = sum(a.nbytes for a in out["attention"]) / 2**30
-    out.clear()
+    # alternate the two passes, so that a change of machine load hits both alike
+    calls = {False: [], True: []}
+    for rollout in calls:
+        model.run(x, rollout=rollout)  # compile
+    for _ in range(k):
+        for rollout, times in calls.items():
+            start = time.perf_counter()
+            model.run(x, rollout=rollout)
+            times.append(time.perf_counter() - start)
+    (fwd, fwd_spread), (both, both_spread) = (spread(calls[False]), spread(calls[True]))
+    roll, roll_spread = median_seconds(lambda: keras.ops.convert_to_numpy(alone(means)), once)
     size = hw_str(hw)
-    bench.rows.append(Row(f"{ROLLOUT_PRESET} forward attention=last", size, 1, last, "s/frame",
-                          note=f"{last_spread}; T={tokens}" + (f"; {note}" if note else "")))
-    bench.rows.append(Row(f"{ROLLOUT_PRESET} forward attention=all", size, 1, fwd, "s/frame",
-                          last, "attention=last", fwd / last,
-                          note=f"{fwd_spread}; {peak}attention out {gib:.1f} GiB"))
-    bench.rows.append(Row("attention.rollout", size, 1, roll, "s/frame", fwd, "forward all",
-                          100 * roll / fwd, "%", note=roll_spread))
+    bench.rows.append(Row(f"{ROLLOUT_PRESET} forward", size, 1, fwd, "s/frame",
+                          note=f"{fwd_spread}; T={tokens}" + "; quick run" * bench.args.quick))
+    bench.rows.append(Row(f"{ROLLOUT_PRESET} forward + in-graph rollout", size, 1, both,
+                          "s/frame", fwd, "forward", 100 * (both - fwd) / fwd, "%",
+                          note=f"{both_spread}; ratio = added time / forward"))
+    bench.rows.append(Row("cls_rollout alone (compiled)", size, 1, roll, "s/frame", fwd,
+                          "forward", 100 * roll / fwd, "%",
+                          note=f"{roll_spread}; {preset.depth} blocks of (1, T, T)"))
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -701,6 +705,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    keep_freed_memory()  # as the CLI does, so e2e and memory measure what users get
     if args.memory_worker:
         memory_worker(args.memory_worker[0], int(args.memory_worker[1]))
         return 0

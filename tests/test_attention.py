@@ -1,5 +1,6 @@
 """vidattn.attention against the reference study's straightforward formulas, written out here."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -10,51 +11,12 @@ from vidattn.attention import (
     mean_attention_distance,
     normalize_maps,
     peak_location,
-    rollout,
+    rollout_map,
     threshold_masks,
 )
+from vidattn.models.vit import cls_rollout
 
-
-def random_attention(rng, n, heads, n_cls, grid_hw, dtype=np.float64):
-    """Softmax-normalised random attention ``(n, heads, T, T)``, peaky enough to be non-uniform."""
-    t = n_cls + grid_hw[0] * grid_hw[1]
-    logits = rng.normal(scale=3.0, size=(n, heads, t, t))
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    return (e / e.sum(-1, keepdims=True)).astype(dtype)
-
-
-def study_distance_matrix(patch_size, grid_hw):
-    """The study's compute_distance_matrix loop, with row-major (row, col) positions on gh x gw."""
-    gh, gw = grid_hw
-    p = gh * gw
-    d = np.zeros((p, p))
-    for i in range(p):
-        for j in range(p):
-            if i != j:
-                ri, ci, rj, cj = i // gw, i % gw, j // gw, j % gw
-                d[i, j] = patch_size * np.linalg.norm([ri - rj, ci - cj])
-    return d
-
-
-def study_mean_distance(attn, n_cls, grid_hw, patch_size):
-    weights = attn[..., n_cls:, n_cls:]
-    d = study_distance_matrix(patch_size, grid_hw)[None, None]
-    return np.mean(np.sum(weights * d, axis=-1), axis=-1)
-
-
-def study_rollout(attns, n_cls, grid_hw):
-    """The study's attention_rollout_map, batched: full T x T matrices multiplied first to last."""
-    maps = []
-    for i in range(attns[0].shape[0]):
-        mat = np.stack([a[i] for a in attns]).astype(np.float64).mean(axis=1)  # (L, T, T)
-        aug = mat + np.eye(mat.shape[-1])
-        aug = aug / aug.sum(-1)[..., None]
-        joint = aug[0]
-        for n in range(1, len(aug)):
-            joint = aug[n] @ joint
-        v = joint[0, n_cls:].reshape(grid_hw)
-        maps.append(v / v.max())
-    return np.stack(maps)
+from study import random_attention, study_mean_distance, study_rollout
 
 
 @pytest.mark.parametrize(
@@ -80,6 +42,12 @@ def test_mean_distance_known_values():
     assert mean_attention_distance(swap, 1, (1, 2), 16)[0, 0] == pytest.approx(16)
 
 
+def rollout(attns, n_cls, grid_hw):
+    """The model's in-graph rollout, run here on given attention: head means in, maps out."""
+    row = cls_rollout([a.mean(axis=1) for a in attns])
+    return rollout_map(keras.ops.convert_to_numpy(row), n_cls, grid_hw)
+
+
 @pytest.mark.parametrize("depth", [1, 2, 5])
 @pytest.mark.parametrize("n_cls,grid_hw", [(1, (4, 4)), (2, (3, 5)), (1, (6, 2))])
 def test_rollout_matches_study_full_product(depth, n_cls, grid_hw):
@@ -87,10 +55,9 @@ def test_rollout_matches_study_full_product(depth, n_cls, grid_hw):
     attns = [random_attention(rng, 2, 3, n_cls, grid_hw) for _ in range(depth)]
     want = study_rollout(attns, n_cls, grid_hw)
     got = rollout(attns, n_cls, grid_hw)
-    assert got.shape == (2, *grid_hw)
+    assert got.shape == (2, *grid_hw) and got.dtype == np.float64
     np.testing.assert_allclose(got, want, atol=1e-6)
-    # blocks as an iterator (read once), and in float32 as the model returns them
-    np.testing.assert_allclose(rollout(iter(attns), n_cls, grid_hw), want, atol=1e-6)
+    # in float32, as the model computes it
     got32 = rollout([a.astype(np.float32) for a in attns], n_cls, grid_hw)
     assert got32.dtype == np.float32
     np.testing.assert_allclose(got32, want, atol=1e-5)
@@ -102,6 +69,11 @@ def test_rollout_block_order_matters():
     rng = np.random.default_rng(7)
     attns = [random_attention(rng, 1, 2, 1, (3, 3)) for _ in range(3)]
     assert not np.allclose(rollout(attns, 1, (3, 3)), rollout(attns[::-1], 1, (3, 3)), atol=1e-3)
+
+
+def test_rollout_map_checks_the_row_length():
+    with pytest.raises(ValueError, match=r"\(N, 17\)"):
+        rollout_map(np.ones((1, 16)), 1, (4, 4))
 
 
 @pytest.mark.parametrize("keep", [0.6, 0.3, 0.9])

@@ -8,6 +8,8 @@ import pytest
 
 import vidattn
 from checkpoints import hf_forward, peaky_hf_vit
+from study import study_rollout
+from vidattn.attention import rollout_map
 from vidattn.models.presets import get_preset
 
 SMALL = dataclasses.replace(
@@ -38,6 +40,21 @@ def test_attention_and_features_match_hugging_face(pair, size):
     for block, (a, b) in enumerate(zip(out["attention"], ref_attn)):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0, err_msg=f"block {block}")
     np.testing.assert_allclose(out["features"], ref_features, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_in_graph_rollout_matches_study_product_of_hugging_face_attention(pair, size):
+    """The rollout row the compiled model computes equals the study's full T x T product over
+    every block of the reference implementation's attention."""
+    reference, ours = pair
+    images = np.random.default_rng(3).normal(size=(2, *size, 3)).astype(np.float32)
+    _, ref_attn = hf_forward(reference, images)
+    grid = (size[0] // ours.preset.patch_size, size[1] // ours.preset.patch_size)
+    want = study_rollout(ref_attn, ours.preset.num_class_tokens, grid)
+    out = ours.run(images, rollout=True)
+    assert out["attention"] == [] and out["rollout"].shape == (2, ref_attn[0].shape[-1])
+    got = rollout_map(out["rollout"], ours.preset.num_class_tokens, grid)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
 def test_last_mode_returns_only_the_last_block(pair):

@@ -172,9 +172,9 @@ def test_planted_peaks_on_non_square_inputs(hw, box):
     img = np.full((*hw, 3), 90, np.uint8)
     img[box] = (255, 0, 0)
     grid = (hw[0] // 16, hw[1] // 16)
-    out = model.run(normalize(img[None], "imagenet"), attention="all")
+    out = model.run(normalize(img[None], "imagenet"), attention="last", rollout=True)
     heads = pr.head_maps(model, out["attention"], grid)[0]
-    rollout = pr.rollout_maps(model, out["attention"], grid)[0]
+    rollout = pr.rollout_maps(model, out["rollout"], grid)[0]
     assert heads.shape == (2, *grid) and rollout.shape == grid
     bounds = (box[0].start, box[0].stop - 1, box[1].start, box[1].stop - 1)
     for heat in pr.upsample(heads, hw, 16):

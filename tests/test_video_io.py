@@ -21,7 +21,7 @@ from videos import (
 )
 from vidattn.errors import VidattnError
 from vidattn.video.reader import Prefetcher, probe, read_frames
-from vidattn.video.writer import VideoWriter
+from vidattn.video.writer import VideoWriter, rgb_to_yuv420p
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 
@@ -458,3 +458,21 @@ def test_write_rejects_wrong_images_and_backward_times(tmp_path):
         with pytest.raises(ValueError, match="increase"):
             writer.write(np.zeros((64, 96, 3), np.uint8), 0.0)
     assert probe(tmp_path / "a.mp4").n_frames == 1
+
+
+def test_rgb_to_yuv420p_matches_libswscale_bt709():
+    """Our BT.709 limited-range conversion (cv2) against libswscale's on smooth content: Y and
+    chroma within 1 level, and the planes laid out as yuv420p (Y, then Cb, then Cr)."""
+    h, w = 64, 96
+    y, x = np.mgrid[0:h, 0:w]
+    rgb = np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x + y) * 255 // (w + h - 2)], -1)
+    rgb = rgb.astype(np.uint8)
+    ref = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+        format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG").to_ndarray()
+    got = rgb_to_yuv420p(rgb)
+    assert got.shape == ref.shape == (h * 3 // 2, w) and got.dtype == np.uint8
+    np.testing.assert_allclose(got.astype(int), ref.astype(int), atol=1)
+    white = rgb_to_yuv420p(np.full((2, 2, 3), 255, np.uint8)).ravel()
+    black = rgb_to_yuv420p(np.zeros((2, 2, 3), np.uint8)).ravel()
+    np.testing.assert_array_equal(white, [235] * 4 + [128, 128])  # limited range
+    np.testing.assert_array_equal(black, [16] * 4 + [128, 128])

@@ -12,8 +12,6 @@ videos at full resolution give thousands of tokens, and a block is then ``heads 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -83,38 +81,21 @@ def threshold_masks(maps: np.ndarray, keep: float = 0.6) -> np.ndarray:
     return kept.reshape(maps.shape)
 
 
-def rollout(attns: Sequence[np.ndarray], n_cls: int, grid_hw) -> np.ndarray:
-    """Attention rollout (Abnar & Zuidema), the study's semantics: ``blocks`` -> ``(N, gh, gw)``.
+def rollout_map(row: np.ndarray, n_cls: int, grid_hw) -> np.ndarray:
+    """Attention rollout maps from the model's rollout rows: ``(N, T)`` -> ``(N, gh, gw)``.
 
-    ``attns``: the blocks' attention ``(N, heads, T, T)``, first block first (a list, or any
-    sequence; an iterator is read into a list, since it is consumed last block first).
-
-    The study averages heads, adds the identity (the residual path), renormalises rows to
-    ``R_b``, multiplies ``J = R_L @ ... @ R_1`` (each block on the left of the product so far) and
-    keeps the CLS row of ``J`` over the patch tokens, divided by its maximum. Only that row is
-    needed, and ``e_0 @ R_L @ ... @ R_1`` is a row vector times matrices taken LAST block first:
-    ``r <- r @ R_b`` for b = L..1. That costs O(L * N * heads * T**2), not O(L * N * T**3).
-    ``R_b`` is never formed either: with ``d`` its row sums (mean row sum of the heads, plus 1),
-    ``r @ R_b = mean_h((r / d) @ A_h) + r / d``.
-
-    Computed in the attention's own precision (float32 for the model's output, float64 when
-    given float64), which avoids a float64 copy of every block. Returns float32 or float64.
+    ``row`` is ``model.run(..., rollout=True)["rollout"]``, the CLS row of the rollout product
+    (see ``vidattn.models.vit.cls_rollout``, which computes it in the model's graph). The study's
+    map is that row over the patch tokens, laid out on the grid and divided by its maximum.
     """
-    if not isinstance(attns, Sequence):
-        attns = list(attns)
-    if not attns:
-        raise ValueError("rollout needs at least one block of attention")
-    for attn in attns:
-        _check(attn, n_cls, grid_hw)
-    dtype = np.result_type(attns[-1].dtype, np.float32)
-    n, t = attns[-1].shape[0], attns[-1].shape[-1]
-    row = np.zeros((n, 1, 1, t), dtype)  # (N, 1, 1, T): broadcasts over heads in matmul
-    row[..., 0] = 1
-    for attn in reversed(attns):
-        attn = attn.astype(dtype, copy=False)
-        scaled = row / (attn.sum(axis=-1).mean(axis=1) + 1)[:, None, None, :]
-        row = (scaled @ attn).mean(axis=1, keepdims=True) + scaled
-    maps = row[:, 0, 0, n_cls:].reshape(n, *grid_hw)
+    gh, gw = grid_hw
+    row = np.asarray(row)
+    if row.ndim != 2 or row.shape[1] != n_cls + gh * gw:
+        raise ValueError(
+            f"rollout rows must be (N, {n_cls + gh * gw}) for {n_cls} class token(s) and a "
+            f"{gh}x{gw} grid, got {row.shape}"
+        )
+    maps = row[:, n_cls:].reshape(len(row), gh, gw)
     return maps / maps.max(axis=(-2, -1), keepdims=True)
 
 

@@ -53,6 +53,9 @@ def main(debug):
     --weights PATH (DINO .pth, timm or Hugging Face .safetensors), or --weights random for an
     untrained model (its outputs are labelled as such).
     """
+    from vidattn.runtime import keep_freed_memory
+
+    keep_freed_memory()
 
 
 @main.command()
@@ -112,6 +115,7 @@ def _load(preset, weights, checkpoint_key, quiet=False):
 def video_options(fn):
     """The rendering options of `video` (and of `batch`, which passes them on)."""
     from vidattn.video.pipeline import DEFAULT_BATCH, DEFAULT_SIZE, SIDE_MAPS, VIEWS
+    from vidattn.video.writer import DEFAULT_X264_PRESET, X264_PRESETS
 
     options = [
         click.option("--view", type=click.Choice(VIEWS), default="mean", show_default=True,
@@ -148,9 +152,11 @@ def video_options(fn):
         click.option("--max-frames", type=click.IntRange(1), help="Stop after this many frames."),
         click.option("--crf", type=click.IntRange(0, 51), default=23, show_default=True,
                      help="H.264 quality: lower is better and larger."),
-        click.option("--x264-preset", default="veryfast", show_default=True,
-                     help="H.264 speed/size trade-off (ultrafast ... veryslow); slower presets "
-                     "take CPU from the model."),
+        click.option("--x264-preset", type=click.Choice(X264_PRESETS),
+                     default=DEFAULT_X264_PRESET, show_default=True,
+                     help="H.264 speed/size trade-off. Slower presets make smaller files for the "
+                     "same quality but take CPU from the model: veryfast is ~1.5x slower and "
+                     "~35% smaller at 720p."),
         click.option("--gif-fps", type=click.FloatRange(0.1), help="GIF output: frame-rate cap."),
         click.option("--gif-width", type=click.IntRange(16), help="GIF output: width cap."),
     ]

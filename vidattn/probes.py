@@ -99,10 +99,10 @@ def average_mean_distance(model, images, size: int = 224, batch_size: int = 8) -
     return running.mean
 
 
-def rollout_maps(model, attns, grid_hw) -> np.ndarray:
-    """Attention rollout through every block -> ``(N, gh, gw)`` peaking at 1 (see
-    ``attention.rollout``)."""
-    return am.rollout(attns, model.preset.num_class_tokens, grid_hw)
+def rollout_maps(model, rows, grid_hw) -> np.ndarray:
+    """Attention rollout through every block, from ``model.run(..., rollout=True)["rollout"]``
+    ``(N, T)`` -> ``(N, gh, gw)`` peaking at 1 (see ``attention.rollout_map``)."""
+    return am.rollout_map(rows, model.preset.num_class_tokens, grid_hw)
 
 
 def head_maps(model, attns, grid_hw) -> np.ndarray:
@@ -182,15 +182,16 @@ class Analysis:
 def analyse(model, image, size: int = 224, probes=IMAGE_PROBES) -> Analysis:
     """Run the model once on an image (a path or uint8 RGB ``(H, W, 3)``) for ``probes``.
 
-    Only as much attention as the probes need is computed: every block for ``distance`` and
-    ``rollout``, the last for ``heads`` and ``masks``, none otherwise (top-5 needs only logits).
+    Only as much attention as the probes need leaves the model: every block for ``distance``,
+    the last for ``heads`` and ``masks``, none otherwise (top-5 needs only logits); ``rollout``
+    is computed inside the model.
     """
     check_size(model, size)
     pixels = image if isinstance(image, np.ndarray) else load_image(image)
     probes = set(probes)
-    mode = "all" if probes & {"distance", "rollout"} else "last" if probes & {"heads", "masks"} \
-        else "none"
-    out = model.run(preprocess_image(pixels, model.preset.preprocessing, size), attention=mode)
+    mode = "all" if "distance" in probes else "last" if probes & {"heads", "masks"} else "none"
+    out = model.run(preprocess_image(pixels, model.preset.preprocessing, size), attention=mode,
+                    rollout="rollout" in probes)
     attns = out["attention"]
     grid = (size // model.preset.patch_size,) * 2
     return Analysis(
@@ -199,7 +200,7 @@ def analyse(model, image, size: int = 224, probes=IMAGE_PROBES) -> Analysis:
         grid_hw=grid,
         tokens=model.preset.num_class_tokens + grid[0] * grid[1],
         distances=mean_distances(model, attns, grid)[0] if "distance" in probes else None,
-        rollout=rollout_maps(model, attns, grid)[0] if "rollout" in probes else None,
+        rollout=rollout_maps(model, out["rollout"], grid)[0] if "rollout" in probes else None,
         heads=head_maps(model, attns, grid)[0] if probes & {"heads", "masks"} else None,
         logits=out["logits"][0] if "logits" in out else None,
     )
@@ -223,12 +224,7 @@ def heat_overlay(display, heat, alpha: float = ALPHA, colormap=COLORMAP) -> np.n
 def mask_image(display, masks, patch: int, colors, alpha: float = 0.45):
     """Grid masks ``(k, gh, gw)`` bool drawn onto the uint8 display image, mask i in
     ``colors[i]``, as DINO shows them: whole patches (nearest upsampling), tinted and outlined."""
-    regions = render.map_to_frame(np.asarray(masks, np.float32), display.shape[:2], None, patch,
-                                  interpolation="nearest") >= 0.5
-    out = display
-    for region, color in zip(regions, colors):
-        out = render.mask_overlay(out, region, color, alpha)
-    return out
+    return render.draw_masks(display, masks, colors, alpha, patch, interpolation="nearest")
 
 
 def _figure(model, what: str, width: float, height: float) -> Figure:

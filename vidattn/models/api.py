@@ -22,10 +22,11 @@ from vidattn.models.vit import ATTENTION_MODES, ViT, load_state_dict
 RANDOM = "random"
 
 
-def _compile(fn, model):
-    """Compile ``fn(images) -> outputs`` for the active backend: XLA through ``tf.function`` on
-    TensorFlow, ``jax.jit`` over the model's variables on JAX, eager under ``no_grad`` on torch.
-    Each distinct input shape compiles once."""
+def compiled(fn, model=None):
+    """Compile ``fn(x) -> outputs`` for the active backend: XLA through ``tf.function`` on
+    TensorFlow, ``jax.jit`` on JAX, eager under ``no_grad`` on torch. Each distinct input shape
+    compiles once. When ``fn`` calls ``model``, pass it: JAX then jits ``model.stateless_call``
+    with the model's variables as inputs, since ``jax.jit`` needs a pure function."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -35,6 +36,8 @@ def _compile(fn, model):
     if backend == "jax":
         import jax
 
+        if model is None:
+            return jax.jit(fn)
         jitted = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, **fn.kwargs)[0])
         return lambda x: jitted(
             [v.value for v in model.trainable_variables],
@@ -79,12 +82,14 @@ class Model:
     def is_random(self) -> bool:
         return self.weights_label.startswith(RANDOM)
 
-    def run(self, images, attention="none") -> dict:
+    def run(self, images, attention="none", rollout=False) -> dict:
         """Forward a preprocessed float32 batch ``(N, H, W, 3)``; H and W multiples of the patch.
 
         Returns numpy arrays: ``features`` ``(N, D)``, ``logits`` ``(N, C)`` where the preset has
-        a head, and ``attention``: a list with one ``(N, heads, T, T)`` array per returned block
-        (``"last"``: one; ``"all"``: ``depth``; ``"none"``: empty).
+        a head, ``attention``: a list with one ``(N, heads, T, T)`` array per returned block
+        (``"last"``: one; ``"all"``: ``depth``; ``"none"``: empty), and with ``rollout=True``,
+        ``rollout``: the CLS row of attention rollout ``(N, T)``, computed inside the compiled
+        model (``attention.rollout_map`` turns it into maps).
         """
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
@@ -94,17 +99,19 @@ class Model:
             raise ValueError(
                 f"images must be (N, H, W, 3) with H and W multiples of {p}, got {images.shape}"
             )
-        if attention not in self._compiled:
-            self._compiled[attention] = _compile(
-                _Call(self.backbone, attention=attention), self.backbone
+        key = (attention, bool(rollout))
+        if key not in self._compiled:
+            self._compiled[key] = compiled(
+                _Call(self.backbone, attention=attention, rollout=bool(rollout)), self.backbone
             )
-        out = self._compiled[attention](images)
+        out = self._compiled[key](images)
         result = {
             "features": keras.ops.convert_to_numpy(out["features"]),
             "attention": [keras.ops.convert_to_numpy(a) for a in out["attention"]],
         }
-        if "logits" in out:
-            result["logits"] = keras.ops.convert_to_numpy(out["logits"])
+        for name in ("logits", "rollout"):
+            if name in out:
+                result[name] = keras.ops.convert_to_numpy(out[name])
         return result
 
     def patch_filters(self) -> np.ndarray:

@@ -1,9 +1,11 @@
 """The ViT backbone: one model family for DINO, supervised ViT and DeiT (with or without the
 distillation token), configured by a :class:`~vidattn.models.presets.Preset`.
 
-``ViT(images, attention=...)`` returns the final CLS features, the logits where the preset has a
-head, and exactly the attention probabilities the caller asked for, so a run that needs only the
-last block never holds every block's ``T x T`` matrices.
+``ViT(images, attention=..., rollout=...)`` returns the final CLS features, the logits where the
+preset has a head, exactly the attention probabilities the caller asked for (a run that needs only
+the last block never holds every block's ``T x T`` matrices), and, on request, the CLS row of
+attention rollout computed in the graph (:func:`cls_rollout`), so the rollout view never copies
+``depth * heads * T**2`` floats out of the model.
 
 :func:`load_state_dict` is the one place that maps a checkpoint (timm/DINO names, torch layouts,
 as produced by :mod:`vidattn.models.weights`) onto the Keras variables.
@@ -52,6 +54,30 @@ def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m.astype(np.float32)
 
 
+def cls_rollout(mean_attns):
+    """CLS row of attention rollout (Abnar & Zuidema) with the study's semantics.
+
+    ``mean_attns``: one ``(N, T, T)`` tensor per block, first block first, each the block's
+    attention averaged over heads. Returns ``(N, T)``: row 0 of ``J = R_L @ ... @ R_1``, where
+    ``R_b`` is ``mean_attns[b] + I`` with rows renormalised to sum to 1 (the residual path).
+
+    Only that row is needed, and ``e_0 @ R_L @ ... @ R_1`` is a row vector times matrices taken
+    LAST block first: ``r <- r @ R_b`` for b = L..1, which costs O(L * N * T**2), not the full
+    product's O(L * N * T**3). ``R_b`` is never formed either: with ``d`` its row sums (row sums
+    of the mean attention, plus 1), ``r @ R_b = (r / d) @ A_b + r / d``.
+
+    Written with ``keras.ops``: the model runs it inside its compiled graph, and it accepts numpy
+    arrays too (float64 in, float64 out).
+    """
+    last = ops.convert_to_tensor(mean_attns[-1])
+    row = ops.cast(ops.arange(last.shape[-1]) == 0, last.dtype)
+    row = ops.zeros_like(last[:, :1, :]) + row  # (N, 1, T): e_0 for each image
+    for attn in reversed(mean_attns):
+        scaled = row / (ops.expand_dims(ops.sum(attn, axis=-1), 1) + 1)
+        row = ops.matmul(scaled, attn) + scaled
+    return row[:, 0]
+
+
 class ViT(keras.Model):
     """Vision Transformer backbone (timm's ``VisionTransformer`` without dropout).
 
@@ -63,7 +89,9 @@ class ViT(keras.Model):
       CLS and distillation heads, as timm does at inference);
     - ``attention``: list of ``(N, heads, T, T)`` softmax probabilities, one per returned block
       (``attention="last"``: the last block only; ``"all"``: every block; ``"none"``: empty),
-      where ``T = num_class_tokens + (H/p) * (W/p)``, class tokens first, patches row by row.
+      where ``T = num_class_tokens + (H/p) * (W/p)``, class tokens first, patches row by row;
+    - ``rollout``: ``(N, T)``, the CLS row of attention rollout through every block
+      (:func:`cls_rollout`), only with ``rollout=True``.
     """
 
     def __init__(self, preset: Preset, seed: int | None = None, **kwargs):
@@ -115,7 +143,7 @@ class ViT(keras.Model):
         )
         return ops.concatenate([cls_pos, ops.reshape(resampled, (1, gh * gw, -1))], axis=1)
 
-    def call(self, images, attention="none"):
+    def call(self, images, attention="none", rollout=False):
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
         n, h, w = images.shape[0], images.shape[1], images.shape[2]
@@ -124,15 +152,19 @@ class ViT(keras.Model):
         batch = ops.shape(x)[0] if n is None else n
         cls = ops.broadcast_to(self.class_tokens, (batch,) + tuple(self.class_tokens.shape[1:]))
         x = ops.concatenate([cls, x], axis=1) + self.position_embeddings((h // p, w // p))
-        kept = []
+        kept, means = [], []
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             want = attention == "all" or (attention == "last" and i == last)
-            x, probs = block(x, return_probs=want)
+            x, probs = block(x, return_probs=want or rollout)
             if want:
                 kept.append(probs)
+            if rollout:
+                means.append(ops.mean(probs, axis=1))
         x = self.norm(x)
         out = {"features": x[:, 0], "attention": kept}
+        if rollout:
+            out["rollout"] = cls_rollout(means)
         if self.heads:
             logits = [head(x[:, i]) for i, head in enumerate(self.heads)]
             out["logits"] = logits[0] if len(logits) == 1 else (logits[0] + logits[1]) / 2

@@ -14,16 +14,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from vidattn import attention as am
 from vidattn import render
 from vidattn.errors import VidattnError
-from vidattn.preprocess import prepare_frames, video_geometry
+from vidattn.preprocess import prepare_frames, resize_frame, video_geometry
 from vidattn.video.reader import Prefetcher, probe, read_frames
-from vidattn.video.writer import VideoWriter
+from vidattn.video.writer import DEFAULT_X264_PRESET, VideoWriter
 
 VIEWS = ("heads", "mean", "masks", "rollout", "side-by-side")
 SIDE_MAPS = ("mean", "rollout")
@@ -51,7 +50,7 @@ class VideoOptions:
     every: int = 1
     max_frames: int | None = None
     crf: int = 23
-    x264_preset: str = "veryfast"
+    x264_preset: str = DEFAULT_X264_PRESET
     gif_fps: float | None = None
     gif_width: int | None = None
     save_maps: Path | None = None
@@ -156,8 +155,8 @@ class MapMaker:
         if n < o.batch_size:  # pad the last batch: one compiled shape for the whole video
             inputs = np.concatenate([inputs, np.repeat(inputs[-1:], o.batch_size - n, 0)])
         if o.needs_rollout:
-            out = self.model.run(inputs, attention="all")
-            maps = am.rollout(out["attention"], self.n_cls, self.grid_hw)[:n, None]
+            out = self.model.run(inputs, rollout=True)
+            maps = am.rollout_map(out["rollout"][:n], self.n_cls, self.grid_hw)[:, None]
         else:
             out = self.model.run(inputs, attention="last")
             maps = am.cls_maps(out["attention"][-1][:n], self.n_cls, self.grid_hw)
@@ -205,7 +204,7 @@ class FrameRenderer:
         if o.view == "heads":
             scale = max(1 / self.cols, min(1.0, HEAD_PANEL_MIN / min(h, w)))
             ph, pw = max(2, round(h * scale)), max(2, round(w * scale))
-            small = cv2.resize(image, (pw, ph), interpolation=cv2.INTER_AREA)
+            small = resize_frame(image, (ph, pw))
             panels = []
             for k, m in enumerate(maps):
                 panel = render.overlay(small, self._heat(m, (ph, pw)), self.lut, o.alpha)
@@ -213,10 +212,8 @@ class FrameRenderer:
             out = render.grid(panels, cols=self.cols)
         elif o.view == "masks":
             masks = am.threshold_masks(maps[None], keep=o.threshold)[0]
-            regions = self._heat(masks.astype(np.float32), (h, w)) >= 0.5
-            out = image
-            for region, color in zip(regions, self.mask_colors):
-                out = render.mask_overlay(out, region, color, o.alpha)
+            out = render.draw_masks(image, masks, self.mask_colors, o.alpha, self.patch,
+                                    self.geometry.resized_hw)
         else:
             out = render.overlay(image, self._heat(maps[0], (h, w)), self.lut, o.alpha)
             if o.view == "side-by-side":
