@@ -11,8 +11,9 @@ Parts (all by default, in this order):
   ``DEFAULT_BATCH``, attention "last" and "none" (and the in-graph rollout at the video size,
   the rollout view's need). Each shape is warmed up first (XLA compiles per shape); the rate is batch / median time.
 - ``torch``: the same shapes in Hugging Face ``transformers`` (``ViTModel``, eager attention with
-  ``output_attentions`` for "last", sdpa without attentions for "none"), the reference of the
-  ``model`` rows' ratio column (ours / torch, > 1: ours is faster).
+  ``output_attentions`` for "last", sdpa without attentions for "none"), each timed in
+  alternation with ours on the same pixels: the "ours vs torch" rows' ratio (> 1: ours is
+  faster) compares calls made in the same seconds.
 - ``ceiling``: float32 matmul GFLOP/s on the active Keras backend (2048^3 and the model's largest
   matmul) and in numpy (OpenBLAS); the fastest of them is the ceiling, and the ``model`` rates
   turned into GFLOP/s (analytic FLOPs) are shown as % of it.
@@ -125,6 +126,23 @@ def median_seconds(fn, effort: Effort) -> tuple[float, str]:
         fn()
         times.append(time.perf_counter() - start)
     return spread(times)
+
+
+def paired_seconds(fn_a, fn_b, effort: Effort) -> tuple[tuple[float, str], tuple[float, str]]:
+    """``median_seconds`` of two functions timed in alternation (a, b, a, b, ...), so that a
+    change of machine load during the measurement hits both alike and their ratio stays fair."""
+    for _ in range(effort.warmup):
+        fn_a()
+        fn_b()
+    times = ([], [])
+    while len(times[0]) < effort.min_iters or (
+        len(times[0]) < effort.max_iters and sum(times[0]) + sum(times[1]) < 2 * effort.budget_s
+    ):
+        for fn, kept in zip((fn_a, fn_b), times):
+            start = time.perf_counter()
+            fn()
+            kept.append(time.perf_counter() - start)
+    return spread(times[0]), spread(times[1])
 
 
 def spread(times) -> tuple[float, str]:
@@ -299,8 +317,10 @@ def part_torch(bench):
         config._attn_implementation = impl
         models[impl] = ViTModel(config, add_pooling_layer=False).eval().to(device)
 
+    ours = bench.model(PRESET)
     for hw, batch in shapes(bench):
         x = torch.randn(batch, 3, *hw, device=device)
+        x_ours = x.permute(0, 2, 3, 1).cpu().numpy()  # the same pixels, channels last
         for attention, impl in (("last", "eager"), ("none", "sdpa")):
             model, want = models[impl], attention == "last"
 
@@ -312,23 +332,16 @@ def part_torch(bench):
                     if want:
                         out.attentions[-1].cpu().numpy()
 
-            seconds, spread = median_seconds(call, bench.effort)
-            bench.rates[("torch", PRESET, tuple(hw), batch, attention)] = batch / seconds
-            bench.rows.append(Row(f"torch {impl}" + (" +attentions" if want else ""),
-                                  hw_str(hw), batch, batch / seconds, "img/s",
+            def call_ours(attention=attention):
+                ours.run(x_ours, attention=attention)
+
+            (theirs, spread), (mine, my_spread) = paired_seconds(call, call_ours, bench.effort)
+            label = f"torch {impl}" + (" +attentions" if want else "")
+            bench.rows.append(Row(label, hw_str(hw), batch, batch / theirs, "img/s",
                                   note=f"{spread}; HF ViTModel on {device}"))
-
-
-def add_torch_references(bench):
-    """Fill the model rows' reference columns with the torch rates of the same shape."""
-    for row in bench.rows:
-        if not row.measure.startswith("model attention="):
-            continue
-        attention = row.measure.split("=", 1)[1]
-        key = ("torch", PRESET, tuple(map(int, row.size.split("x"))), row.batch, attention)
-        if key in bench.rates:
-            row.reference, row.ref_label = bench.rates[key], "torch"
-            row.ratio = row.value / row.reference
+            bench.rows.append(Row(f"ours vs torch, attention={attention}", hw_str(hw), batch,
+                                  batch / mine, "img/s", batch / theirs, label, theirs / mine,
+                                  note=f"{my_spread}; calls alternate with torch's"))
 
 
 # -- part: ceiling ---------------------------------------------------------------------------
@@ -733,7 +746,6 @@ def main(argv=None):
             traceback.print_exc()
             errors[part] = f"{type(err).__name__}: {err}"
         print(f"[{part}: {time.perf_counter() - start:.0f} s]", file=sys.stderr, flush=True)
-    add_torch_references(bench)
     add_efficiency(bench)
     head["seconds"] = round(time.perf_counter() - started, 1)
     head["load_average_at_end"] = os.getloadavg()[0]

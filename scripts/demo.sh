@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Render the bundled sample video into out/ (every head, and the head mean), and probe the sample
-# photos. Creates (or reuses) the virtualenv and installs vidattn first; needs only Python 3.10+.
+# Render the bundled sample video into out/ (every head, the head mean, DINO's masks) and probe
+# the sample photos. Creates (or reuses) the virtualenv and installs vidattn first; needs only Python.
 #
 #   bash scripts/demo.sh
 set -euo pipefail
@@ -22,9 +22,10 @@ fi
 vidattn() { "$VENV/bin/vidattn" "$@"; }
 vidattn video "$VIDEO" -o out/demo_heads.mp4 "${MODEL[@]}" --view heads --overwrite
 vidattn video "$VIDEO" -o out/demo_mean.mp4 "${MODEL[@]}" --view mean --smooth 2 --overwrite
+vidattn video "$VIDEO" -o out/demo_masks.mp4 "${MODEL[@]}" --view masks --overwrite
 PHOTOS=(samples/*.jpg)
 if [ -e "${PHOTOS[0]}" ]; then
   vidattn image "${PHOTOS[@]}" -o out/photos "${MODEL[@]}" --overwrite
 fi
 echo
-echo "Done: out/demo_heads.mp4 and out/demo_mean.mp4 (and out/photos/index.html for sample photos)"
+echo "Done: out/demo_heads.mp4, out/demo_mean.mp4, out/demo_masks.mp4 (and out/photos/index.html for the sample photos)"

@@ -213,8 +213,8 @@ def video(src, dst, preset, weights, checkpoint_key, save_maps, overwrite, quiet
     result = render_video(model, src, dst, opts)
     if not quiet:
         click.echo(
-            f"wrote {result.output} ({result.frames} frames, {result.size[0]}x{result.size[1]}, "
-            f"{result.frames / result.seconds:.1f} frames/s)", err=True,
+            f"wrote {result.output} ({result.frames} frames, {result.size[0]}x{result.size[1]}; "
+            f"processed at {result.frames / result.seconds:.1f} frames per second)", err=True,
         )
 
 
