@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from planted import planted_model
+from reliability import reliability
 from videos import make_truncated_copy, make_video
 from vidattn import batch as vb
 from vidattn import cli
@@ -163,6 +164,9 @@ def test_fingerprint_follows_each_kinds_options(planted):
     assert vb.fingerprint(other, "video", base) != vb.fingerprint(planted, "video", base)
 
 
+@reliability(("`vidattn batch` where OUTDIR already holds a file this batch did not write",
+              "that file fails with 'use --overwrite to replace it' and is left untouched; "
+              "--overwrite replaces it"))
 def test_options_deleted_outputs_and_foreign_files(tmp_path, planted):
     src, out = tmp_path / "in", tmp_path / "out"
     _video(src / "v.mp4")
@@ -190,6 +194,11 @@ def test_options_deleted_outputs_and_foreign_files(tmp_path, planted):
     assert _frames(out / "v.gif") > 0
 
 
+@reliability(("`vidattn batch` with links out of INDIR, a link to a folder, a link inside OUTDIR "
+              "leading elsewhere, OUTDIR inside INDIR",
+              "links out of INDIR and to folders passed over with the reason; the file whose "
+              "output would go through the trap link fails; OUTDIR is not walked; nothing is "
+              "written outside OUTDIR"))
 def test_outputs_never_land_outside_outdir(tmp_path, planted):
     src = tmp_path / "in"
     out = src / "results"  # OUTDIR inside INDIR: passed over by the walk
@@ -219,6 +228,9 @@ def test_outputs_never_land_outside_outdir(tmp_path, planted):
     assert run_batch(planted, src, out, _opts()).up_to_date == ["a/b/c/deep.png", "inner.png"]
 
 
+@reliability(("a manifest whose last line was torn by a killed run",
+              "the torn line is ignored and the next line starts on a fresh line; nothing done "
+              "is redone"))
 def test_torn_manifest_line_is_ignored(tmp_path, planted):
     src, out = tmp_path / "in", tmp_path / "out"
     _image(src / "one.png")
@@ -253,7 +265,7 @@ def test_sigterm_stops_after_the_current_file_and_resumes(tmp_path, monkeypatch)
     monkeypatch.setattr(vb, "render_video", render_then_terminate)
     handler = signal.getsignal(signal.SIGTERM)
     result = _run(src, "-o", out, *ARGS)
-    assert result.exit_code == 130
+    assert result.exit_code == 143  # 128 + SIGTERM
     assert "interrupted: 1 done, 2 left; re-run to continue" in result.output
     assert signal.getsignal(signal.SIGTERM) == handler
     assert [(r["input"], r["status"]) for r in _manifest(out)] == \

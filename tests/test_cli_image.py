@@ -9,6 +9,7 @@ import skimage.data
 from click.testing import CliRunner
 from PIL import Image
 
+from reliability import reliability
 from vidattn.cli import main
 from vidattn.models import presets
 
@@ -66,6 +67,8 @@ def test_good_images_done_bad_ones_reported_one_line_each(tmp_path, inputs):
     assert html.count("mean attention distance") == 2  # one table per good image
 
 
+@reliability(("`vidattn image` into a folder that holds that image's results",
+              "error naming the image's folder: use --overwrite; nothing replaced"))
 def test_existing_output_needs_overwrite(tmp_path, inputs):
     """--overwrite itself is tested in test_probes (probe_image)."""
     out = tmp_path / "out"

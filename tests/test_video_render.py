@@ -11,6 +11,7 @@ import pytest
 
 import vidattn
 from planted import planted_model
+from reliability import reliability
 from videos import make_audio_only, make_truncated_copy, make_video, make_zero_frame_video
 from vidattn.errors import VidattnError
 from vidattn.preprocess import video_geometry
@@ -134,6 +135,8 @@ def test_bad_inputs_give_one_line_errors_and_no_output(clip, tmp_path):
     assert leftovers == []
 
 
+@reliability(("`vidattn video -o` naming an existing file",
+              "error: output exists (use --overwrite to replace it); the file is untouched"))
 def test_existing_output_is_not_overwritten(clip, tmp_path):
     dst = tmp_path / "exists.mp4"
     dst.write_bytes(b"keep me")

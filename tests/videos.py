@@ -5,7 +5,8 @@ after decoding, rotation, resizing and attention overlays. Coordinates are conti
 pixels: pixel (row r, column c) covers [c, c+1) x [r, r+1), so the centre of a square covering
 columns x..x+s-1 is x + s/2, which is also the mean of (c + 0.5) over the square's pixels.
 
-The other helpers make broken or unusual inputs: audio only, zero frames, a truncated copy.
+The other helpers make broken or unusual inputs: audio only, zero frames, a declared frame size
+with no data behind it, a truncated copy, timestamps that go back, a resolution change midway.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def make_video(
     background="noise",
     gop=10,
     seed=0,
+    title=None,
+    metadata_encoding="utf-8",
 ) -> MadeVideo:
     """Write a video of ``n_frames`` frames to ``path`` (container chosen by the extension).
 
@@ -73,6 +76,8 @@ def make_video(
     "gray" (flat 128). ``vfr``: frame durations cycle through ``VFR_STEPS`` / fps instead of
     1 / fps. ``audio``: a 440 Hz sine in ``audio_codec`` ("aac", or "pcm_s16le" in .mov/.mkv)
     lasting the video's duration. ``gop``: keyframe interval, short so seeking is exercised.
+    ``title``: a container title tag, written in ``metadata_encoding`` ("latin-1" makes a tag
+    that is not valid UTF-8, as some cameras and editors write them).
     """
     path = Path(path)
     turns = round(rotation / 90) % 4
@@ -92,7 +97,10 @@ def make_video(
         ticks = np.arange(n_frames)
     rng = np.random.default_rng(seed)
 
-    with av.open(str(path), "w", options=_CONTAINER_OPTIONS.get(path.suffix.lower(), {})) as out:
+    with av.open(str(path), "w", options=_CONTAINER_OPTIONS.get(path.suffix.lower(), {}),
+                 metadata_encoding=metadata_encoding) as out:
+        if title is not None:
+            out.metadata["title"] = title
         stream = out.add_stream(codec, rate=Fraction(fps))
         stream.width, stream.height = size
         stream.pix_fmt = pix_fmt
@@ -152,8 +160,52 @@ def make_audio_only(path, seconds=1.0):
 
 def make_zero_frame_video(path):
     """A video stream with no frames: a YUV4MPEG2 header alone (``path`` should end .y4m)."""
+    return make_y4m_header(path, 96, 64)
+
+
+def make_y4m_header(path, width, height, payload=b""):
+    """A YUV4MPEG2 file (``path`` should end .y4m) declaring ``width`` x ``height`` frames, then
+    ``payload``: a few bytes can declare a frame size that would take gigabytes to decode."""
     path = Path(path)
-    path.write_bytes(b"YUV4MPEG2 W96 H64 F25:1 Ip A1:1 C420jpeg\n")
+    header = f"YUV4MPEG2 W{width} H{height} F25:1 Ip A1:1 C420jpeg\n".encode()
+    path.write_bytes(header + payload)
+    return path
+
+
+def make_retimed_video(path, times, size=(32, 32)):
+    """Intra-only H.264 (``path`` .mkv) whose packets carry ``times``: one ``(pts, dts)`` pair per
+    frame in 1/25 s ticks, dts increasing (muxers insist) but pts free to go back or repeat, as
+    in a file whose timestamps are damaged. Frame ``i`` is flat grey ``40 * i``."""
+    path = Path(path)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = 1
+        packets = []
+        for i in range(len(times)):
+            frame = av.VideoFrame.from_ndarray(
+                np.full((size[1], size[0], 3), 40 * i % 256, np.uint8), "rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            packets += stream.encode(frame)
+        packets += stream.encode(None)
+        for packet, (pts, dts) in zip(packets, times, strict=True):
+            packet.pts, packet.dts = pts, dts
+            out.mux(packet)
+    return path
+
+
+def make_resolution_change(path, sizes=((96, 64), (48, 32)), n_frames=5):
+    """A raw H.264 stream (``path`` .h264) of ``n_frames`` frames at each of ``sizes`` in turn:
+    what splicing two recordings (or a stream that changed resolution) gives."""
+    path = Path(path)
+    parts = []
+    for i, size in enumerate(sizes):
+        part = path.with_name(f".{path.stem}-part{i}.h264")
+        make_video(part, n_frames=n_frames, size=size, seed=i)
+        parts.append(part.read_bytes())
+        part.unlink()
+    path.write_bytes(b"".join(parts))
     return path
 
 

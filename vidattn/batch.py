@@ -27,14 +27,12 @@ is written; a torn last line from a harder kill is ignored on reading).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -43,7 +41,8 @@ from pathlib import Path, PurePath
 from tqdm import tqdm
 
 from vidattn import probes as pr
-from vidattn.errors import VidattnError
+from vidattn.errors import VidattnError, one_line
+from vidattn.interrupts import Interrupts
 from vidattn.report import write_index
 from vidattn.video.pipeline import VideoOptions, render_video
 
@@ -241,43 +240,6 @@ class Manifest:
             self._file = None
 
 
-class _Interrupts:
-    """While entered (in the main thread), SIGINT and SIGTERM raise KeyboardInterrupt, except
-    inside ``deferred()``, where they wait for its end, so a manifest line is written whole.
-    A signal the caller ignores (``nohup``, a background job) stays ignored."""
-
-    def __init__(self):
-        self._saved, self._deferring, self._pending = {}, False, False
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                if signal.getsignal(sig) is not signal.SIG_IGN:
-                    self._saved[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame):
-        if self._deferring:
-            self._pending = True
-        else:
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def deferred(self):
-        self._deferring = True
-        try:
-            yield
-        finally:
-            self._deferring = False
-        if self._pending:
-            self._pending = False
-            raise KeyboardInterrupt
-
-
 @dataclass
 class BatchOptions:
     """What ``vidattn batch`` is told besides its folders.
@@ -311,7 +273,7 @@ class BatchResult:
     """What a run did. ``done``, ``up_to_date``: inputs (``rel``); ``failed``: ``(rel, reason)``,
     this run's failures and unreadable folders; ``ignored``: ``(rel, reason)`` as ``Scan``;
     ``finished``: files this run finished (ok or failed); ``interrupted``: stopped by Ctrl-C or
-    SIGTERM with ``left`` files not finished (the one it stopped in included)."""
+    SIGTERM (``signum``) with ``left`` files not finished (the one it stopped in included)."""
 
     done: list[str] = field(default_factory=list)
     up_to_date: list[str] = field(default_factory=list)
@@ -319,12 +281,14 @@ class BatchResult:
     ignored: list[tuple[str, str | None]] = field(default_factory=list)
     finished: int = 0
     interrupted: bool = False
+    signum: int = signal.SIGINT
     left: int = 0
 
     @property
     def exit_code(self) -> int:
-        """130 if interrupted, 1 if anything failed, else 0."""
-        return 130 if self.interrupted else 1 if self.failed else 0
+        """128 + the signal if interrupted (130 Ctrl-C, 143 SIGTERM), 1 if anything failed,
+        else 0."""
+        return 128 + self.signum if self.interrupted else 1 if self.failed else 0
 
 
 def fingerprint(model, kind: str, opts: BatchOptions) -> str:
@@ -477,7 +441,7 @@ def run_batch(model, indir, outdir, opts: BatchOptions | None = None) -> BatchRe
     probed, current, started = False, None, 0.0
     bar = tqdm(todo, unit="file", disable=not opts.progress, dynamic_ncols=True, desc="batch")
     try:
-        with _Interrupts() as signals:
+        with Interrupts() as signals:
             try:
                 for item in bar:
                     current, started = item, time.perf_counter()
@@ -493,10 +457,11 @@ def run_batch(model, indir, outdir, opts: BatchOptions | None = None) -> BatchRe
                             probed |= item.kind == "image"
                         else:
                             result.failed.append((item.rel, record["error"]))
-                            tqdm.write(f"vidattn: error: {item.rel}: {record['error']}",
+                            tqdm.write(one_line(f"vidattn: error: {item.rel}: {record['error']}"),
                                        file=sys.stderr)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as err:
                 result.interrupted = True
+                result.signum = getattr(err, "signum", signal.SIGINT)
                 result.left = len(todo) - result.finished
                 if current is not None:
                     with signals.deferred():

@@ -1,7 +1,8 @@
 """The ``vidattn`` command line: ``video``, ``image``, ``batch`` and ``models``.
 
-Every command turns a :class:`VidattnError` into one line on stderr and a non-zero exit;
-``--debug`` shows the traceback instead.
+Every command turns a :class:`VidattnError` into one line on stderr and a non-zero exit, and
+any other exception (a bug) into one "internal error" line; ``--debug`` shows the traceback
+instead. Ctrl-C and SIGTERM end a command the same way, cleaning up (exit 130 and 143).
 """
 
 from __future__ import annotations
@@ -11,27 +12,39 @@ import sys
 
 import click
 
-from vidattn.errors import VidattnError
+from vidattn.errors import VidattnError, one_line
+from vidattn.interrupts import Interrupts, exit_status
 
 
 def _friendly_errors(fn):
-    """Run a command body; user-facing errors become one line and exit 1, Ctrl-C exits 130."""
+    """Run a command body with SIGTERM handled like Ctrl-C. User-facing errors become one line
+    and exit 1; unexpected exceptions one "internal error" line (naming the file when the
+    exception does) and exit 1; Ctrl-C exits 130 and SIGTERM 143, after the clean-up."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         debug = click.get_current_context().find_root().params.get("debug", False)
         try:
-            return fn(*args, **kwargs)
+            with Interrupts():
+                return fn(*args, **kwargs)
         except VidattnError as err:
             if debug:
                 raise
-            click.echo(f"vidattn: error: {err}", err=True)
+            click.echo(one_line(f"vidattn: error: {err}"), err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
             if debug:
                 raise
             click.echo("vidattn: interrupted; no partial output was kept", err=True)
-            sys.exit(130)
+            sys.exit(exit_status(err))
+        except Exception as err:  # noqa: BLE001 - a bug: one line for users, --debug for us
+            if debug:
+                raise
+            where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+            detail = " ".join(f"{type(err).__name__}: {err}".split())
+            click.echo(one_line(f"vidattn: error: {where}internal error: {detail} (run with "
+                                "--debug for the traceback)"), err=True)
+            sys.exit(1)
 
     return wrapper
 
@@ -288,7 +301,7 @@ def image(images, outdir, preset, weights, checkpoint_key, probe_list, size, thr
         try:
             record = pr.probe_image(model, path, out / name, wanted, size, threshold, overwrite)
         except VidattnError as err:
-            tqdm.write(f"vidattn: error: {err}", file=sys.stderr)
+            tqdm.write(one_line(f"vidattn: error: {err}"), file=sys.stderr)
             failures.append(str(err))
             continue
         entries.append((name, record))
@@ -343,8 +356,8 @@ def batch(indir, outdir, preset, weights, checkpoint_key, fmt, probe_list, overw
     time, model, weights and options, and whose output is still there; it redoes the rest.
     A file that fails gets one error line and the run goes on; the exit status is 1 if any
     failed. Ctrl-C (or SIGTERM) stops within the current file, keeps no partial output and
-    exits 130; the manifest stays intact, so run again to continue. Outputs already in OUTDIR
-    that the manifest does not show are never replaced without --overwrite.
+    exits 130 (143 for SIGTERM); the manifest stays intact, so run again to continue. Outputs
+    already in OUTDIR that the manifest does not show are never replaced without --overwrite.
     """
     from vidattn import probes as pr
     from vidattn.batch import BatchOptions, check_folders, format_summary, run_batch

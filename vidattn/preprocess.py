@@ -67,8 +67,10 @@ def load_image(path) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             # The size is checked against MAX_IMAGE_PIXELS below; Pillow's softer warning threshold
-            # would only add noise.
+            # would only add noise, as would its UserWarnings about damaged metadata it skips
+            # (TIFF tags, EXIF): the image is decoded anyway, or fails with an error below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)
             with Image.open(path) as im:
                 width, height = im.size
                 if width * height > MAX_IMAGE_PIXELS:

@@ -384,11 +384,13 @@ def parse_probes(text: str) -> tuple[str, ...]:
 def folder_names(paths, reserved=(MODEL_FOLDER,)) -> list[str]:
     """One output folder name per input path: its stem, with ``-2``, ``-3``... for repeats (first
     come, first served; compared case-insensitively for case-insensitive file systems) and for
-    ``reserved`` names."""
+    ``reserved`` names. A stem that would name no folder of its own (``..png``, ``...png``: "."
+    and "..", the output folder and its parent) becomes ``image``."""
     taken = {r.lower() for r in reserved}
     names = []
     for path in paths:
-        stem = Path(path).stem or "image"
+        stem = Path(path).stem
+        stem = "image" if stem in ("", ".", "..") else stem
         name, k = stem, 1
         while name.lower() in taken:
             k += 1

@@ -224,21 +224,29 @@ def _expected_shape(variable, transform, p, d):
 def load_state_dict(model: ViT, state: dict, source="checkpoint"):
     """Assign a canonical state dict (name -> numpy array, torch layouts) to ``model``.
 
-    Every problem is collected first (missing keys, unexpected keys, wrong shapes) and reported
-    in one :class:`VidattnError` naming ``source``, so a wrong preset is obvious at once; nothing
-    is assigned unless everything fits.
+    Every problem is collected first (missing keys, unexpected keys, wrong shapes, tensors that
+    are not floating point or hold NaN or infinity) and reported in one :class:`VidattnError`
+    naming ``source``, so a wrong preset or a broken file is obvious at once; nothing is assigned
+    unless everything fits. Non-finite weights (a diverged run, damaged data) would turn every
+    attention map into NaN, so they are refused rather than rendered.
     """
     layout = model.checkpoint_layout()
     p, d = model.preset.patch_size, model.preset.embed_dim
     missing = sorted(set(layout) - set(state))
     extra = sorted(set(state) - set(layout))
-    bad_shape = []
+    bad_shape, bad_dtype, non_finite = [], [], []
     for name in sorted(set(layout) & set(state)):
         want = _expected_shape(*layout[name], p, d)
-        if tuple(np.shape(state[name])) != want:
-            bad_shape.append(f"{name} {tuple(np.shape(state[name]))} != {want}")
+        value = np.asarray(state[name])
+        if value.shape != want:
+            bad_shape.append(f"{name} {value.shape} != {want}")
+        elif value.dtype.kind != "f":
+            bad_dtype.append(f"{name} {value.dtype}")
+        elif not np.isfinite(value).all():
+            non_finite.append(name)
     problems = []
-    for label, items in (("missing", missing), ("unexpected", extra), ("wrong shape", bad_shape)):
+    for label, items in (("missing", missing), ("unexpected", extra), ("wrong shape", bad_shape),
+                         ("not floating point", bad_dtype), ("NaN or infinite values", non_finite)):
         if items:
             shown = ", ".join(items[:6]) + (f" (+{len(items) - 6} more)" if len(items) > 6 else "")
             problems.append(f"{label}: {shown}")

@@ -168,10 +168,11 @@ class _Storage:
         """The elements of ``size`` at ``offset`` with element ``stride``s, copied out."""
         path = self.archive.filename
         try:
-            raw = self.archive.read(self.record)
+            raw = _read_record(self.archive, self.record)
         except KeyError:
             raise VidattnError(f"storage record {self.record} is missing", path) from None
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
+            # NotImplementedError: zipfile's word for flags and versions it does not know
             raise VidattnError(f"storage record {self.record} is damaged ({exc})", path) from None
         if len(raw) != self.numel * self.dtype.itemsize:
             raise VidattnError(
@@ -194,7 +195,9 @@ def _is_index_tuple(value):
 def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None, meta=None):
     """``torch._utils._rebuild_tensor_v2`` in numpy: a lazy strided view into ``storage``.
 
-    The view is bounds-checked here, so a crafted stride can never read outside the storage.
+    The view is bounds-checked here, so a crafted stride can never read outside the storage, and
+    may not hold more elements than its storage: an overlapping view (stride 0) of four floats
+    could otherwise declare a size that takes any amount of memory to copy out.
     """
     if not (isinstance(storage, _Storage) and type(offset) is int and offset >= 0):
         raise ValueError("a tensor without a valid storage")
@@ -203,6 +206,9 @@ def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if math.prod(size) and last >= storage.numel:
         raise ValueError(f"a tensor reaching past its storage ({last} >= {storage.numel})")
+    if math.prod(size) > storage.numel:
+        raise ValueError(f"a tensor of {math.prod(size)} elements over a storage of "
+                         f"{storage.numel} (an overlapping view)")
     return _Lazy(lambda: storage.tensor(offset, size, stride))
 
 
@@ -236,6 +242,14 @@ def _numpy_scalar(dtype, data):
     return np.frombuffer(data, dtype, 1)[0]
 
 
+def _numpy_dtype(name, align=False, copy=False):
+    """``numpy.dtype`` as pickles call it (``dtype("f8", False, True)``): plain arguments only,
+    so that odd ones fail here instead of reaching numpy (which warns on the terminal)."""
+    if not (isinstance(name, str) and type(align) is bool and type(copy) is bool):
+        raise ValueError("numpy.dtype called with something other than a type name and flags")
+    return np.dtype(name, align, copy)
+
+
 def _latin1(text, encoding):
     """``_codecs.encode(text, "latin1")``: how protocol-2 pickles spell ``bytes``."""
     if not (isinstance(text, str) and encoding == "latin1"):
@@ -254,7 +268,7 @@ _ALLOWED = {
     ("copy_reg", "_reconstructor"): _reconstructor,
     ("builtins", "object"): object,
     ("__builtin__", "object"): object,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy", "dtype"): _numpy_dtype,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     ("_codecs", "encode"): _latin1,
@@ -297,6 +311,21 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return _Storage(self.archive, record, storage_type.code, numel, self.order)
 
 
+def _read_record(archive: zipfile.ZipFile, name: str) -> bytes:
+    """The bytes of the zip record ``name``; KeyError if it is missing."""
+    _check_stored(archive, name)
+    return archive.read(name)
+
+
+def _check_stored(archive: zipfile.ZipFile, name: str):
+    """Refuse a compressed record before inflating it: torch.save stores records uncompressed
+    (to memory-map them), and a few compressed kilobytes can inflate to any size (a zip bomb);
+    a stored record can hold no more than the file's own bytes."""
+    if archive.getinfo(name).compress_type != zipfile.ZIP_STORED:
+        raise VidattnError(f"record {name} is compressed, which torch.save never does: refused "
+                           "(a zip bomb can inflate to any size)", archive.filename)
+
+
 def _unpickle_torch_zip(archive: zipfile.ZipFile):
     """The object a torch zip checkpoint holds, tensors as :class:`_Lazy` reading ``archive``."""
     path = archive.filename
@@ -306,7 +335,8 @@ def _unpickle_torch_zip(archive: zipfile.ZipFile):
     prefix = pickles[0][: -len("data.pkl")]
     try:
         byteorder = prefix + "byteorder"
-        big = byteorder in archive.namelist() and archive.read(byteorder) == b"big"
+        big = byteorder in archive.namelist() and _read_record(archive, byteorder) == b"big"
+        _check_stored(archive, pickles[0])
         with archive.open(pickles[0]) as f:
             return _RestrictedUnpickler(f, archive, prefix, ">" if big else "<").load()
     except VidattnError:
@@ -358,7 +388,7 @@ def read_checkpoint(path, checkpoint_key: str = "teacher") -> dict[str, np.ndarr
         return canonicalize(_read_safetensors(path), path, checkpoint_key)
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
         raise VidattnError(
             f"is not a readable zip checkpoint, truncated or damaged? ({exc})", path
         ) from None
@@ -489,7 +519,8 @@ def canonicalize(raw, path, checkpoint_key: str = "teacher") -> dict[str, np.nda
     out = {}
     for key, value in tensors.items():
         array = _load(value)
-        out[key] = array.astype(np.float32, copy=False) if array.dtype.kind == "f" else array
+        with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused on loading
+            out[key] = array.astype(np.float32, copy=False) if array.dtype.kind == "f" else array
     return out
 
 

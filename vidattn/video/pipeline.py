@@ -102,22 +102,31 @@ class _Sink:
     """A consumer thread behind a bounded queue: ``put(item)`` hands work to ``fn``.
 
     The consumer's exception is re-raised in the producer at the next ``put`` or at ``close``.
+
+    The end of the thread is awaited on an Event, not with ``Thread.join``: a join interrupted by
+    Ctrl-C or SIGTERM can mark the still-running thread as finished (CPython 3.11), so the next
+    join returns at once and the caller would close the writer under the encoding thread (a
+    segfault in FFmpeg).
     """
 
     _END = object()
 
     def __init__(self, fn, maxsize=2):
         self._fn, self._queue, self._error = fn, queue.Queue(maxsize), None
+        self._finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vidattn-render", daemon=True)
         self._thread.start()
 
     def _run(self):
-        while (item := self._queue.get()) is not self._END:
-            if self._error is None:
-                try:
-                    self._fn(item)
-                except BaseException as err:  # noqa: BLE001 - handed to the producer
-                    self._error = err
+        try:
+            while (item := self._queue.get()) is not self._END:
+                if self._error is None:
+                    try:
+                        self._fn(item)
+                    except BaseException as err:  # noqa: BLE001 - handed to the producer
+                        self._error = err
+        finally:
+            self._finished.set()
 
     def put(self, item):
         if self._error is not None:
@@ -127,7 +136,7 @@ class _Sink:
     def close(self):
         """Finish the queued work, stop the thread, and re-raise its error if it had one."""
         self._queue.put(self._END)
-        self._thread.join()
+        self._finished.wait()
         if self._error is not None:
             raise self._error
 
@@ -136,7 +145,7 @@ class _Sink:
         set, the thread skips the items left, so the put below cannot block for long."""
         self._error = self._error or _Stopped()
         self._queue.put(self._END)
-        self._thread.join()
+        self._finished.wait()
 
 
 class MapMaker:

@@ -8,6 +8,11 @@ Times are seconds from the start of the file (the container's start time), as a 
 so the reader's ``pts_s`` and the writer's ``audio_start``/``audio_end`` use the same clock.
 Images are ``uint8`` arrays of shape ``(H, W, 3)``, RGB, in display orientation: a frame whose
 stream carries a display matrix (phone videos filmed upright) is rotated to stand upright.
+
+Frames above ``MAX_FRAME_PIXELS`` are refused before they are decoded: a damaged or hostile file
+can declare an enormous frame size in a few bytes. Every frame comes out with the first frame's
+size and orientation: a stream whose resolution changes midway (a spliced or damaged file, a
+recorded adaptive stream) has its later frames scaled to the first frame's size.
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ import av
 import numpy as np
 
 from vidattn.errors import VidattnError
+
+# 8192 x 8192 (67 MP): above 8K UHD (7680 x 4320) and DCI 8K (8192 x 4320), the largest frames
+# H.264 and HEVC levels allow; one decoded frame at this size is ~200 MB of RGB.
+MAX_FRAME_PIXELS = 8192 * 8192
 
 
 @dataclass(frozen=True)
@@ -66,14 +75,15 @@ class Frame(NamedTuple):
 def probe(path) -> VideoInfo:
     """Describe the video stream of ``path``; decodes its first frame to learn the rotation.
 
-    Raises VidattnError naming the file when it is missing, not a media file, has no video stream
-    or has no frames.
+    Raises VidattnError naming the file when it is missing, not a media file, has no video stream,
+    has no frames or frames above ``MAX_FRAME_PIXELS``.
     """
     with _open_input(path) as container:
         stream = _video_stream(container, path)
         first = next(_decode(container, stream, path), None)
         if first is None:
             raise VidattnError("video stream has no frames", path)
+        _check_frame_size(first.width, first.height, path)
         quarter_turns = _quarter_turns(first)
         width, height = first.width, first.height
         if quarter_turns % 2:
@@ -117,9 +127,12 @@ def read_frames(path, start=None, end=None, every=1, max_frames=None) -> Iterato
     is ``round((pts_s - first_pts_s) * fps)``, exact for constant-rate video and an estimate for
     variable-rate video.
 
-    The decoder uses FFmpeg's frame/slice threads. Damaged data that FFmpeg cannot decode past
-    raises VidattnError("corrupt video data at t=...s"); the warnings FFmpeg logs and recovers
-    from are tolerated. Closing the generator early closes the file.
+    Every frame has the first frame's size and orientation (later frames of another size are
+    scaled to it), and a later time than the frame before (a damaged file's frames whose time
+    goes back or repeats are dropped). The decoder uses FFmpeg's frame/slice threads. Damaged
+    data that FFmpeg cannot decode past raises VidattnError("corrupt video data at t=...s"); the
+    warnings FFmpeg logs and recovers from are tolerated. Closing the generator early closes the
+    file.
     """
     if every < 1 or int(every) != every:
         raise ValueError(f"every must be a positive integer, got {every!r}")
@@ -149,18 +162,26 @@ def _frames(path, start, end, every, max_frames) -> Iterator[Frame]:
 
         taken = 0  # frames at or after start, the basis of `every`
         yielded = 0
+        shape = None  # (coded width, coded height, quarter turns) of the first frame
+        last_pts_s = None
         for counted, frame in enumerate(_decode(container, stream, path)):
+            if shape is None:
+                _check_frame_size(frame.width, frame.height, path)
+                shape = (frame.width, frame.height, _quarter_turns(frame))
             if frame.pts is not None:
                 pts_s = float(frame.pts * time_base - origin)
             else:  # raw elementary streams carry no timestamps: assume a constant rate
                 pts_s = float(stream_start + counted / fps)
+            if last_pts_s is not None and pts_s <= last_pts_s:
+                continue  # damaged timestamps: a frame not after the one before is dropped
+            last_pts_s = pts_s
             if start is not None and pts_s < start - half_tick:
                 continue
             if end is not None and pts_s >= end - half_tick:
                 return
             if taken % every == 0:
                 index = round((pts_s - float(stream_start)) * fps) if seeking else counted
-                yield Frame(index, pts_s, _upright_rgb(frame))
+                yield Frame(index, pts_s, _upright_rgb(frame, *shape))
                 yielded += 1
                 if yielded == max_frames:
                     return
@@ -272,10 +293,14 @@ def _check_file(path):
 
 
 def _open_input(path):
-    """Open ``path`` for reading, turning every way that can fail into a VidattnError."""
+    """Open ``path`` for reading, turning every way that can fail into a VidattnError.
+
+    Metadata that is not valid UTF-8 (damaged or foreign tags) is read with replacement
+    characters: PyAV decodes it strictly, and a bad tag must not make the video unreadable.
+    """
     _check_file(path)
     try:
-        return av.open(os.fspath(path), "r")
+        return av.open(os.fspath(path), "r", metadata_errors="replace")
     except av.FFmpegError as error:
         raise VidattnError(
             f"not a readable media file (corrupt or unsupported container: {_reason(error)})", path
@@ -283,9 +308,23 @@ def _open_input(path):
 
 
 def _video_stream(container, path):
+    """The first video stream, refused if it has no decoder or its declared frame size is above
+    the limit."""
     if not container.streams.video:
         raise VidattnError("has no video stream", path)
-    return container.streams.video[0]
+    stream = container.streams.video[0]
+    if stream.codec_context is None:
+        raise VidattnError("no decoder for its video codec (unsupported or damaged file)", path)
+    _check_frame_size(stream.codec_context.width, stream.codec_context.height, path)
+    return stream
+
+
+def _check_frame_size(width, height, path):
+    if width * height > MAX_FRAME_PIXELS:
+        raise VidattnError(
+            f"frames are {width}x{height} ({width * height / 1e6:.0f} MP), above the "
+            f"{MAX_FRAME_PIXELS / 1e6:.0f} MP limit (damaged file or unsupported size)", path
+        )
 
 
 def _decode(container, stream, path) -> Iterator[av.VideoFrame]:
@@ -315,10 +354,12 @@ def _quarter_turns(frame) -> int:
     return round(frame.rotation / 90) % 4
 
 
-def _upright_rgb(frame) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB in display orientation, C-contiguous."""
-    image = frame.to_ndarray(format="rgb24")  # colour matrix and range from the frame
-    turns = _quarter_turns(frame)
+def _upright_rgb(frame, width, height, turns) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB, scaled to the coded size ``width`` x ``height`` if it differs,
+    turned by ``turns`` counter-clockwise quarter turns, C-contiguous."""
+    size = {} if (frame.width, frame.height) == (width, height) else {"width": width,
+                                                                    "height": height}
+    image = frame.to_ndarray(format="rgb24", **size)  # colour matrix and range from the frame
     if turns:
         image = np.rot90(image, turns)
     return np.ascontiguousarray(image)

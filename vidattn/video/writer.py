@@ -357,7 +357,7 @@ class _AudioTrack:
         if not os.path.isfile(source):
             raise VidattnError("audio source not found", source)
         try:
-            self._input = av.open(os.fspath(source))
+            self._input = av.open(os.fspath(source), metadata_errors="replace")  # as the reader
         except av.FFmpegError as error:
             raise VidattnError(f"cannot read audio: {error}", source) from error
         self._container = container

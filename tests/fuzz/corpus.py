@@ -1,0 +1,83 @@
+"""The seed corpus: one small valid file of each kind vidattn reads, made fresh in each test
+session (nothing binary is checked in), for the fuzz tests to damage.
+
+Videos: H.264 + AAC, yuv444, 10-bit, a rotation flag, variable frame rate, 1x1 frames and 7x5
+frames (smaller than a patch). Images: PNG, JPEG with an EXIF rotation, animated GIF, 16-bit PNG,
+WebP, palette PNG with transparency. Checkpoints: the demo model's weights as a DINO-style
+``.pth`` and as ``.safetensors``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from videos import make_video
+
+VIDEOS = {
+    "clip.mp4": dict(audio=True),
+    "yuv444.mkv": dict(pix_fmt="yuv444p"),
+    "10bit.mp4": dict(pix_fmt="yuv420p10le"),
+    "rotated.mp4": dict(rotation=90),
+    "vfr.mkv": dict(vfr=True),
+    "1x1.mkv": dict(size=(1, 1), pix_fmt="yuv444p"),
+    "7x5.mkv": dict(size=(7, 5), pix_fmt="yuv444p"),
+}
+VIDEO_FRAMES = 8
+
+
+def make_videos(folder) -> dict[str, Path]:
+    """``VIDEOS`` in ``folder``: 8 frames each, 96x64 unless said otherwise."""
+    return {name: make_video(Path(folder) / name, n_frames=VIDEO_FRAMES, seed=i, **kwargs).path
+            for i, (name, kwargs) in enumerate(VIDEOS.items())}
+
+
+def _pixels(seed=0, size=(40, 56)):
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, (*size, 3), np.uint8)
+    pixels[8:20, 10:30] = (255, 0, 0)
+    return pixels
+
+
+def make_images(folder) -> dict[str, Path]:
+    """Six small images in ``folder``, one per format and oddity listed in the module doc."""
+    folder = Path(folder)
+    rgb = Image.fromarray(_pixels())
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    saves = {
+        "photo.png": lambda p: rgb.save(p),
+        "exif.jpg": lambda p: rgb.save(p, exif=exif.tobytes()),
+        "anim.gif": lambda p: rgb.save(p, save_all=True, append_images=[rgb.rotate(180)],
+                                       duration=100),
+        "deep.png": lambda p: Image.fromarray(_pixels(1)[..., 0].astype(np.uint16) * 257).save(p),
+        "photo.webp": lambda p: rgb.save(p, quality=80),
+        "palette.png": lambda p: rgb.quantize(16).save(p, transparency=0),
+    }
+    for name, save in saves.items():
+        save(folder / name)
+    return {name: folder / name for name in saves}
+
+
+def demo_state() -> dict[str, np.ndarray]:
+    """The bundled demo weights as a canonical state dict."""
+    from vidattn.models import weights
+    from vidattn.models.presets import get_preset
+
+    bundled = Path(weights.__file__).parent.parent / "data" / get_preset("demo").packaged_weights
+    return weights.read_checkpoint(bundled)
+
+
+def make_checkpoints(folder) -> dict[str, Path]:
+    """The bundled demo weights re-saved as ``demo.pth`` (torch.save of a DINO-style state dict)
+    and ``demo.safetensors``."""
+    import torch
+    from safetensors.numpy import save_file
+
+    state = demo_state()
+    folder = Path(folder)
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, folder / "demo.pth")
+    save_file(state, folder / "demo.safetensors")
+    return {name: folder / name for name in ("demo.pth", "demo.safetensors")}
