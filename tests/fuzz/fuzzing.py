@@ -13,6 +13,8 @@ from datetime import timedelta
 
 from hypothesis import HealthCheck, settings
 
+from mutate import damaged
+
 # Seeds are large and cases slow by design; examples of one test share its ``scratch`` folder.
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
             HealthCheck.function_scoped_fixture]
@@ -30,6 +32,11 @@ def examples(n: int) -> settings:
     return settings(max_examples=n * LONG_FACTOR if PROFILE == "long" else n)
 
 
-def read_all(paths: dict) -> dict[str, bytes]:
-    """name -> bytes of a seed dict, what ``mutate.damaged`` takes."""
-    return {name: path.read_bytes() for name, path in paths.items()}
+def write_damaged(data, seeds: dict, folder, label: str):
+    """Draw a damaged copy of one of ``seeds`` (name -> path) with ``mutate.damaged`` and write
+    it to ``folder/case.EXT``, EXT the seed's own suffix; returns that path."""
+    case = data.draw(damaged({name: path.read_bytes() for name, path in seeds.items()}),
+                     label=label)
+    path = folder / f"case{case.suffix}"
+    path.write_bytes(case.data)
+    return path

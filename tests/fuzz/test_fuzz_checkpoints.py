@@ -18,8 +18,7 @@ from hypothesis import strategies as st
 
 import vidattn
 from corpus import demo_state
-from fuzzing import examples, read_all
-from mutate import damaged
+from fuzzing import examples, write_damaged
 from reliability import reliability
 from vidattn.errors import VidattnError
 from vidattn.models import weights
@@ -53,9 +52,7 @@ def _load_or_refuse(backbone, path) -> str:
 @examples(60)
 @given(data=st.data())
 def test_damaged_checkpoints_load_or_fail_cleanly(data, backbone, seed_checkpoints, scratch):
-    case = data.draw(damaged(read_all(seed_checkpoints)), label="checkpoint")
-    path = scratch / f"case{case.suffix}"
-    path.write_bytes(case.data)
+    path = write_damaged(data, seed_checkpoints, scratch, "checkpoint")
     event(_load_or_refuse(backbone, path))
 
 

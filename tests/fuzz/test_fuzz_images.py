@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import vidattn
-from fuzzing import examples, read_all
-from mutate import damaged
+from fuzzing import examples, write_damaged
 from reliability import reliability
 from vidattn import probes as pr
 from vidattn.errors import VidattnError
@@ -51,9 +50,7 @@ def _load_or_refuse(path) -> str:
 @examples(150)
 @given(data=st.data())
 def test_damaged_images_load_or_fail_cleanly(data, seed_images, scratch):
-    case = data.draw(damaged(read_all(seed_images)), label="image")
-    path = scratch / f"case{case.suffix}"
-    path.write_bytes(case.data)
+    path = write_damaged(data, seed_images, scratch, "image")
     event(_load_or_refuse(path))
 
 
@@ -62,9 +59,7 @@ def test_damaged_images_load_or_fail_cleanly(data, seed_images, scratch):
 @examples(10)
 @given(data=st.data())
 def test_damaged_images_probe_or_fail_cleanly(data, demo, seed_images, scratch):
-    case = data.draw(damaged(read_all(seed_images)), label="image")
-    src, out = scratch / f"case{case.suffix}", scratch / "out"
-    src.write_bytes(case.data)
+    src, out = write_damaged(data, seed_images, scratch, "image"), scratch / "out"
     try:
         pr.probe_image(demo, src, out, ("rollout",), size=64, overwrite=True)
     except VidattnError as err:

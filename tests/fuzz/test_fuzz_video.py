@@ -11,8 +11,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 import vidattn
-from fuzzing import examples, read_all
-from mutate import damaged
+from fuzzing import examples, write_damaged
 from reliability import reliability
 from videos import (make_audio_only, make_resolution_change, make_retimed_video,
                     make_truncated_copy, make_video, make_y4m_header, make_zero_frame_video)
@@ -77,9 +76,7 @@ def _render_or_refuse(model, src, out_dir, suffix=".mp4", **options) -> str:
 @examples(80)
 @given(data=st.data())
 def test_damaged_videos_decode_or_fail_cleanly(data, seed_videos, scratch):
-    case = data.draw(damaged(read_all(seed_videos)), label="video")
-    path = scratch / f"case{case.suffix}"
-    path.write_bytes(case.data)
+    path = write_damaged(data, seed_videos, scratch, "video")
     event(_read_or_refuse(path))
 
 
@@ -89,11 +86,10 @@ def test_damaged_videos_decode_or_fail_cleanly(data, seed_videos, scratch):
 @examples(24)
 @given(data=st.data())
 def test_damaged_videos_render_or_fail_cleanly(data, demo, seed_videos, scratch):
-    case = data.draw(damaged(read_all(seed_videos)), label="video")
+    src = write_damaged(data, seed_videos, scratch, "video")
     view = data.draw(st.sampled_from(["mean", "heads"]), label="view")
     suffix = data.draw(st.sampled_from([".mp4", ".gif"]), label="output")
-    src, out = scratch / f"case{case.suffix}", scratch / "out"
-    src.write_bytes(case.data)
+    out = scratch / "out"
     out.mkdir(exist_ok=True)
     event(_render_or_refuse(demo, src, out, suffix, view=view))
 
