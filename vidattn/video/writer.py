@@ -368,6 +368,9 @@ class _AudioTrack:
             self._input.close()
             return
         self._in = self._input.streams.audio[0]
+        if self._in.codec_context is None:  # a codec FFmpeg does not know: damaged or exotic
+            self._input.close()
+            raise VidattnError("its audio stream has an unknown codec", source)
         self._origin = Fraction(self._input.start_time or 0, av.time_base)
         if self._in.codec_context.name in _COPYABLE_AUDIO[extension]:
             self._out = container.add_stream_from_template(self._in)
