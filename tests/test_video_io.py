@@ -352,7 +352,7 @@ def test_explicit_audio_span(tmp_path):
 
 
 def test_missing_audio_source_fails_at_construction(tmp_path):
-    with pytest.raises(VidattnError, match="audio source not found") as caught:
+    with pytest.raises(VidattnError, match="file not found") as caught:
         VideoWriter(tmp_path / "out.mp4", 25, 96, 64, audio_from=tmp_path / "gone.mp4")
     assert str(tmp_path / "gone.mp4") in str(caught.value)
     assert os.listdir(tmp_path) == []

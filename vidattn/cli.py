@@ -172,6 +172,9 @@ def video_options(fn):
                      "files about a third the size for 2.5x the encoding time."),
         click.option("--gif-fps", type=click.FloatRange(0.1), help="GIF output: frame-rate cap."),
         click.option("--gif-width", type=click.IntRange(16), help="GIF output: width cap."),
+        click.option("--audio/--no-audio", default=True, show_default=True,
+                     help="Copy the input's audio into MP4/MOV/MKV outputs; --no-audio makes a "
+                     "silent video (for an input whose audio is damaged or in an unknown codec)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -187,7 +190,7 @@ def _video_opts(kw, save_maps=None, quiet=False):
         colormap=kw["colormap"], captions=kw["captions"], smooth=kw["smooth"],
         start=kw["start"], end=kw["end"], every=kw["every"], max_frames=kw["max_frames"],
         crf=kw["crf"], x264_preset=kw["x264_preset"], gif_fps=kw["gif_fps"],
-        gif_width=kw["gif_width"], save_maps=save_maps, progress=not quiet,
+        gif_width=kw["gif_width"], audio=kw["audio"], save_maps=save_maps, progress=not quiet,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 
+import av
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -69,6 +70,27 @@ def test_video_command_bad_weights(tmp_path, make, name, message):
     assert message in proc.stderr
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "attn.mp4").exists()
     assert partial_files(tmp_path) == []
+
+
+@reliability(("`vidattn video` on an MKV whose audio codec is unknown (its codec ID renamed, as "
+              "in a damaged file); then with `--no-audio`",
+              "exit 1, one error line naming the file: its audio stream has an unknown codec, "
+              "--no-audio renders without it (regression, found by scripts/fuzz.sh: was an "
+              "internal error); with --no-audio, every frame rendered, silent"))
+def test_video_command_unknown_audio_codec(tmp_path):
+    source = make_video(tmp_path / "src.mkv", n_frames=6, audio=True).path.read_bytes()
+    assert source.count(b"A_AAC") == 1
+    (tmp_path / "clip.mkv").write_bytes(source.replace(b"A_AAC", b"A_ZZZ"))
+    proc = run("video", "clip.mkv", "-o", "attn.mp4", *DEMO, "-q", cwd=tmp_path)
+    assert_one_error(proc, "clip.mkv")
+    assert "audio stream has an unknown codec; --no-audio renders" in proc.stderr
+    assert not (tmp_path / "attn.mp4").exists() and partial_files(tmp_path) == []
+
+    proc = run("video", "clip.mkv", "-o", "attn.mp4", *DEMO, "-q", "--no-audio", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with av.open(str(tmp_path / "attn.mp4")) as out:
+        assert not out.streams.audio
+        assert sum(1 for _ in out.decode(video=0)) == 6
 
 
 @reliability(("`vidattn image` on a good PNG with a PNG bomb, a cut JPEG and a text file",

@@ -53,6 +53,7 @@ class VideoOptions:
     x264_preset: str = DEFAULT_X264_PRESET
     gif_fps: float | None = None
     gif_width: int | None = None
+    audio: bool = True
     save_maps: Path | None = None
     progress: bool = True
 
@@ -273,7 +274,7 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
             if writer is None:
                 first["pts"] = frame.pts_s
                 writer = VideoWriter(
-                    dst, info.fps or 25, image.shape[1], image.shape[0], audio_from=src,
+                    dst, info.fps or 25, image.shape[1], image.shape[0], audio_from=src if opts.audio else None,
                     crf=opts.crf, preset=opts.x264_preset, gif_fps=opts.gif_fps,
                     gif_width=opts.gif_width,
                 )

@@ -78,7 +78,7 @@ def probe(path) -> VideoInfo:
     Raises VidattnError naming the file when it is missing, not a media file, has no video stream,
     has no frames or frames above ``MAX_FRAME_PIXELS``.
     """
-    with _open_input(path) as container:
+    with open_media(path) as container:
         stream = _video_stream(container, path)
         first = next(_decode(container, stream, path), None)
         if first is None:
@@ -148,7 +148,7 @@ def _frames(path, start, end, every, max_frames) -> Iterator[Frame]:
     """The generator behind ``read_frames`` (whose arguments are already checked)."""
     if max_frames == 0:
         return
-    with _open_input(path) as container:
+    with open_media(path) as container:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
         time_base = stream.time_base
@@ -292,8 +292,9 @@ def _check_file(path):
         raise VidattnError("is a directory, not a video file", path)
 
 
-def _open_input(path):
-    """Open ``path`` for reading, turning every way that can fail into a VidattnError.
+def open_media(path):
+    """Open the media file ``path`` for reading (the video here, its audio in the writer),
+    turning every way that can fail into a VidattnError.
 
     Metadata that is not valid UTF-8 (damaged or foreign tags) is read with replacement
     characters: PyAV decodes it strictly, and a bad tag must not make the video unreadable.
@@ -369,4 +370,4 @@ def _reason(error) -> str:
     return getattr(error, "strerror", None) or str(error)
 
 
-__all__ = ["Frame", "Prefetcher", "VideoInfo", "probe", "read_frames"]
+__all__ = ["Frame", "Prefetcher", "VideoInfo", "open_media", "probe", "read_frames"]

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from vidattn.errors import VidattnError
+from vidattn.video.reader import open_media
 
 VIDEO_TICKS_PER_S = 90000  # video time base 1/90000: exact for 24, 25, 30, 50, 60, 30000/1001 fps
 GIF_TICKS_PER_S = 100  # GIF delays are centiseconds
@@ -42,6 +43,8 @@ _COPYABLE_AUDIO = {
     ".mov": {"aac", "mp3", "alac", "ac3", "eac3"},
     ".mkv": {"aac", "mp3", "alac", "opus", "ac3", "eac3", "vorbis", "flac"},
 }
+# Appended to errors about the source's audio: the video itself may be fine.
+_WITHOUT_AUDIO = "; --no-audio renders the video without it"
 
 
 def _bt709_matrix() -> np.ndarray:
@@ -354,12 +357,7 @@ class _AudioTrack:
 
     def __init__(self, container, source, extension):
         self._source = source
-        if not os.path.isfile(source):
-            raise VidattnError("audio source not found", source)
-        try:
-            self._input = av.open(os.fspath(source), metadata_errors="replace")  # as the reader
-        except av.FFmpegError as error:
-            raise VidattnError(f"cannot read audio: {error}", source) from error
+        self._input = open_media(source)
         self._container = container
         self._packets = iter(())
         self._pending = None
@@ -370,7 +368,7 @@ class _AudioTrack:
         self._in = self._input.streams.audio[0]
         if self._in.codec_context is None:  # a codec FFmpeg does not know: damaged or exotic
             self._input.close()
-            raise VidattnError("its audio stream has an unknown codec", source)
+            raise VidattnError(f"its audio stream has an unknown codec{_WITHOUT_AUDIO}", source)
         self._origin = Fraction(self._input.start_time or 0, av.time_base)
         if self._in.codec_context.name in _COPYABLE_AUDIO[extension]:
             self._out = container.add_stream_from_template(self._in)
@@ -432,13 +430,16 @@ class _AudioTrack:
         try:
             yield from self._input.demux(self._in)
         except av.FFmpegError as error:
-            raise VidattnError(f"corrupt audio data: {error}", self._source) from error
+            raise self._corrupt(error) from error
 
     def _decode(self, packet):
         try:
             return packet.decode()
         except av.FFmpegError as error:
-            raise VidattnError(f"corrupt audio data: {error}", self._source) from error
+            raise self._corrupt(error) from error
+
+    def _corrupt(self, error):
+        return VidattnError(f"corrupt audio data: {error}{_WITHOUT_AUDIO}", self._source)
 
 
 def _reserve_temporary(path: Path) -> Path:
