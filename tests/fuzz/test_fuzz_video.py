@@ -105,6 +105,16 @@ def _no_decoder(folder):
     return _file(folder / "nocodec.mp4", source.read_bytes().replace(b"avc1", b"zzzz"))
 
 
+def _absurd_rate(folder):
+    """An MP4 whose sample table gives each frame 33554944 ticks of 1/12800 s (one flipped byte,
+    as scripts/fuzz.sh made it): it declares 25/65537 fps, frames 2621 s apart."""
+    data = bytearray(make_video(folder / "src.mp4", n_frames=4).path.read_bytes())
+    delta = data.index(b"stts") + 16  # after version/flags, entry count and sample count
+    assert data[delta:delta + 4] == (512).to_bytes(4, "big")
+    data[delta:delta + 4] = (0x02000200).to_bytes(4, "big")
+    return _file(folder / "slow.mp4", bytes(data))
+
+
 # (id, input tried, what vidattn does, file maker, expected error text or None for an output)
 CASES = [
     ("empty", "an empty .mp4 (zero bytes)", "error: not a readable media file",
@@ -144,6 +154,9 @@ CASES = [
      "a crash in the writer)",
      lambda p: make_retimed_video(p / "retimed.mkv", [(2, 0), (3, 1), (4, 2), (3, 3), (4, 4),
                                                       (5, 5)]), None),
+    ("absurd rate", "an MP4 declaring 25/65537 fps (a flipped byte in its sample table)",
+     "rendered with the frames' own times, the rate read as unknown (regression: was a crash "
+     "in the writer, found by scripts/fuzz.sh)", _absurd_rate, None),
     ("bad metadata", "a title tag that is not valid UTF-8",
      "rendered; the tag is read with replacement characters (regression: was a crash)",
      lambda p: make_video(p / "latin1.mkv", n_frames=4, title="caf\u00e9",
@@ -165,11 +178,15 @@ def test_odd_videos(demo, tmp_path, make, expected):
             probe(src) and list(read_frames(src))
 
 
-def test_rotated_and_resized_frames_keep_the_display_shape(tmp_path):
-    """The shapes behind two rows above: upright portrait frames, one size throughout."""
+def test_odd_videos_read_as_the_table_says(tmp_path):
+    """The frames behind rows above: upright portrait frames, one size throughout, increasing
+    times, a rate out of range read as unknown."""
     rotated = make_video(tmp_path / "rot.mp4", n_frames=3, size=(96, 64), rotation=90).path
     assert {f.image.shape for f in read_frames(rotated)} == {(96, 64, 3)}
     spliced = make_resolution_change(tmp_path / "s.h264", n_frames=3)
     assert [f.image.shape for f in read_frames(spliced)] == [(64, 96, 3)] * 6
     retimed = make_retimed_video(tmp_path / "r.mkv", [(2, 0), (3, 1), (4, 2), (3, 3), (5, 4)])
     assert [round(f.pts_s, 2) for f in read_frames(retimed)] == [0.08, 0.12, 0.16, 0.2]
+    slow = _absurd_rate(tmp_path)
+    assert probe(slow).fps is None
+    assert [f.pts_s for f in read_frames(slow)][:1] == [0.0]  # FFmpeg decodes only the first

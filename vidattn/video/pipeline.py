@@ -21,7 +21,7 @@ from vidattn import attention as am
 from vidattn import render
 from vidattn.errors import VidattnError
 from vidattn.preprocess import prepare_frames, resize_frame, video_geometry
-from vidattn.video.reader import Prefetcher, probe, read_frames
+from vidattn.video.reader import DEFAULT_FPS, Prefetcher, probe, read_frames
 from vidattn.video.writer import DEFAULT_X264_PRESET, VideoWriter
 
 VIEWS = ("heads", "mean", "masks", "rollout", "side-by-side")
@@ -274,8 +274,8 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
             if writer is None:
                 first["pts"] = frame.pts_s
                 writer = VideoWriter(
-                    dst, info.fps or 25, image.shape[1], image.shape[0], audio_from=src if opts.audio else None,
-                    crf=opts.crf, preset=opts.x264_preset, gif_fps=opts.gif_fps,
+                    dst, info.fps or DEFAULT_FPS, image.shape[1], image.shape[0],
+                    audio_from=src if opts.audio else None, crf=opts.crf, preset=opts.x264_preset, gif_fps=opts.gif_fps,
                     gif_width=opts.gif_width,
                 )
             writer.write(image, frame.pts_s)

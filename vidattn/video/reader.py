@@ -33,6 +33,10 @@ from vidattn.errors import VidattnError
 # 8192 x 8192 (67 MP): above 8K UHD (7680 x 4320) and DCI 8K (8192 x 4320), the largest frames
 # H.264 and HEVC levels allow; one decoded frame at this size is ~200 MB of RGB.
 MAX_FRAME_PIXELS = 8192 * 8192
+# Declared frame rates outside this range are damage (a flipped byte in an MP4's sample table
+# declared 25/65537 fps) and read as unknown: a slideshow at one frame in 1000 s is still in.
+FPS_RANGE = (Fraction(1, 1000), Fraction(1000))
+DEFAULT_FPS = Fraction(25)  # for streams whose rate is unknown
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class VideoInfo:
     ``width``/``height`` are the display size, after ``rotation``: the counter-clockwise angle in
     degrees (0, 90, 180 or -90) of the stream's display matrix, as FFmpeg reports it; a typical
     portrait phone video has -90 and coded size 1920x1080, so width=1080, height=1920.
-    ``fps`` is the stream's average rate (None when the file does not say). ``n_frames`` is the
+    ``fps`` is the stream's frame rate (``frame_rate``; None when unknown). ``n_frames`` is the
     container's frame count, or duration x fps rounded, or None when neither is known.
     """
 
@@ -88,7 +92,7 @@ def probe(path) -> VideoInfo:
         width, height = first.width, first.height
         if quarter_turns % 2:
             width, height = height, width
-        fps = stream.average_rate or stream.guessed_rate or stream.base_rate or None
+        fps = frame_rate(stream)
         if stream.duration is not None:
             duration_s = float(stream.duration * stream.time_base)
         elif container.duration is not None:
@@ -154,7 +158,7 @@ def _frames(path, start, end, every, max_frames) -> Iterator[Frame]:
         time_base = stream.time_base
         origin = Fraction(container.start_time or 0, av.time_base)
         stream_start = (stream.start_time or 0) * time_base - origin
-        fps = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = frame_rate(stream) or DEFAULT_FPS
         half_tick = float(time_base) / 2
         seeking = start is not None and start > float(stream_start)
         if seeking:
@@ -308,6 +312,15 @@ def open_media(path):
         ) from error
 
 
+def frame_rate(stream) -> Fraction | None:
+    """The first of FFmpeg's average, guessed and base rates of ``stream`` that lies in
+    ``FPS_RANGE``, or None (unknown or damaged)."""
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate and FPS_RANGE[0] <= rate <= FPS_RANGE[1]:
+            return Fraction(rate)
+    return None
+
+
 def _video_stream(container, path):
     """The first video stream, refused if it has no decoder or its declared frame size is above
     the limit."""
@@ -370,4 +383,5 @@ def _reason(error) -> str:
     return getattr(error, "strerror", None) or str(error)
 
 
-__all__ = ["Frame", "Prefetcher", "VideoInfo", "open_media", "probe", "read_frames"]
+__all__ = ["DEFAULT_FPS", "FPS_RANGE", "Frame", "Prefetcher", "VideoInfo", "frame_rate", "open_media",
+           "probe", "read_frames"]

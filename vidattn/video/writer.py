@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from vidattn.errors import VidattnError
-from vidattn.video.reader import open_media
+from vidattn.video.reader import FPS_RANGE, open_media
 
 VIDEO_TICKS_PER_S = 90000  # video time base 1/90000: exact for 24, 25, 30, 50, 60, 30000/1001 fps
 GIF_TICKS_PER_S = 100  # GIF delays are centiseconds
@@ -86,8 +86,9 @@ class VideoWriter:
     """Encode ``(height, width, 3)`` uint8 RGB frames to ``path``, chosen by its extension.
 
     ``.mp4``/``.mov``/``.mkv``: H.264 (libx264, yuv420p, BT.709, ``crf``, x264 ``preset``,
-    ``threads`` encoder threads with 0 = x264's choice), stream average rate ``fps``, timestamps
-    kept to 1/90000 s; MP4/MOV get ``+faststart`` so browsers play them while downloading.
+    ``threads`` encoder threads with 0 = x264's choice), stream average rate ``fps`` (in
+    ``reader.FPS_RANGE``), timestamps kept to 1/90000 s; MP4/MOV get ``+faststart`` so browsers
+    play them while downloading.
     yuv420p needs even sizes: an odd width or height is padded by one pixel at the right or bottom
     edge (a copy of the last column or row), so the picture is never cropped and keeps its
     coordinates; ``size`` is the size written. The last frame lasts 1/fps.
@@ -136,8 +137,9 @@ class VideoWriter:
                 f"use one of {', '.join(_FORMATS)}",
                 path,
             )
-        if fps <= 0 or width < 1 or height < 1:
-            raise ValueError(f"need fps > 0 and a positive size, got {fps}, {width}x{height}")
+        if not FPS_RANGE[0] <= fps <= FPS_RANGE[1] or width < 1 or height < 1:
+            raise ValueError(f"need fps in [1/1000, 1000] and a positive size, got {fps}, "
+                             f"{width}x{height}")
         self.fps = Fraction(fps).limit_denominator(1001)
         self.width, self.height = int(width), int(height)
         self._temp = _reserve_temporary(self.path)
