@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from vidattn import probes as pr
 from vidattn.errors import VidattnError, one_line
-from vidattn.interrupts import Interrupts
+from vidattn.interrupts import Interrupts, exit_status, signal_of
 from vidattn.report import write_index
 from vidattn.video.pipeline import VideoOptions, render_video
 
@@ -288,7 +288,7 @@ class BatchResult:
     def exit_code(self) -> int:
         """128 + the signal if interrupted (130 Ctrl-C, 143 SIGTERM), 1 if anything failed,
         else 0."""
-        return 128 + self.signum if self.interrupted else 1 if self.failed else 0
+        return exit_status(self.signum) if self.interrupted else 1 if self.failed else 0
 
 
 def fingerprint(model, kind: str, opts: BatchOptions) -> str:
@@ -461,7 +461,7 @@ def run_batch(model, indir, outdir, opts: BatchOptions | None = None) -> BatchRe
                                        file=sys.stderr)
             except KeyboardInterrupt as err:
                 result.interrupted = True
-                result.signum = getattr(err, "signum", signal.SIGINT)
+                result.signum = signal_of(err)
                 result.left = len(todo) - result.finished
                 if current is not None:
                     with signals.deferred():

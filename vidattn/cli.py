@@ -13,7 +13,7 @@ import sys
 import click
 
 from vidattn.errors import VidattnError, one_line
-from vidattn.interrupts import Interrupts, exit_status
+from vidattn.interrupts import Interrupts, exit_status, signal_of
 
 
 def _friendly_errors(fn):
@@ -36,7 +36,7 @@ def _friendly_errors(fn):
             if debug:
                 raise
             click.echo("vidattn: interrupted; no partial output was kept", err=True)
-            sys.exit(exit_status(err))
+            sys.exit(exit_status(signal_of(err)))
         except Exception as err:  # noqa: BLE001 - a bug: one line for users, --debug for us
             if debug:
                 raise

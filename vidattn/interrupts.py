@@ -22,10 +22,15 @@ class Interrupted(KeyboardInterrupt):
         self.signum = int(signum)
 
 
-def exit_status(err: BaseException) -> int:
-    """The shell's exit status for an interruption: 128 + the signal (plain KeyboardInterrupt:
-    SIGINT)."""
-    return 128 + getattr(err, "signum", signal.SIGINT)
+def signal_of(err: KeyboardInterrupt) -> int:
+    """The signal behind an interruption: :class:`Interrupted`'s, SIGINT for a plain
+    KeyboardInterrupt."""
+    return getattr(err, "signum", signal.SIGINT)
+
+
+def exit_status(signum: int) -> int:
+    """The shell's exit status after signal ``signum``: 128 + its number."""
+    return 128 + signum
 
 
 class Interrupts:

@@ -275,8 +275,8 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
                 first["pts"] = frame.pts_s
                 writer = VideoWriter(
                     dst, info.fps or DEFAULT_FPS, image.shape[1], image.shape[0],
-                    audio_from=src if opts.audio else None, crf=opts.crf, preset=opts.x264_preset, gif_fps=opts.gif_fps,
-                    gif_width=opts.gif_width,
+                    audio_from=src if opts.audio else None, crf=opts.crf,
+                    preset=opts.x264_preset, gif_fps=opts.gif_fps, gif_width=opts.gif_width,
                 )
             writer.write(image, frame.pts_s)
             written += 1

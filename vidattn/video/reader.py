@@ -371,8 +371,8 @@ def _quarter_turns(frame) -> int:
 def _upright_rgb(frame, width, height, turns) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB, scaled to the coded size ``width`` x ``height`` if it differs,
     turned by ``turns`` counter-clockwise quarter turns, C-contiguous."""
-    size = {} if (frame.width, frame.height) == (width, height) else {"width": width,
-                                                                    "height": height}
+    same = (frame.width, frame.height) == (width, height)
+    size = {} if same else {"width": width, "height": height}
     image = frame.to_ndarray(format="rgb24", **size)  # colour matrix and range from the frame
     if turns:
         image = np.rot90(image, turns)
@@ -383,5 +383,5 @@ def _reason(error) -> str:
     return getattr(error, "strerror", None) or str(error)
 
 
-__all__ = ["DEFAULT_FPS", "FPS_RANGE", "Frame", "Prefetcher", "VideoInfo", "frame_rate", "open_media",
-           "probe", "read_frames"]
+__all__ = ["DEFAULT_FPS", "FPS_RANGE", "Frame", "Prefetcher", "VideoInfo", "frame_rate",
+           "open_media", "probe", "read_frames"]

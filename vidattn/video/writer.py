@@ -138,8 +138,8 @@ class VideoWriter:
                 path,
             )
         if not FPS_RANGE[0] <= fps <= FPS_RANGE[1] or width < 1 or height < 1:
-            raise ValueError(f"need fps in [1/1000, 1000] and a positive size, got {fps}, "
-                             f"{width}x{height}")
+            raise ValueError(f"need fps in [{FPS_RANGE[0]}, {FPS_RANGE[1]}] and a positive size, "
+                             f"got {fps}, {width}x{height}")
         self.fps = Fraction(fps).limit_denominator(1001)
         self.width, self.height = int(width), int(height)
         self._temp = _reserve_temporary(self.path)
