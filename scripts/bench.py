@@ -1,11 +1,16 @@
 #!/usr/bin/env python
 """Benchmark vidattn on this machine and print one table (also written as JSON).
 
-    python scripts/bench.py [--quick] [--only model,torch,ceiling,e2e,memory,rollout]
+    python scripts/bench.py [--quick] [--only startup,model,torch,ceiling,e2e,memory,rollout]
                             [--json out/bench.json] [--cache out/bench-cache]
 
 Parts (all by default, in this order):
 
+- ``startup``: wall time of ``vidattn --help``, ``vidattn models`` and a 5-frame ``vidattn video``
+  of dino_vits16 from a safetensors checkpoint, each a fresh process (median of 3), and where the
+  video run's time goes: the same steps timed one after another in a fresh process
+  (``scripts/startup_steps.py``: imports, reading the checkpoint, building the model, assigning
+  the weights, compiling for the video's input shape, rendering the 5 frames).
 - ``model``: ``Model.run`` throughput of dino_vits16 (random weights) at 224x224 and at the video
   input size of a 720p frame (``video_geometry(720, 1280, 16, DEFAULT_SIZE)``), batch 1 and
   ``DEFAULT_BATCH``, attention "last" and "none" (and the in-graph rollout at the video size,
@@ -53,12 +58,13 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 import vidattn  # noqa: E402  (sets the KERAS_BACKEND default before keras is imported)
+from vidattn.io import atomic_path, write_bytes_atomic  # noqa: E402
 from vidattn.models.presets import Preset, get_preset  # noqa: E402
+from vidattn.options import DEFAULT_BATCH, DEFAULT_SIZE, VIEWS, VideoOptions  # noqa: E402
 from vidattn.preprocess import video_geometry  # noqa: E402
 from vidattn.runtime import keep_freed_memory  # noqa: E402
-from vidattn.video.pipeline import DEFAULT_BATCH, DEFAULT_SIZE, VIEWS  # noqa: E402
 
-PARTS = ("model", "torch", "ceiling", "e2e", "memory", "rollout")
+PARTS = ("startup", "model", "torch", "ceiling", "e2e", "memory", "rollout")
 PRESET = "dino_vits16"
 ROLLOUT_PRESET = "dino_vits8"
 ROLLOUT_HW, ROLLOUT_QUICK_HW = (480, 848), (240, 424)  # 6361 and 1591 tokens with patch 8
@@ -282,6 +288,61 @@ def shapes(bench):
     return [(hw, b) for hw in ((224, 224), bench.video_geo.input_hw) for b in (1, DEFAULT_BATCH)]
 
 
+# -- part: startup ---------------------------------------------------------------------------
+
+STARTUP_FRAMES = 5
+
+
+def startup_checkpoint(bench) -> Path:
+    """dino_vits16 with random weights as a timm-layout safetensors file, made once."""
+    from safetensors.numpy import save_file
+
+    from vidattn.models.vit import export_state_dict
+
+    path = bench.cache / f"{PRESET}_random.safetensors"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file(export_state_dict(bench.model(PRESET).backbone), str(tmp))
+    return path
+
+
+def _command_seconds(args, runs=3) -> tuple[float, str]:
+    """Median wall time of a fresh ``vidattn ARGS`` process (it must succeed)."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "vidattn", *map(str, args)],
+                              capture_output=True, text=True, check=False)
+        times.append(time.perf_counter() - start)
+        if proc.returncode:
+            raise RuntimeError(f"vidattn {' '.join(map(str, args))} failed:\n{proc.stderr[-2000:]}")
+    return spread(times)
+
+
+def part_startup(bench):
+    checkpoint = startup_checkpoint(bench)
+    clip = bench.clip(VIDEO_HW, 2 * FPS)
+    with tempfile.TemporaryDirectory() as tmp:
+        video = ["video", clip, "-o", Path(tmp) / "out.mp4", "--weights", checkpoint, "-q",
+                 "--max-frames", STARTUP_FRAMES, "--overwrite"]
+        for label, args in (("vidattn --help", ["--help"]), ("vidattn models", ["models"]),
+                            (f"vidattn video, {STARTUP_FRAMES} frames", video)):
+            seconds, note = _command_seconds(args)
+            bench.rows.append(Row(f"startup: {label}", hw_str(VIDEO_HW) if "video" in label else "",
+                                  None, seconds, "s", note=f"{note}; fresh process"))
+    steps_script = Path(__file__).with_name("startup_steps.py")
+    proc = subprocess.run([sys.executable, steps_script, PRESET, checkpoint, clip, str(DEFAULT_BATCH),
+                           str(STARTUP_FRAMES)], capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"startup worker failed:\n{proc.stderr[-2000:]}")
+    steps = json.loads(proc.stdout.strip().splitlines()[-1])
+    total = sum(steps.values())
+    for step, seconds in steps.items():
+        bench.rows.append(Row(f"startup step: {step}", hw_str(VIDEO_HW), DEFAULT_BATCH, seconds,
+                              "s", total, "steps' total", 100 * seconds / total, "%"))
+
+
 # -- part: model -----------------------------------------------------------------------------
 
 
@@ -303,10 +364,9 @@ def part_model(bench):
 
 def part_torch(bench):
     import torch
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    from checkpoints import hf_config  # tests/checkpoints.py: the HF config of a preset
     from transformers import ViTModel
+
+    from tests.support.checkpoints import hf_config  # the HF config of a preset
 
     torch.set_num_threads(os.cpu_count())
     device = bench.args.torch_device
@@ -434,9 +494,8 @@ def make_clip(path: Path, hw, n_frames, fps=FPS, seed=0):
     texture = np.clip(texture, 0, 255).astype(np.uint8)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.mp4")
     s = min(h, w) // 6
-    with av.open(str(tmp), "w", options={"movflags": "+faststart"}) as out:
+    with atomic_path(path) as tmp, av.open(str(tmp), "w", options={"movflags": "+faststart"}) as out:
         stream = out.add_stream("libx264", rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.codec_context.gop_size = 2 * fps
@@ -453,14 +512,13 @@ def make_clip(path: Path, hw, n_frames, fps=FPS, seed=0):
             cv2.fillPoly(frame, [tri.astype(np.int32)], (40, 80, 230), cv2.LINE_AA)
             out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, "rgb24")))
         out.mux(stream.encode(None))
-    os.replace(tmp, path)
 
 
 def stage_seconds(model, clip, view, n_frames, dst) -> dict:
     """Run the video pipeline's stages one after another (no threads) on ``n_frames`` and time
     each: where a frame's time goes. Keys: decode, preprocess, model, render, encode."""
     from vidattn.preprocess import prepare_frames
-    from vidattn.video.pipeline import FrameRenderer, MapMaker, VideoOptions
+    from vidattn.video.pipeline import FrameRenderer, MapMaker
     from vidattn.video.reader import probe, read_frames
     from vidattn.video.writer import VideoWriter
 
@@ -504,7 +562,7 @@ def part_e2e(bench):
     """Each view's e2e rate over the model-only rate measured just before and just after it, in
     the same process: on a shared machine the load drifts over minutes, and a ratio of figures
     taken minutes apart would measure the drift."""
-    from vidattn.video.pipeline import VideoOptions, render_video
+    from vidattn.video.pipeline import render_video
 
     n = bench.effort.e2e_frames
     clip = bench.clip(VIDEO_HW, VIDEO_FRAMES)
@@ -566,7 +624,7 @@ def memory_worker(clip, n_frames):
     ``clip`` (mean view) and print, as one JSON line, the RSS after loading and the peak RSS
     since then (``VmHWM``: unlike ``ru_maxrss``, it starts afresh at exec, so the parent's size
     does not leak into a child's figure)."""
-    from vidattn.video.pipeline import VideoOptions, render_video
+    from vidattn.video.pipeline import render_video
 
     model = vidattn.load_model(PRESET, weights="random")
     loaded = _status_mib("VmRSS")
@@ -608,7 +666,7 @@ def part_rollout(bench):
     its own, compiled, over random head-mean attention of every block."""
     import keras
 
-    from vidattn.models.api import compiled
+    from vidattn.models.compile import compiled
     from vidattn.models.vit import cls_rollout
 
     preset = get_preset(ROLLOUT_PRESET)
@@ -690,10 +748,8 @@ def table(head: dict, rows: list[Row]) -> str:
 
 def write_json(path: Path, head: dict, rows: list[Row], errors: dict):
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"header": head, "rows": [asdict(r) for r in rows],
-                               "errors": errors}, indent=1))
-    os.replace(tmp, path)
+    write_bytes_atomic(path, json.dumps({"header": head, "rows": [asdict(r) for r in rows],
+                                         "errors": errors}, indent=1).encode())
 
 
 def parse_args(argv=None):
@@ -734,7 +790,7 @@ def main(argv=None):
     bench = Bench(args)
     head = header(args)
     errors = {}
-    runners = {"model": part_model, "torch": part_torch, "ceiling": part_ceiling,
+    runners = {"startup": part_startup, "model": part_model, "torch": part_torch, "ceiling": part_ceiling,
                "e2e": part_e2e, "memory": part_memory, "rollout": part_rollout}
     for part in PARTS:
         if part not in args.parts:

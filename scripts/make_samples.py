@@ -12,7 +12,6 @@ H.264 yuv420p through PyAV, single-threaded so the bytes are the same on every r
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -22,6 +21,8 @@ import cv2
 import numpy as np
 from PIL import Image
 from skimage import data
+
+from vidattn.io import atomic_path
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTH, HEIGHT, FPS = 640, 360, 24
@@ -82,33 +83,20 @@ def tour_frames() -> np.ndarray:
     return np.clip(np.rint(video), 0, 255).astype(np.uint8)
 
 
-def _atomic(path: Path, write):
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_video(frames: np.ndarray, path: Path):
     """Encode uint8 RGB frames ``(N, H, W, 3)`` as H.264 yuv420p MP4 at ``FPS`` (CRF 23)."""
 
-    def write(tmp):
-        with av.open(str(tmp), "w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=FPS)
-            stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-            stream.time_base = Fraction(1, FPS)
-            stream.codec_context.thread_count = 1  # multi-threaded x264 output varies run to run
-            stream.options = {"crf": "23", "preset": "medium"}
-            for i, frame in enumerate(frames):
-                packet_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
-                packet_frame.pts = i
-                container.mux(stream.encode(packet_frame))
-            container.mux(stream.encode())
-
-    _atomic(path, write)
+    with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.time_base = Fraction(1, FPS)
+        stream.codec_context.thread_count = 1  # multi-threaded x264 output varies run to run
+        stream.options = {"crf": "23", "preset": "medium"}
+        for i, frame in enumerate(frames):
+            packet_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            packet_frame.pts = i
+            container.mux(stream.encode(packet_frame))
+        container.mux(stream.encode())
 
 
 def main():
@@ -118,7 +106,8 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     for name in PHOTOS:
         photo = Image.fromarray(getattr(data, name)())
-        _atomic(out / f"{name}.jpg", lambda tmp: photo.save(tmp, quality=90))
+        with atomic_path(out / f"{name}.jpg") as tmp:
+            photo.save(tmp, quality=90)
     write_video(tour_frames(), out / "tour.mp4")
     for path in sorted(out.glob("*.jpg")) + [out / "tour.mp4"]:
         print(f"{path}  {path.stat().st_size / 1024:.0f} KiB")

@@ -2,7 +2,7 @@
 """Make the README's picture from what ``scripts/demo.sh`` rendered: a frame of the heads view
 above a frame of the masks view and a frame of the mean view, as one JPEG.
 
-    python scripts/readme_picture.py [--out samples/readme.jpg] [--time 1.0]
+    python scripts/readme_picture.py [--out docs/readme.jpg] [--time 1.0]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def frame_at(path: Path, t: float) -> np.ndarray:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--renders", type=Path, default=ROOT / "out")
-    parser.add_argument("--out", type=Path, default=ROOT / "samples" / "readme.jpg")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "readme.jpg")
     parser.add_argument("--time", type=float, default=1.0, help="seconds into the videos")
     parser.add_argument("--width", type=int, default=960)
     args = parser.parse_args()

@@ -1,5 +1,5 @@
 """Regenerate the Reliability table in README.md from the rows the test suite declares
-(``tests/reliability.py``). Run with the project's venv: ``.venv/bin/python
+(``tests/support/reliability.py``). Run with the project's venv: ``.venv/bin/python
 scripts/reliability_table.py``; ``--check`` exits 1 instead of writing when the table is stale."""
 
 import os
@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests package
 
-from reliability import README, readme_with_table  # noqa: E402
+from tests.support.reliability import README, readme_with_table  # noqa: E402
 
 
 def main() -> int:

@@ -1,13 +1,12 @@
 """Shared fixtures. Keras' backend is fixed by ``import vidattn`` (TensorFlow unless the
-environment says otherwise), so tests import vidattn before anything that imports keras."""
+environment says otherwise), so tests import vidattn before anything that imports keras. Helpers
+live in ``tests/support`` (``from tests.support.videos import make_video``)."""
 
 import os
-import sys
 
 import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-sys.path.insert(0, os.path.dirname(__file__))  # tests/videos.py and tests/checkpoints.py
 
 import vidattn  # noqa: E402,F401
 

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from tests.support.study import random_attention, study_mean_distance, study_rollout
 from vidattn.attention import (
     RunningMean,
     cls_maps,
@@ -15,8 +16,6 @@ from vidattn.attention import (
     threshold_masks,
 )
 from vidattn.models.vit import cls_rollout
-
-from study import random_attention, study_mean_distance, study_rollout
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """``vidattn batch``: the mirrored layout, the manifest, resuming, failures, interruption and
-where outputs may land. A planted model (tests/planted.py) at 64 pixels keeps every run fast."""
+where outputs may land. A planted model (tests/support/planted.py) at 64 pixels keeps every run fast."""
 
 import dataclasses
 import json
@@ -12,13 +12,15 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from planted import planted_model
-from reliability import reliability
-from videos import make_truncated_copy, make_video
+from tests.support.planted import planted_model
+from tests.support.reliability import reliability
+from tests.support.videos import make_truncated_copy, make_video
 from vidattn import batch as vb
 from vidattn import cli
-from vidattn.batch import BatchOptions, output_names, run_batch
-from vidattn.video.pipeline import VideoOptions
+from vidattn.batch import output_names, run_batch
+from vidattn.options import BatchOptions, ImageOptions, VideoOptions
+
+ROLLOUT_64 = ImageOptions(probes=("rollout",), size=64)
 
 FRAMES = 10
 ARGS = ["--size", "64", "--probes", "rollout", "--quiet"]
@@ -36,8 +38,8 @@ def _planted_cli(monkeypatch, planted):
 
 
 def _opts(**kw):
-    return BatchOptions(video=VideoOptions(size=64), probes=("rollout",), image_size=64,
-                        progress=False, **kw)
+    return BatchOptions(**{"video": VideoOptions(size=64), "image": ROLLOUT_64, "progress": False,
+                           **kw})
 
 
 def _image(path, seed=0):
@@ -120,7 +122,7 @@ def test_tree_failures_resume_and_touch(tmp_path):
     assert "done            8" in summary and "failed          2" in summary
     assert "ignored         1" in summary  # readme.txt; the hidden folder is not counted
     assert "sub/broken.mp4" in summary and "sub/notes.jpg" in summary
-    assert (out / vb.INDEX).is_file() and not (out / vb.MODEL_FOLDER).exists()  # none asked for
+    assert (out / vb.INDEX).is_file() and not (out / vb.pr.MODEL_FOLDER).exists()  # none asked for
 
     before = _mtimes(out)
     second = _run(src, "-o", out, *ARGS)
@@ -148,11 +150,11 @@ def test_fingerprint_follows_each_kinds_options(planted):
         changed = dataclasses.replace(base, video=dataclasses.replace(base.video, **{key: value}))
         assert vb.fingerprint(planted, "video", changed) != vb.fingerprint(planted, "video", base)
         assert vb.fingerprint(planted, "image", changed) == vb.fingerprint(planted, "image", base)
-    for change in ({"probes": ("heads",)}, {"image_size": 32}):
-        changed = dataclasses.replace(base, **change)
+    for change in ({"probes": ("heads",)}, {"size": 32}):
+        changed = dataclasses.replace(base, image=dataclasses.replace(base.image, **change))
         assert vb.fingerprint(planted, "image", changed) != vb.fingerprint(planted, "image", base)
         assert vb.fingerprint(planted, "video", changed) == vb.fingerprint(planted, "video", base)
-    shared = dataclasses.replace(base, threshold=0.5,
+    shared = dataclasses.replace(base, image=dataclasses.replace(base.image, threshold=0.5),
                                  video=dataclasses.replace(base.video, threshold=0.5))
     assert all(vb.fingerprint(planted, k, shared) != vb.fingerprint(planted, k, base)
                for k in vb.KINDS)
@@ -184,12 +186,12 @@ def test_options_deleted_outputs_and_foreign_files(tmp_path, planted):
     assert result.done == ["v.mp4", "w.mp4"] and result.up_to_date == ["i.png"]
     assert _frames(out / "w.mp4") == FRAMES
 
-    result = run_batch(planted, src, out, dataclasses.replace(_opts(), probes=("heads",)))
+    heads = ImageOptions(probes=("heads",), size=64)
+    result = run_batch(planted, src, out, _opts(image=heads))
     assert result.done == ["i.png"] and result.up_to_date == ["v.mp4", "w.mp4"]
     assert sorted(p.name for p in (out / "i").iterdir()) == ["heads.png", "probes.json"]
 
-    result = run_batch(planted, src, out, dataclasses.replace(_opts(), probes=("heads",),
-                                                              fmt="gif"))
+    result = run_batch(planted, src, out, _opts(image=heads, format="gif"))
     assert result.done == ["v.mp4", "w.mp4"] and result.up_to_date == ["i.png"]
     assert _frames(out / "v.gif") > 0
 

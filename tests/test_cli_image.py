@@ -9,7 +9,7 @@ import skimage.data
 from click.testing import CliRunner
 from PIL import Image
 
-from reliability import reliability
+from tests.support.reliability import reliability
 from vidattn.cli import main
 from vidattn.models import presets
 
@@ -55,13 +55,13 @@ def test_good_images_done_bad_ones_reported_one_line_each(tmp_path, inputs):
         for probe in ("distance", "rollout", "heads", "masks"):
             with Image.open(out / folder / f"{probe}.png") as im:
                 assert im.format == "PNG" and min(im.size) > 200
-    assert sorted(p.name for p in (out / "model").iterdir()) == ["filters.png", "posembed.png"]
+    assert sorted(p.name for p in (out / "_model").iterdir()) == ["filters.png", "posembed.png"]
     assert not (out / "notes").exists() and not (out / "missing").exists()
 
     html = (out / "index.html").read_text()
     links = re.findall(r'(?:src|href)="([^"#]+)"', html)
     assert "photo/heads.png" in links and "photo-2/probes.json" in links
-    assert "model/filters.png" in links
+    assert "_model/filters.png" in links
     assert all((out / link).is_file() for link in links)  # relative, and every one resolves
     assert "RANDOM (untrained) WEIGHTS" in html and "missing.jpg: no such file" in html
     assert html.count("mean attention distance") == 2  # one table per good image

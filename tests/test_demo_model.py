@@ -1,19 +1,18 @@
 """The bundled demo model looks at objects; the scenes and bar metric that judge it are right."""
 
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import vidattn
-from vidattn.models.presets import get_preset
-from vidattn.scenes import (
+from vidattn.demo.scenes import (
     make_scenes,
     make_views,
     object_area_share,
     object_attention_share,
     object_patches,
 )
+from vidattn.models.presets import get_preset
 
 HELD_OUT_SEED = 4242  # training draws from seed 0, its report from 20240601
 

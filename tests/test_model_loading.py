@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import vidattn
-from checkpoints import canonical_from_hf, peaky_hf_vit
+from tests.support.checkpoints import canonical_from_hf, peaky_hf_vit
 from vidattn.errors import VidattnError
 from vidattn.models.presets import get_preset
 
@@ -117,7 +117,8 @@ def test_random_weights_say_so():
 
 SECOND_BACKEND = """
 import json, sys, numpy as np, vidattn, keras
-preset = vidattn.models.presets.get_preset("dino_vits16")
+from vidattn.models.presets import get_preset
+preset = get_preset("dino_vits16")
 import dataclasses
 tiny = dataclasses.replace(preset, name="tiny", embed_dim=64, depth=2, num_heads=4)
 x = np.load(sys.argv[2])

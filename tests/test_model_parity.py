@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import vidattn
-from checkpoints import hf_forward, peaky_hf_vit
-from study import study_rollout
+from tests.support.checkpoints import hf_forward, peaky_hf_vit
+from tests.support.study import study_rollout
 from vidattn.attention import rollout_map
 from vidattn.models.presets import get_preset
 

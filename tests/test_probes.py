@@ -9,10 +9,12 @@ import pytest
 from PIL import Image
 
 import vidattn
-from planted import planted_model
+from tests.support.planted import planted_model
+from vidattn import attention as am
 from vidattn import probes as pr
 from vidattn.errors import VidattnError
 from vidattn.models.presets import get_preset
+from vidattn.options import PROBES, ImageOptions, parse_probes
 from vidattn.preprocess import display_image, normalize, preprocess_image
 
 TINY = dataclasses.replace(get_preset("dino_vits16"), name="tiny", embed_dim=32, depth=3,
@@ -182,7 +184,7 @@ def test_planted_peaks_on_non_square_inputs(hw, box):
     assert_peak_in(pr.upsample(rollout, hw, 16), bounds)
     inside = np.zeros(grid, bool)  # the patches of the (patch-aligned) red square
     inside[box[0].start // 16 : box[0].stop // 16, box[1].start // 16 : box[1].stop // 16] = True
-    masks = pr.head_masks(heads, 0.6)
+    masks = am.threshold_masks(heads, 0.6)
     assert masks.any(axis=(1, 2)).all() and not (masks & ~inside).any()
 
 
@@ -228,10 +230,10 @@ def test_probe_image_refuses_an_existing_folder_unless_overwrite(tmp_path):
     src = tmp_path / "a.png"
     Image.fromarray(red_photo()).save(src)
     out = tmp_path / "a"
-    pr.probe_image(model, src, out, probes=("heads", "masks"), size=64)
+    pr.probe_image(model, src, out, ImageOptions(probes=("heads", "masks"), size=64))
     with pytest.raises(VidattnError, match="exists.*--overwrite"):
-        pr.probe_image(model, src, out, size=64)
-    record = pr.probe_image(model, src, out, probes=("heads",), size=64, overwrite=True)
+        pr.probe_image(model, src, out, ImageOptions(size=64))
+    record = pr.probe_image(model, src, out, ImageOptions(probes=("heads",), size=64), overwrite=True)
     assert record["probes"] == ["heads"] and "masks" not in record
     assert sorted(p.name for p in out.iterdir()) == ["heads.png", "probes.json"]  # stale gone
 
@@ -241,7 +243,7 @@ def test_unreadable_image_writes_nothing(tmp_path):
     bad = tmp_path / "notes.jpg"
     bad.write_text("not a picture")
     with pytest.raises(VidattnError, match="notes.jpg"):
-        pr.probe_image(model, bad, tmp_path / "notes", size=64)
+        pr.probe_image(model, bad, tmp_path / "notes", ImageOptions(size=64))
     assert not (tmp_path / "notes").exists()
 
 
@@ -266,9 +268,10 @@ def test_size_must_be_a_multiple_of_the_patch():
 
 
 def test_parse_probes_and_folder_names():
-    assert pr.parse_probes("all") == pr.PROBES
-    assert pr.parse_probes("posembed, heads,distance") == ("distance", "heads", "posembed")
+    assert parse_probes("all") == PROBES
+    assert parse_probes("posembed, heads,distance") == ("distance", "heads", "posembed")
     with pytest.raises(VidattnError, match="unknown probe.*heatmap"):
-        pr.parse_probes("heads,heatmap")
-    names = pr.folder_names(["a/cat.jpg", "b/cat.png", "CAT.gif", "model.jpg", "cat-2.jpg"])
-    assert names == ["cat", "cat-2", "CAT-3", "model-2", "cat-2-2"]
+        parse_probes("heads,heatmap")
+    reserved = pr.MODEL_FOLDER  # the model's figures' folder
+    names = pr.folder_names(["a/cat.jpg", "b/cat.png", "CAT.gif", f"{reserved}.jpg", "cat-2.jpg"])
+    assert names == ["cat", "cat-2", "CAT-3", f"{reserved}-2", "cat-2-2"]

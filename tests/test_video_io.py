@@ -12,7 +12,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-from videos import (
+from tests.support.videos import (
     AUDIO_HZ,
     make_audio_only,
     make_truncated_copy,

@@ -10,13 +10,19 @@ import numpy as np
 import pytest
 
 import vidattn
-from planted import planted_model
-from reliability import reliability
-from videos import make_audio_only, make_truncated_copy, make_video, make_zero_frame_video
+from tests.support.planted import planted_model
+from tests.support.reliability import reliability
+from tests.support.videos import (
+    make_audio_only,
+    make_truncated_copy,
+    make_video,
+    make_zero_frame_video,
+)
 from vidattn.errors import VidattnError
+from vidattn.options import VideoOptions
 from vidattn.preprocess import video_geometry
 from vidattn.render import map_to_frame
-from vidattn.video.pipeline import VideoOptions, render_video
+from vidattn.video.pipeline import render_video
 
 QUIET = dict(progress=False)
 

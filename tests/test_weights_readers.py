@@ -1,4 +1,5 @@
-"""Checkpoint readers, key mapping and the download cache (vidattn.models.weights).
+"""Checkpoint readers, key mapping and the download cache (vidattn.models.formats, state_dict,
+families and hub).
 
 Files are written by the real libraries (torch.save, safetensors, transformers' save_pretrained)
 and read back by vidattn's own parsers, which must reproduce every tensor exactly under the
@@ -7,6 +8,7 @@ errors, and download atomically.
 """
 
 import argparse
+import dataclasses
 import functools
 import http.server
 import io
@@ -14,14 +16,16 @@ import os
 import pickle
 import threading
 import time
-import zipfile
 
 import numpy as np
 import pytest
 import torch
 
+from tests.support.pickles import torch_zip
 from vidattn.errors import VidattnError
-from vidattn.models import weights as w
+from vidattn.models import hub
+from vidattn.models.presets import get_preset
+from vidattn.models.state_dict import read_checkpoint
 
 DIM, HEADS, DEPTH, PATCH, GRID, CLASSES = 8, 2, 2, 4, 2, 3
 
@@ -55,6 +59,16 @@ def vit_state(seed=0, classes=0, dist=False):
     return {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
 
 
+def resolve(name, url, weights=None):
+    """``hub.resolve`` for preset ``name`` with its official address replaced by ``url``."""
+    return hub.resolve(dataclasses.replace(get_preset(name), weights_url=url, hf_repo=None), weights)
+
+
+def is_cached(name, url):
+    preset = dataclasses.replace(get_preset(name), weights_url=url, hf_repo=None)
+    return hub.cached_weights(preset) is not None
+
+
 def to_torch(state, prefix=""):
     return {prefix + k: torch.from_numpy(v.copy()) for k, v in state.items()}
 
@@ -72,7 +86,7 @@ def assert_same(got, want):
 def test_dino_release_pth_is_read_exactly(tmp_path):
     state = vit_state()
     torch.save(to_torch(state), tmp_path / "dino.pth")
-    assert_same(w.read_checkpoint(tmp_path / "dino.pth"), state)
+    assert_same(read_checkpoint(tmp_path / "dino.pth"), state)
 
 
 @pytest.mark.parametrize("protocol", [1, 2, 5])
@@ -96,10 +110,10 @@ def test_dino_training_checkpoint_picks_network_and_drops_projection_head(tmp_pa
     }
     path = tmp_path / "checkpoint.pth"
     torch.save(checkpoint, path, pickle_protocol=protocol)
-    assert_same(w.read_checkpoint(path), teacher)
-    assert_same(w.read_checkpoint(path, checkpoint_key="student"), student)
+    assert_same(read_checkpoint(path), teacher)
+    assert_same(read_checkpoint(path, checkpoint_key="student"), student)
     with pytest.raises(VidattnError, match="'ema'.*teacher"):
-        w.read_checkpoint(path, checkpoint_key="ema")
+        read_checkpoint(path, checkpoint_key="ema")
 
 
 def test_model_wrapper_and_strided_views_are_rebuilt(tmp_path):
@@ -113,7 +127,7 @@ def test_model_wrapper_and_strided_views_are_rebuilt(tmp_path):
     tensors["extra.every_other"] = big[3, ::2, 1]  # strided 1-D
     tensors["extra.empty"] = big[0, :0]
     torch.save({"model": tensors, "epoch": 3}, tmp_path / "views.pt")
-    got = w.read_checkpoint(tmp_path / "views.pt")
+    got = read_checkpoint(tmp_path / "views.pt")
     assert_same(got, {k: v.numpy() for k, v in tensors.items()})
 
 
@@ -124,22 +138,11 @@ def test_half_bfloat16_double_widen_to_float32_and_ints_stay(tmp_path):
     state["cls_token"] = state["cls_token"].to(torch.float64) / 3
     state["extra.steps"] = torch.tensor([1, 2**40], dtype=torch.int64)
     torch.save(state, tmp_path / "mixed.pth")
-    got = w.read_checkpoint(tmp_path / "mixed.pth")
+    got = read_checkpoint(tmp_path / "mixed.pth")
     for k in ("patch_embed.proj.weight", "pos_embed", "cls_token"):
         assert got[k].dtype == np.float32
         np.testing.assert_array_equal(got[k], state[k].float().numpy(), err_msg=k)
     assert got["extra.steps"].dtype == np.int64 and got["extra.steps"].tolist() == [1, 2**40]
-
-
-def torch_zip(path, pickled: bytes, records=None):
-    """A zip laid out as torch.save writes it, with an arbitrary data.pkl."""
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr("archive/data.pkl", pickled)
-        z.writestr("archive/byteorder", "little")
-        for key, data in (records or {}).items():
-            z.writestr(f"archive/data/{key}", data)
-    return path
-
 
 class Evil:
     def __init__(self, func, *args):
@@ -159,7 +162,7 @@ def test_hostile_pickle_is_refused_without_running(tmp_path, attack):
     }[attack]
     path = torch_zip(tmp_path / "evil.pth", pickle.dumps({"cls_token": payload}, protocol=2))
     with pytest.raises(VidattnError, match="refused to load") as err:
-        w.read_checkpoint(path)
+        read_checkpoint(path)
     assert str(path) in str(err.value) and attack.split(".")[1] in str(err.value)
     assert not marker.exists()
 
@@ -183,7 +186,7 @@ def test_tensor_reaching_outside_its_storage_is_refused(tmp_path, size, stride):
     StoragePickler(buf, protocol=2).dump({"patch_embed.proj.weight": tensor})
     path = torch_zip(tmp_path / "oob.pth", buf.getvalue(), {"0": np.zeros(4, "<f4").tobytes()})
     with pytest.raises(VidattnError, match="damaged checkpoint pickle"):
-        w.read_checkpoint(path)
+        read_checkpoint(path)
 
 
 def test_reconstructor_is_limited_to_argparse_args(tmp_path):
@@ -193,7 +196,7 @@ def test_reconstructor_is_limited_to_argparse_args(tmp_path):
     trick = Evil(copyreg._reconstructor, collections.OrderedDict, object, None)
     path = torch_zip(tmp_path / "trick.pth", pickle.dumps({"args": trick}, protocol=2))
     with pytest.raises(VidattnError, match="damaged checkpoint pickle"):
-        w.read_checkpoint(path)
+        read_checkpoint(path)
 
 
 # -------------------------------------------------------------------------------- safetensors
@@ -205,14 +208,14 @@ def test_timm_safetensors_numpy_and_torch_writers(tmp_path):
 
     state = vit_state(classes=CLASSES, dist=True)
     save_numpy(state, str(tmp_path / "np.safetensors"), metadata={"format": "np"})
-    assert_same(w.read_checkpoint(tmp_path / "np.safetensors"), state)
+    assert_same(read_checkpoint(tmp_path / "np.safetensors"), state)
 
     tensors = to_torch(state)
     tensors["blocks.0.attn.qkv.weight"] = tensors["blocks.0.attn.qkv.weight"].to(torch.bfloat16)
     tensors["head_dist.weight"] = tensors["head_dist.weight"].to(torch.float16)
     save_torch(tensors, str(tmp_path / "model.bin"))  # the extension must not matter
     want = {k: v.float().numpy() for k, v in tensors.items()}
-    assert_same(w.read_checkpoint(tmp_path / "model.bin"), want)
+    assert_same(read_checkpoint(tmp_path / "model.bin"), want)
 
 
 def hf_expected(file, prefix=""):
@@ -255,12 +258,12 @@ def test_hugging_face_vit_model_fuses_qkv_and_drops_pooler(tmp_path):
     file = tmp_path / "vit" / "model.safetensors"
     hf, want = hf_expected(file)
     assert any(k.startswith("pooler.") for k in hf)
-    got = w.read_checkpoint(file)
+    got = read_checkpoint(file)
     assert_same(got, want)
     q = hf["encoder.layer.1.attention.attention.query.weight"]
     np.testing.assert_array_equal(got["blocks.1.attn.qkv.weight"][:DIM], q)
     # a model folder stands for its model.safetensors
-    assert w.resolve_weights("vit_b16", None, tmp_path / "vit") == file
+    assert resolve("vit_b16", None, tmp_path / "vit") == file
 
 
 def test_hugging_face_classifier_and_distilled_deit(tmp_path):
@@ -275,7 +278,7 @@ def test_hugging_face_classifier_and_distilled_deit(tmp_path):
     file = tmp_path / "vit" / "model.safetensors"
     hf, want = hf_expected(file, prefix="vit.")
     want.update({"head.weight": hf["classifier.weight"], "head.bias": hf["classifier.bias"]})
-    assert_same(w.read_checkpoint(file), want)
+    assert_same(read_checkpoint(file), want)
 
     DeiTForImageClassificationWithTeacher(hf_config(DeiTConfig)).save_pretrained(tmp_path / "deit")
     file = tmp_path / "deit" / "model.safetensors"
@@ -284,7 +287,7 @@ def test_hugging_face_classifier_and_distilled_deit(tmp_path):
     for wb in ("weight", "bias"):
         want[f"head.{wb}"] = hf[f"cls_classifier.{wb}"]
         want[f"head_dist.{wb}"] = hf[f"distillation_classifier.{wb}"]
-    assert_same(w.read_checkpoint(file), want)
+    assert_same(read_checkpoint(file), want)
 
 
 # ----------------------------------------------------------------------------- damaged files
@@ -344,16 +347,16 @@ def test_damaged_or_foreign_files_give_one_line_errors(tmp_path):
     for name, data, fragment in damaged_files():
         path = write(tmp_path / name, data)
         with pytest.raises(VidattnError, match=fragment) as err:
-            w.read_checkpoint(path)
+            read_checkpoint(path)
         message = str(err.value)
         assert message.startswith(f"{path}: ") and "\n" not in message, name
 
 
 def test_missing_weights_file(tmp_path):
     with pytest.raises(VidattnError, match="does not exist"):
-        w.resolve_weights("dino_vits16", "http://127.0.0.1:9/x.pth", tmp_path / "nope.pth")
+        resolve("dino_vits16", "http://127.0.0.1:9/x.pth", tmp_path / "nope.pth")
     with pytest.raises(VidattnError, match="nope.pth"):
-        w.read_checkpoint(tmp_path / "nope.pth")
+        read_checkpoint(tmp_path / "nope.pth")
 
 
 # ---------------------------------------------------------------------------------- download
@@ -364,14 +367,14 @@ def test_cache_location_follows_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("VIDATTN_HOME", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     xdg_target = tmp_path / "xdg/vidattn/dino_vits16/dino_deitsmall16_pretrain.pth"
-    assert w.cached_path("dino_vits16", url) == xdg_target
+    assert hub.cached_path("dino_vits16", url) == xdg_target
     monkeypatch.setenv("VIDATTN_HOME", str(tmp_path / "home"))
-    target = w.cached_path("dino_vits16", url)
+    target = hub.cached_path("dino_vits16", url)
     assert target == tmp_path / "home/dino_vits16/dino_deitsmall16_pretrain.pth"
-    assert not w.is_cached("dino_vits16", url)
+    assert not is_cached("dino_vits16", url)
     target.parent.mkdir(parents=True)
     target.write_bytes(b"x")
-    assert w.is_cached("dino_vits16", url) and w.resolve_weights("dino_vits16", url, None) == target
+    assert is_cached("dino_vits16", url) and resolve("dino_vits16", url, None) == target
 
 
 def test_offline_download_fails_fast_and_leaves_nothing(tmp_path, monkeypatch):
@@ -379,7 +382,7 @@ def test_offline_download_fails_fast_and_leaves_nothing(tmp_path, monkeypatch):
     url = "http://127.0.0.1:9/dino.pth"  # discard port: nothing listens
     start = time.monotonic()
     with pytest.raises(VidattnError) as err:
-        w.resolve_weights("dino_vits16", url, None)
+        resolve("dino_vits16", url, None)
     assert time.monotonic() - start < 10
     message = str(err.value)
     assert "--weights PATH" in message and url in message
@@ -427,12 +430,12 @@ def test_download_lands_in_cache_once(tmp_path, monkeypatch, server):
     address, hits, body = server
     monkeypatch.setenv("VIDATTN_HOME", str(tmp_path / "cache"))
     url = address("/ok/model.safetensors")
-    path = w.resolve_weights("vit_b16", url, None)
+    path = resolve("vit_b16", url, None)
     assert path == tmp_path / "cache/vit_b16/model.safetensors"
     assert path.read_bytes() == body and hits == ["/ok/model.safetensors"]
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.safetensors"]
-    assert w.resolve_weights("vit_b16", url, None) == path and len(hits) == 1
-    assert_same(w.read_checkpoint(path), vit_state())
+    assert resolve("vit_b16", url, None) == path and len(hits) == 1
+    assert_same(read_checkpoint(path), vit_state())
 
 
 @pytest.mark.parametrize(
@@ -442,6 +445,25 @@ def test_failed_download_leaves_nothing(tmp_path, monkeypatch, server, route, re
     address, hits, _ = server
     monkeypatch.setenv("VIDATTN_HOME", str(tmp_path / "cache"))
     with pytest.raises(VidattnError, match=reason):
-        w.resolve_weights("dino_vits16", address(route), None)
+        resolve("dino_vits16", address(route), None)
     assert hits == [route]
     assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_hugging_face_download_fails_fast_offline(tmp_path, monkeypatch, offline):
+    """Weights on the Hub, not in its cache, and no way to reach it (nothing listens at the
+    endpoint, or HF_HUB_OFFLINE): one line at once, not huggingface_hub's 25 s of retries."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    start = time.monotonic()
+    with pytest.raises(VidattnError) as err:
+        hub.resolve(get_preset("vit_b16"))
+    assert time.monotonic() - start < 10
+    message = str(err.value)
+    assert "google/vit-base-patch16-224" in message and "--weights PATH" in message
+    assert ("HF_HUB_OFFLINE" in message) == offline and "\n" not in message
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))

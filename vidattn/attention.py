@@ -15,6 +15,19 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from vidattn.options import DEFAULT_THRESHOLD
+
+__all__ = [
+    "RunningMean",
+    "cls_maps",
+    "head_mean",
+    "mean_attention_distance",
+    "normalize_maps",
+    "peak_location",
+    "rollout_map",
+    "threshold_masks",
+]
+
 
 def _check(attn: np.ndarray, n_cls: int, grid_hw) -> None:
     """Raise ValueError unless ``attn`` is ``(N, heads, T, T)`` with ``T = n_cls + gh * gw``."""
@@ -57,7 +70,7 @@ def normalize_maps(maps: np.ndarray) -> np.ndarray:
     return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)
 
 
-def threshold_masks(maps: np.ndarray, keep: float = 0.6) -> np.ndarray:
+def threshold_masks(maps: np.ndarray, keep: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """DINO's masks: per map, the smallest set of patches holding ``keep`` of its attention mass.
 
     ``maps`` ``(..., gh, gw)`` non-negative (e.g. ``cls_maps``) -> bool ``(..., gh, gw)``.

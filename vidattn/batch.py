@@ -43,8 +43,10 @@ from tqdm import tqdm
 from vidattn import probes as pr
 from vidattn.errors import VidattnError, one_line
 from vidattn.interrupts import Interrupts, exit_status, signal_of
+from vidattn.io import unique_names
+from vidattn.options import BatchOptions
 from vidattn.report import write_index
-from vidattn.video.pipeline import VideoOptions, render_video
+from vidattn.video.pipeline import render_video
 
 VIDEO_SUFFIXES = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .wmv .flv .mpg .mpeg .ts .mts .m2ts .3gp .ogv .y4m .gif".split()
@@ -52,11 +54,9 @@ VIDEO_SUFFIXES = frozenset(
 IMAGE_SUFFIXES = frozenset(
     ".jpg .jpeg .jpe .jfif .png .bmp .tif .tiff .webp .ppm .pgm .pbm".split()
 )
-FORMATS = ("mp4", "gif")
 MANIFEST = "manifest.jsonl"
 INDEX = "index.html"
-MODEL_FOLDER = "_model"
-RESERVED = (MANIFEST, INDEX, MODEL_FOLDER)  # OUTDIR's own top-level entries
+RESERVED = (MANIFEST, INDEX, pr.MODEL_FOLDER)  # OUTDIR's own top-level entries
 KINDS = ("video", "image")
 
 
@@ -93,9 +93,9 @@ def output_names(entries, fmt: str = "mp4", reserved=()) -> list[str]:
     """Output names of one folder's ``entries`` ``[(name, kind)]``, kind dir|video|image, in order.
 
     A folder keeps its name, a video becomes ``<stem>.<fmt>``, an image ``<stem>`` (a folder).
-    Clashes, compared case-insensitively (as macOS and Windows do), get ``-2``, ``-3``... before the
-    extension: folders choose first, then files whose name already is their output name, then the
-    rest in name order. ``reserved`` names are never given.
+    Clashes (``io.unique_names``: case-insensitive, ``-2``, ``-3``... before the extension) are
+    settled in this order: folders first, then files whose name already is their output name,
+    then the rest in name order. ``reserved`` names are never given.
     """
     wanted = []
     for name, kind in entries:
@@ -104,17 +104,7 @@ def output_names(entries, fmt: str = "mp4", reserved=()) -> list[str]:
                       else (stem, f".{fmt}"))
     order = sorted(range(len(entries)), key=lambda i: (
         entries[i][1] != "dir", "".join(wanted[i]) != entries[i][0], entries[i][0]))
-    taken = {r.lower() for r in reserved}
-    names = [""] * len(entries)
-    for i in order:
-        base, ext = wanted[i]
-        name, k = base + ext, 1
-        while name.lower() in taken:
-            k += 1
-            name = f"{base}-{k}{ext}"
-        taken.add(name.lower())
-        names[i] = name
-    return names
+    return unique_names(wanted, reserved, order)
 
 
 def _entry_kind(entry, root_real: Path, out_real: Path):
@@ -241,34 +231,6 @@ class Manifest:
 
 
 @dataclass
-class BatchOptions:
-    """What ``vidattn batch`` is told besides its folders.
-
-    video:        the options of every video render (its ``progress`` and ``save_maps`` are
-                  ignored: batch shows one bar over the files).
-    fmt:          container of the rendered videos, "mp4" or "gif".
-    probes, image_size, threshold: the image probes, as ``vidattn image``.
-    overwrite:    also replace outputs the manifest does not know (files in OUTDIR before).
-    progress:     a bar over the files.
-    raise_unexpected: let an unexpected exception (a bug, not bad input) out instead of recording
-                  it as the file's failure (``--debug``).
-    """
-
-    video: VideoOptions = field(default_factory=VideoOptions)
-    fmt: str = "mp4"
-    probes: tuple[str, ...] = pr.PROBES
-    image_size: int = 224
-    threshold: float = 0.6
-    overwrite: bool = False
-    progress: bool = True
-    raise_unexpected: bool = False
-
-    def __post_init__(self):
-        if self.fmt not in FORMATS:
-            raise VidattnError(f"unknown format {self.fmt!r}; choose one of {', '.join(FORMATS)}")
-
-
-@dataclass
 class BatchResult:
     """What a run did. ``done``, ``up_to_date``: inputs (``rel``); ``failed``: ``(rel, reason)``,
     this run's failures and unreadable folders; ``ignored``: ``(rel, reason)`` as ``Scan``;
@@ -298,10 +260,10 @@ def fingerprint(model, kind: str, opts: BatchOptions) -> str:
         video = dataclasses.asdict(opts.video)
         for key in ("progress", "save_maps"):
             video.pop(key)
-        settings = {**video, "format": opts.fmt}
+        settings = {**video, "format": opts.format}
     else:
-        settings = {"probes": [p for p in pr.IMAGE_PROBES if p in opts.probes],
-                    "size": opts.image_size, "threshold": opts.threshold}
+        settings = {"probes": opts.image.image_probes, "size": opts.image.size,
+                    "threshold": opts.image.threshold}
     blob = json.dumps({"kind": kind, "model": model.preset.name, "weights": model.weights_label,
                        **settings}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -374,8 +336,7 @@ def _attempt(model, item: Item, outdir: Path, opts: BatchOptions, fp: str, claim
         if item.kind == "video":
             extra["frames"] = render_video(model, item.src, dst, opts.video).frames
         else:
-            pr.probe_image(model, item.src, dst, opts.probes, opts.image_size, opts.threshold,
-                           overwrite=True)
+            pr.probe_image(model, item.src, dst, opts.image, overwrite=True)
     except Exception as err:  # noqa: BLE001 - one bad file must not stop the batch
         if opts.raise_unexpected and not isinstance(err, VidattnError):
             raise
@@ -400,13 +361,13 @@ def _finish_images(model, outdir: Path, items, manifest: Manifest, fp: str, opts
                 entries.append((item.out, json.loads(text)))
             except (OSError, ValueError):
                 continue
-    folder = outdir / MODEL_FOLDER
-    wanted = [p for p in pr.MODEL_PROBES if p in opts.probes]
+    folder = outdir / pr.MODEL_FOLDER
+    wanted = opts.image.model_probes
     if refresh_model or not all((folder / f"{p}.png").is_file() for p in wanted):
         model_files = pr.write_model_probes(model, folder, wanted)
     else:
         model_files = {p: f"{p}.png" for p in wanted}
-    write_index(outdir, model, entries, model_files, MODEL_FOLDER, failures)
+    write_index(outdir, model, entries, model_files, pr.MODEL_FOLDER, failures)
 
 
 def run_batch(model, indir, outdir, opts: BatchOptions | None = None) -> BatchResult:
@@ -419,11 +380,11 @@ def run_batch(model, indir, outdir, opts: BatchOptions | None = None) -> BatchRe
     """
     opts = opts or BatchOptions()
     indir, outdir = check_folders(indir, outdir)
-    found = scan(indir, outdir, opts.fmt)
+    found = scan(indir, outdir, opts.format)
     fps = {kind: fingerprint(model, kind, opts) for kind in KINDS}
     images = [item for item in found.items if item.kind == "image"]
     if images:
-        pr.check_size(model, opts.image_size)
+        pr.check_size(model, opts.image.size)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as err:

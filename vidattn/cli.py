@@ -14,6 +14,7 @@ import click
 
 from vidattn.errors import VidattnError, one_line
 from vidattn.interrupts import Interrupts, exit_status, signal_of
+from vidattn.options import BatchOptions, ImageOptions, VideoOptions, cli_fields
 
 
 def _friendly_errors(fn):
@@ -61,10 +62,11 @@ def main(debug):
     vidattn batch INDIR -o OUTDIR       every video and image of a folder tree, resumable
     vidattn models                      the model presets and where their weights come from
 
-    Weights: each preset downloads its official checkpoint once into the cache
-    ($VIDATTN_HOME, default ~/.cache/vidattn). Offline, pass a downloaded file with
-    --weights PATH (DINO .pth, timm or Hugging Face .safetensors), or --weights random for an
-    untrained model (its outputs are labelled as such).
+    Weights: each preset fetches its official checkpoint once: from torch hub's cache, the
+    Hugging Face cache or vidattn's ($VIDATTN_HOME, default ~/.cache/vidattn), else downloaded
+    there. Offline, pass a downloaded file with --weights PATH (official .pth, timm or Hugging
+    Face .safetensors), or --weights random for an untrained model (its outputs are labelled as
+    such). `vidattn models` says which weights are already here.
     """
     from vidattn.runtime import keep_freed_memory
 
@@ -74,28 +76,39 @@ def main(debug):
 @main.command()
 @_friendly_errors
 def models():
-    """List the model presets: shape, preprocessing, weight source, and whether it is cached."""
-    from vidattn.models.presets import PRESETS
-    from vidattn.models.weights import is_cached
+    """List the model presets: shape, preprocessing, weights, licence, and whether they are here.
 
-    rows = [("preset", "patch", "width", "depth", "heads", "tokens", "input", "weights", "cached")]
+    The "here" column says where a preset's own weights already are: bundled, torch hub's
+    cache, vidattn's cache ($VIDATTN_HOME) or Hugging Face's; "-" means the first run downloads
+    them (or, for gated weights, that you must request them and pass --weights PATH).
+    """
+    from vidattn.models.hub import cached_weights
+    from vidattn.models.presets import PRESETS
+
+    rows = [("preset", "patch", "width", "depth", "heads", "tokens", "input", "weights", "licence",
+             "here")]
     for p in PRESETS.values():
         tokens = "cls" if p.num_class_tokens == 1 else "cls+dist"
-        if p.packaged_weights:
-            cached = "bundled"
-        else:
-            cached = "yes" if is_cached(p.name, p.weights_url) else "no"
-        rows.append(
-            (p.name, p.patch_size, p.embed_dim, p.depth, p.num_heads, tokens, p.preprocessing,
-             p.weights_format or "-", cached)
-        )
+        rows.append((p.name, p.patch_size, p.embed_dim, p.depth, p.num_heads, tokens,
+                     p.preprocessing, p.weights_format or "-", p.licence,
+                     cached_weights(p) or "-"))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
     click.echo("\nSources:")
     for p in PRESETS.values():
-        source = f"vidattn/data/{p.packaged_weights}" if p.packaged_weights else p.weights_url
-        click.echo(f"  {p.name:<20} {p.description}\n  {'':<20} {source}")
+        click.echo(f"  {p.name:<20} {p.description}\n  {'':<20} {source_of(p)}")
+
+
+def source_of(preset) -> str:
+    """Where a preset's weights come from, in one line."""
+    if preset.packaged_weights:
+        return f"vidattn/data/{preset.packaged_weights}"
+    if preset.weights_url:
+        return preset.weights_url
+    if preset.hf_repo:
+        return f"https://huggingface.co/{preset.hf_repo} ({preset.hf_file})"
+    return f"gated: request at {preset.gated}" if preset.gated else "none: pass --weights PATH"
 
 
 def _model_options(fn):
@@ -106,9 +119,9 @@ def _model_options(fn):
     )(fn)
     fn = click.option(
         "--weights", metavar="PATH|random",
-        help="Checkpoint file (DINO .pth, timm or Hugging Face .safetensors), or 'random' for "
-        "untrained weights (outputs are labelled RANDOM). Default: the preset's official "
-        "weights, downloaded once into $VIDATTN_HOME.",
+        help="Checkpoint file (official .pth, timm or Hugging Face .safetensors, or a Hugging "
+        "Face model folder), or 'random' for untrained weights (outputs are labelled RANDOM). "
+        "Default: the preset's official weights, from a cache or downloaded once.",
     )(fn)
     return click.option(
         "--model", "-m", "preset", default="dino_vits16", show_default=True, metavar="PRESET",
@@ -125,73 +138,44 @@ def _load(preset, weights, checkpoint_key, quiet=False):
     return model
 
 
-def video_options(fn):
-    """The rendering options of `video` (and of `batch`, which passes them on)."""
-    from vidattn.video.pipeline import DEFAULT_BATCH, DEFAULT_SIZE, SIDE_MAPS, VIEWS
-    from vidattn.video.writer import DEFAULT_X264_PRESET, X264_PRESETS
-
-    options = [
-        click.option("--view", type=click.Choice(VIEWS), default="mean", show_default=True,
-                     help="heads: a grid with every head's CLS attention; mean: the head mean; "
-                     "masks: DINO's threshold masks, one colour per head; rollout: attention "
-                     "rollout through all blocks; side-by-side: the frame beside the map "
-                     "(--side-map)."),
-        click.option("--side-map", type=click.Choice(SIDE_MAPS), default="mean",
-                     show_default=True, help="Map shown by --view side-by-side."),
-        click.option("--size", type=click.IntRange(16), default=DEFAULT_SIZE, show_default=True,
-                     help="Short side, in pixels, of the frames the model sees (aspect kept, "
-                     "padded to a multiple of the patch). 224 is what the models were trained "
-                     "at and keeps CPU renders near real time."),
-        click.option("--full-res", is_flag=True,
-                     help="Run the model at the native frame size, as DINO's own video demo "
-                     "(slow: tokens grow with the area)."),
-        click.option("--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH,
-                     show_default=True, help="Frames per model call."),
-        click.option("--threshold", type=float, default=0.6, show_default=True,
-                     help="--view masks: share of each head's attention mass to keep."),
-        click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-                     help="Opacity of the overlay."),
-        click.option("--colormap", default="inferno", show_default=True,
-                     help="Any matplotlib colormap name."),
-        click.option("--captions/--no-captions", default=True, show_default=True,
-                     help="Head numbers and frame times on the frames."),
-        click.option("--smooth", type=click.FloatRange(1), default=1.0, show_default=True,
-                     help="Exponential smoothing of the maps across frames, time constant in "
-                     "frames (1 = off; 3 calms flicker)."),
-        click.option("--start", type=click.FloatRange(0), help="Start time in seconds."),
-        click.option("--end", type=click.FloatRange(0), help="End time in seconds."),
-        click.option("--every", type=click.IntRange(1), default=1, show_default=True,
-                     help="Keep every N-th frame."),
-        click.option("--max-frames", type=click.IntRange(1), help="Stop after this many frames."),
-        click.option("--crf", type=click.IntRange(0, 51), default=23, show_default=True,
-                     help="H.264 quality: lower is better and larger."),
-        click.option("--x264-preset", type=click.Choice(X264_PRESETS),
-                     default=DEFAULT_X264_PRESET, show_default=True,
-                     help="H.264 speed/size trade-off. Slower presets make smaller files for the "
-                     "same quality (--crf) but take CPU from the model: at 720p veryfast makes "
-                     "files about a third the size for 2.5x the encoding time."),
-        click.option("--gif-fps", type=click.FloatRange(0.1), help="GIF output: frame-rate cap."),
-        click.option("--gif-width", type=click.IntRange(16), help="GIF output: width cap."),
-        click.option("--audio/--no-audio", default=True, show_default=True,
-                     help="Copy the input's audio into MP4/MOV/MKV outputs; --no-audio makes a "
-                     "silent video (for an input whose audio is damaged or in an unknown codec)."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+def _click_option(f):
+    """A click option for the options-dataclass field ``f`` (see ``options.option``)."""
+    meta, default = f.metadata, f.default
+    flag = "--" + f.name.replace("_", "-")
+    kwargs = {"default": default, "help": meta["help"], "show_default": default is not None}
+    if isinstance(default, bool):  # --x (off by default), or --x/--no-x
+        decls = [f"{flag}/--no-{flag[2:]}" if meta.get("flag") is False else flag]
+        kwargs.update(is_flag=True)
+    else:
+        decls = [flag]
+        kind = meta.get("type", type(default))
+        if "choices" in meta:
+            kind = click.Choice(meta["choices"])
+        elif "min" in meta or "max" in meta:
+            bounded = click.IntRange if kind is int else click.FloatRange
+            kind = bounded(meta.get("min"), meta.get("max"),
+                           min_open=meta.get("min_open", False), max_open=meta.get("max_open", False))
+        kwargs.update(type=kind, metavar=meta.get("metavar"))
+    return click.option(*decls, f.name, **kwargs)
 
 
-def _video_opts(kw, save_maps=None, quiet=False):
-    from vidattn.video.pipeline import VideoOptions
+def options_of(cls, only=None):
+    """Decorator: the command-line options of the options dataclass ``cls`` (every field with
+    help, or those named in ``only``), defaults and help taken from the fields."""
+    chosen = [f for f in cli_fields(cls) if only is None or f.name in only]
 
-    return VideoOptions(
-        view=kw["view"], side_map=kw["side_map"], size=kw["size"], full_res=kw["full_res"],
-        batch_size=kw["batch_size"], threshold=kw["threshold"], alpha=kw["alpha"],
-        colormap=kw["colormap"], captions=kw["captions"], smooth=kw["smooth"],
-        start=kw["start"], end=kw["end"], every=kw["every"], max_frames=kw["max_frames"],
-        crf=kw["crf"], x264_preset=kw["x264_preset"], gif_fps=kw["gif_fps"],
-        gif_width=kw["gif_width"], audio=kw["audio"], save_maps=save_maps, progress=not quiet,
-    )
+    def decorate(fn):
+        for f in reversed(chosen):
+            fn = _click_option(f)(fn)
+        return fn
+
+    return decorate
+
+
+def options_from(cls, kw, **extra):
+    """An options dataclass ``cls`` from a command's keyword arguments: each field the command
+    line offers, taken from ``kw``, plus ``extra``."""
+    return cls(**{f.name: kw[f.name] for f in cli_fields(cls) if f.name in kw}, **extra)
 
 
 @main.command()
@@ -199,7 +183,7 @@ def _video_opts(kw, save_maps=None, quiet=False):
 @click.option("-o", "--output", "dst", required=True, type=click.Path(dir_okay=False),
               help="Output video: .mp4 (H.264 + the input's audio), .mov, .mkv or .gif.")
 @_model_options
-@video_options
+@options_of(VideoOptions)
 @click.option("--save-maps", type=click.Path(dir_okay=False),
               help="Also write the raw per-frame maps (and their times) to this .npz.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
@@ -224,7 +208,8 @@ def video(src, dst, preset, weights, checkpoint_key, save_maps, overwrite, quiet
 
     if Path(dst).exists() and not overwrite:
         raise VidattnError("output exists (use --overwrite to replace it)", dst)
-    opts = _video_opts(kw, Path(save_maps) if save_maps else None, quiet)
+    opts = options_from(VideoOptions, kw, save_maps=Path(save_maps) if save_maps else None,
+                        progress=not quiet)
     model = _load(preset, weights, checkpoint_key, quiet)
     result = render_video(model, src, dst, opts)
     if not quiet:
@@ -239,19 +224,11 @@ def video(src, dst, preset, weights, checkpoint_key, save_maps, overwrite, quiet
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
               help="Output folder (created if missing).")
 @_model_options
-@click.option("--probes", "probe_list", default="all", show_default=True,
-              metavar="all|LIST",
-              help="Comma-separated probes: distance, rollout, heads, masks (per image), "
-              "filters, posembed (per model).")
-@click.option("--size", type=click.IntRange(1), default=224, show_default=True,
-              help="Side of the square centre crop the model sees (a multiple of the patch).")
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.6,
-              show_default=True, help="masks: share of each head's attention mass to keep.")
+@options_of(ImageOptions)
 @click.option("--overwrite", is_flag=True, help="Replace the output folders of images done before.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @_friendly_errors
-def image(images, outdir, preset, weights, checkpoint_key, probe_list, size, threshold,
-          overwrite, quiet):
+def image(images, outdir, preset, weights, checkpoint_key, overwrite, quiet, **kw):
     """Run the classic ViT probes on still IMAGES and write figures, numbers and an index page.
 
     \b
@@ -276,7 +253,7 @@ def image(images, outdir, preset, weights, checkpoint_key, probe_list, size, thr
       OUTDIR/index.html             every image's figures and numbers (open it in a browser)
       OUTDIR/<stem>/<probe>.png     one figure per per-image probe
       OUTDIR/<stem>/probes.json     mean distances, rollout and head peaks, top-5, shapes
-      OUTDIR/model/<probe>.png      the per-model figures, written once per run
+      OUTDIR/_model/<probe>.png     the per-model figures, written once per run
     Images whose names share a stem get <stem>-2, <stem>-3... The index shows this run's
     images. Each image is resized and centre-cropped as the study does; the maps are drawn on
     that crop. An image that cannot be read (or whose folder exists, without --overwrite) gets
@@ -289,20 +266,20 @@ def image(images, outdir, preset, weights, checkpoint_key, probe_list, size, thr
     from vidattn import probes as pr
     from vidattn.report import write_index
 
-    wanted = pr.parse_probes(probe_list)
+    opts = options_from(ImageOptions, kw)
     model = _load(preset, weights, checkpoint_key, quiet)
-    pr.check_size(model, size)
+    pr.check_size(model, opts.size)
     out = Path(outdir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise VidattnError("output path exists and is not a folder", out) from None
-    model_files = pr.write_model_probes(model, out / pr.MODEL_FOLDER, wanted)
+    model_files = pr.write_model_probes(model, out / pr.MODEL_FOLDER, opts.model_probes)
     entries, failures = [], []
     names = pr.folder_names(images)
     for path, name in zip(tqdm(images, unit="image", disable=quiet, dynamic_ncols=True), names):
         try:
-            record = pr.probe_image(model, path, out / name, wanted, size, threshold, overwrite)
+            record = pr.probe_image(model, path, out / name, opts, overwrite)
         except VidattnError as err:
             tqdm.write(one_line(f"vidattn: error: {err}"), file=sys.stderr)
             failures.append(str(err))
@@ -320,18 +297,15 @@ def image(images, outdir, preset, weights, checkpoint_key, probe_list, size, thr
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
               help="Output folder: the mirror of INDIR (created if missing).")
 @_model_options
-@video_options
-@click.option("--format", "fmt", type=click.Choice(["mp4", "gif"]), default="mp4",
-              show_default=True, help="Container of the rendered videos.")
-@click.option("--probes", "probe_list", default="all", show_default=True, metavar="all|LIST",
-              help="Image probes, as `vidattn image --probes`.")
+@options_of(VideoOptions)
+@options_of(BatchOptions)
+@options_of(ImageOptions, only=("probes",))
 @click.option("--overwrite", is_flag=True,
               help="Also replace outputs the manifest does not know (files in OUTDIR before).")
 @click.option("--quiet", "-q", is_flag=True,
               help="No progress bar and no summary table (failures are still listed).")
 @_friendly_errors
-def batch(indir, outdir, preset, weights, checkpoint_key, fmt, probe_list, overwrite, quiet,
-          **kw):
+def batch(indir, outdir, preset, weights, checkpoint_key, overwrite, quiet, **kw):
     """Render every video and probe every image under INDIR into OUTDIR, resumably.
 
     \b
@@ -362,14 +336,13 @@ def batch(indir, outdir, preset, weights, checkpoint_key, fmt, probe_list, overw
     exits 130 (143 for SIGTERM); the manifest stays intact, so run again to continue. Outputs
     already in OUTDIR that the manifest does not show are never replaced without --overwrite.
     """
-    from vidattn import probes as pr
-    from vidattn.batch import BatchOptions, check_folders, format_summary, run_batch
+    from vidattn.batch import check_folders, format_summary, run_batch
 
     check_folders(indir, outdir)
-    opts = BatchOptions(
-        video=_video_opts(kw, quiet=True), fmt=fmt, probes=pr.parse_probes(probe_list),
-        image_size=kw["size"], threshold=kw["threshold"], overwrite=overwrite,
-        progress=not quiet,
+    opts = options_from(
+        BatchOptions, kw, video=options_from(VideoOptions, kw, progress=False),
+        image=ImageOptions(probes=kw["probes"], size=kw["size"], threshold=kw["threshold"]),
+        overwrite=overwrite, progress=not quiet,
         raise_unexpected=click.get_current_context().find_root().params.get("debug", False),
     )
     model = _load(preset, weights, checkpoint_key, quiet)

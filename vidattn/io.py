@@ -1,33 +1,58 @@
-"""Atomic file output: write next to the target, rename into place only on success."""
+"""Output files: temporary names, atomic replacement, and unique names within one folder.
+
+Every file vidattn writes is first written to a hidden temporary file beside its target,
+``.NAME.partial-XXXXXXXX.EXT`` (``temporary_path``), and renamed into place only when complete,
+so a reader never sees half a file and a failed or interrupted run leaves nothing behind. The
+temporary name keeps the extension, for writers that choose a format by it (PyAV, Pillow).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from vidattn.errors import VidattnError
 
+__all__ = ["PARTIAL", "atomic_path", "temporary_path", "unique_names", "write_bytes_atomic"]
+
+PARTIAL = ".partial-"  # the mark of a temporary file: .NAME.partial-XXXXXXXX.EXT
+
+
+def temporary_path(path) -> Path:
+    """Create an empty, new temporary file beside ``path`` and return its path.
+
+    Creating it proves that the folder is writable before any work is done. Raises VidattnError
+    naming ``path`` when ``path`` is a folder, its folder is missing or not writable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise VidattnError("output path is a directory", path)
+    if not path.parent.is_dir():
+        raise VidattnError("output directory does not exist", path)
+    for _ in range(8):  # a clash of 32 random bits is rare; a few tries make it impossible
+        temp = path.with_name(f".{path.name}{PARTIAL}{secrets.token_hex(4)}{path.suffix}")
+        try:
+            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise VidattnError(f"cannot write here ({error.strerror})", path) from None
+        return temp
+    raise VidattnError("cannot create a temporary file beside it", path)
+
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path in ``path``'s folder; on success it replaces ``path``.
+    """Yield a temporary path beside ``path`` (``temporary_path``); on success it replaces ``path``.
 
-    On any exception (Ctrl-C included) the temporary file is removed and ``path`` is untouched,
-    so readers never see half a file. The temporary name keeps ``path``'s extension, for writers
-    that choose a format by it.
+    On any exception (Ctrl-C included) the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
+    tmp = temporary_path(path)
     try:
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{path.stem}.partial-", suffix=path.suffix, dir=path.parent or "."
-        )
-    except OSError as err:
-        raise VidattnError(f"cannot write here: {err.strerror}", path) from None
-    os.close(fd)
-    try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -39,3 +64,25 @@ def write_bytes_atomic(path, data: bytes):
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
+
+
+def unique_names(candidates, reserved=(), order=None) -> list[str]:
+    """One name per candidate ``(base, ext)``, none equal to another or to a ``reserved`` name.
+
+    A candidate gets ``base + ext`` if that is free, else ``base-2 + ext``, ``base-3 + ext``...
+    Names are compared case-insensitively, as macOS and Windows file systems do. Candidates
+    choose in ``order`` (a sequence of their indices; default: as given), so earlier ones keep
+    their plain names. Returns the names in the candidates' order.
+    """
+    candidates = list(candidates)
+    taken = {name.lower() for name in reserved}
+    names = [""] * len(candidates)
+    for i in range(len(candidates)) if order is None else order:
+        base, ext = candidates[i]
+        name, k = base + ext, 1
+        while name.lower() in taken:
+            k += 1
+            name = f"{base}-{k}{ext}"
+        taken.add(name.lower())
+        names[i] = name
+    return names

@@ -24,6 +24,23 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vidattn.errors import VidattnError
+from vidattn.options import DEFAULT_SIZE
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MAX_IMAGE_PIXELS",
+    "NORMALIZATIONS",
+    "VideoGeometry",
+    "display_image",
+    "imagenet_labels",
+    "load_image",
+    "normalize",
+    "prepare_frames",
+    "preprocess_image",
+    "resize_frame",
+    "video_geometry",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -161,7 +178,7 @@ def _resize_crop(image, size: int) -> np.ndarray:
     return resized[start : start + size, start : start + size]
 
 
-def preprocess_image(image, kind: str, size: int = 224) -> np.ndarray:
+def preprocess_image(image, kind: str, size: int = DEFAULT_SIZE) -> np.ndarray:
     """The study's ``preprocess_image``: uint8 RGB ``(H, W, 3)`` -> float32 ``(1, size, size, 3)``.
 
     Resize and crop as ``_resize_crop``, then normalise by ``kind`` (see ``NORMALIZATIONS``).
@@ -171,7 +188,7 @@ def preprocess_image(image, kind: str, size: int = 224) -> np.ndarray:
     return normalize(_resize_crop(image, size), kind)[None]
 
 
-def display_image(image, size: int = 224) -> np.ndarray:
+def display_image(image, size: int = DEFAULT_SIZE) -> np.ndarray:
     """The same resize and crop as ``preprocess_image``, as uint8 ``(size, size, 3)`` for display,
     so overlays line up with exactly what the model saw (bicubic overshoot is clipped)."""
     return np.clip(np.rint(_resize_crop(image, size)), 0, 255).astype(np.uint8)
@@ -198,7 +215,8 @@ class VideoGeometry:
     patch: int
 
 
-def video_geometry(frame_h: int, frame_w: int, patch: int, size: int = 224, full_res: bool = False):
+def video_geometry(frame_h: int, frame_w: int, patch: int, size: int = DEFAULT_SIZE,
+                   full_res: bool = False):
     """The resolution policy for videos -> ``VideoGeometry``.
 
     The short side is scaled to ``size`` (``full_res``: frames keep their native size) and the long

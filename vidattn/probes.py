@@ -37,13 +37,11 @@ from PIL import Image
 from vidattn import attention as am
 from vidattn import render
 from vidattn.errors import VidattnError
-from vidattn.io import atomic_path
+from vidattn.io import atomic_path, unique_names
+from vidattn.options import DEFAULT_SIZE, IMAGE_PROBES, MODEL_PROBES, ImageOptions
 from vidattn.preprocess import display_image, imagenet_labels, load_image, preprocess_image
 
-IMAGE_PROBES = ("distance", "rollout", "heads", "masks")
-MODEL_PROBES = ("filters", "posembed")
-PROBES = IMAGE_PROBES + MODEL_PROBES
-MODEL_FOLDER = "model"  # OUTDIR/model/ holds the model-level figures of a run
+MODEL_FOLDER = "_model"  # OUTDIR/_model/ holds the model-level figures of a run (and a batch's)
 
 COLORMAP = "inferno"
 ALPHA = 0.6  # the study's heatmap opacity
@@ -72,7 +70,7 @@ def mean_distances(model, attns, grid_hw) -> np.ndarray:
     return np.stack([am.mean_attention_distance(a, n_cls, grid_hw, p) for a in attns], axis=1)
 
 
-def average_mean_distance(model, images, size: int = 224, batch_size: int = 8) -> np.ndarray:
+def average_mean_distance(model, images, size: int = DEFAULT_SIZE, batch_size: int = 8) -> np.ndarray:
     """The study's mean attention distance averaged over many images, ``(depth, heads)`` pixels.
 
     ``images``: paths or uint8 RGB ``(H, W, 3)`` arrays, preprocessed as ``preprocess_image``; the
@@ -108,12 +106,6 @@ def rollout_maps(model, rows, grid_hw) -> np.ndarray:
 def head_maps(model, attns, grid_hw) -> np.ndarray:
     """The last block's CLS attention per head, ``(N, heads, gh, gw)``, unscaled."""
     return am.cls_maps(attns[-1], model.preset.num_class_tokens, grid_hw)
-
-
-def head_masks(maps, keep: float = 0.6) -> np.ndarray:
-    """DINO's masks of ``(..., gh, gw)`` maps -> bool, the fewest patches holding ``keep`` of each
-    map's mass."""
-    return am.threshold_masks(maps, keep)
 
 
 def top_classes(model, logits, k: int = 5) -> list[dict]:
@@ -179,7 +171,7 @@ class Analysis:
     logits: np.ndarray | None = None
 
 
-def analyse(model, image, size: int = 224, probes=IMAGE_PROBES) -> Analysis:
+def analyse(model, image, size: int = DEFAULT_SIZE, probes=IMAGE_PROBES) -> Analysis:
     """Run the model once on an image (a path or uint8 RGB ``(H, W, 3)``) for ``probes``.
 
     Only as much attention as the probes need leaves the model: every block for ``distance``,
@@ -369,35 +361,14 @@ def save_figure(fig: Figure, path) -> Path:
 # -- files -----------------------------------------------------------------------------------------
 
 
-def parse_probes(text: str) -> tuple[str, ...]:
-    """``"all"`` or a comma list such as ``"distance,heads"`` -> probe names in canonical order."""
-    names = {t.strip() for t in text.split(",") if t.strip()}
-    if "all" in names:
-        return PROBES
-    unknown = sorted(names - set(PROBES))
-    if unknown or not names:
-        raise VidattnError(f"unknown probe(s) {', '.join(unknown) or repr(text)}; choose all or "
-                           f"any of {','.join(PROBES)}")
-    return tuple(p for p in PROBES if p in names)
-
-
-def folder_names(paths, reserved=(MODEL_FOLDER,)) -> list[str]:
+def folder_names(paths) -> list[str]:
     """One output folder name per input path: its stem, with ``-2``, ``-3``... for repeats (first
-    come, first served; compared case-insensitively for case-insensitive file systems) and for
-    ``reserved`` names. A stem that would name no folder of its own (``..png``, ``...png``: "."
-    and "..", the output folder and its parent) becomes ``image``."""
-    taken = {r.lower() for r in reserved}
-    names = []
-    for path in paths:
-        stem = Path(path).stem
-        stem = "image" if stem in ("", ".", "..") else stem
-        name, k = stem, 1
-        while name.lower() in taken:
-            k += 1
-            name = f"{stem}-{k}"
-        taken.add(name.lower())
-        names.append(name)
-    return names
+    come, first served; ``io.unique_names``) and never ``MODEL_FOLDER``. A stem that would name no
+    folder of its own (``..png``, ``...png``: "." and "..", the output folder and its parent)
+    becomes ``image``."""
+    stems = [Path(path).stem for path in paths]
+    return unique_names([("image" if s in ("", ".", "..") else s, "") for s in stems],
+                        reserved=(MODEL_FOLDER,))
 
 
 def write_model_probes(model, folder, probes=MODEL_PROBES) -> dict[str, str]:
@@ -422,22 +393,23 @@ def _json_lines(record: dict) -> str:
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
-def probe_image(model, path, outdir, probes=PROBES, size: int = 224, threshold: float = 0.6,
+def probe_image(model, path, outdir, opts: ImageOptions | None = None,
                 overwrite: bool = False) -> dict:
-    """Run the per-image probes on the image at ``path`` and write them into the folder
-    ``outdir``: ``<probe>.png`` each, then ``probes.json`` (last: its presence means the folder is
-    complete). Model-level probes in ``probes`` are skipped here (``write_model_probes``).
+    """Run the per-image probes of ``opts`` on the image at ``path`` and write them into the
+    folder ``outdir``: ``<probe>.png`` each, then ``probes.json`` (last: its presence means the
+    folder is complete). Model-level probes are skipped here (``write_model_probes``).
 
     Raises VidattnError for an unreadable image (before anything is written) or, unless
     ``overwrite``, when ``outdir`` already holds files. Returns the ``probes.json`` record.
     """
-    outdir = Path(outdir)
-    wanted = [p for p in IMAGE_PROBES if p in probes]
+    opts = opts or ImageOptions()
+    outdir, size, threshold = Path(outdir), opts.size, opts.threshold
+    wanted = opts.image_probes
     pixels = load_image(path)
     if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())) and not overwrite:
         raise VidattnError("output folder exists (use --overwrite to replace it)", outdir)
     a = analyse(model, pixels, size, wanted)
-    masks = head_masks(a.heads, threshold) if "masks" in wanted else None
+    masks = am.threshold_masks(a.heads, threshold) if "masks" in wanted else None
     top = top_classes(model, a.logits) if a.logits is not None else None
     name, p = Path(path).name, model.preset.patch_size
     figures = {

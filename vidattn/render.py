@@ -15,6 +15,20 @@ import numpy as np
 
 from vidattn.errors import VidattnError
 
+__all__ = [
+    "apply_colormap",
+    "caption",
+    "colormap_lut",
+    "draw_masks",
+    "grid",
+    "grid_shape",
+    "head_colors",
+    "map_to_frame",
+    "mask_overlay",
+    "overlay",
+    "side_by_side",
+]
+
 INTERPOLATIONS = {  # INTER_NEAREST_EXACT: pixel centres, like the other two (INTER_NEAREST is not)
     "nearest": cv2.INTER_NEAREST_EXACT, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC,
 }
@@ -95,7 +109,7 @@ def map_to_frame(attention_map, frame_hw, resized_hw, patch_size: int, interpola
     return out
 
 
-def overlay(frame: np.ndarray, heat: np.ndarray, lut: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+def overlay(frame: np.ndarray, heat: np.ndarray, lut: np.ndarray, alpha: float) -> np.ndarray:
     """Heat-weighted colour blend: uint8 ``(H, W, 3)`` frame, float ``(H, W)`` heat -> new image.
 
     Each pixel mixes ``w = alpha * heat`` of the heat's colour into ``1 - w`` of the frame. Where

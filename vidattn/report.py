@@ -86,7 +86,7 @@ def _image_section(folder: str, record: dict) -> str:
     return "\n".join(parts)
 
 
-def write_index(outdir, model, entries, model_files=None, model_folder="model", failures=()):
+def write_index(outdir, model, entries, model_files, model_folder, failures=()):
     """Write ``outdir/index.html`` atomically -> its path.
 
     entries:     ``[(folder, record), ...]``, each image's folder name under ``outdir`` and its

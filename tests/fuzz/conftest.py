@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-import fuzzing  # noqa: F401 - registers and loads the hypothesis profile
-from corpus import make_checkpoints, make_images, make_videos
+from tests.support import fuzzing  # noqa: F401 - registers and loads the hypothesis profile
+from tests.support.corpus import make_checkpoints, make_images, make_videos
 
 
 @pytest.fixture(scope="session")

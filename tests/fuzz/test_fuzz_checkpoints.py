@@ -17,11 +17,13 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 import vidattn
-from corpus import demo_state
-from fuzzing import examples, write_damaged
-from reliability import reliability
+from tests.support.corpus import demo_state
+from tests.support.fuzzing import examples, write_damaged
+from tests.support.pickles import pickle_text, torch_zip
+from tests.support.reliability import reliability
 from vidattn.errors import VidattnError
-from vidattn.models import weights
+from vidattn.models import formats
+from vidattn.models.state_dict import read_checkpoint
 from vidattn.models.vit import load_state_dict
 
 # A warning is noise on a CLI user's terminal: here it fails the case.
@@ -36,7 +38,7 @@ def backbone():
 def _load_or_refuse(backbone, path) -> str:
     """Read ``path`` into the demo backbone: "ok", or "error" with a VidattnError naming it."""
     try:
-        state = weights.read_checkpoint(path)
+        state = read_checkpoint(path)
         load_state_dict(backbone, state, source=str(path))
     except VidattnError as err:
         assert err.path == str(path), err
@@ -54,25 +56,6 @@ def _load_or_refuse(backbone, path) -> str:
 def test_damaged_checkpoints_load_or_fail_cleanly(data, backbone, seed_checkpoints, scratch):
     path = write_damaged(data, seed_checkpoints, scratch, "checkpoint")
     event(_load_or_refuse(backbone, path))
-
-
-def torch_zip(path, pickled: bytes, records=None, compress=zipfile.ZIP_STORED):
-    """A zip laid out as torch.save writes it, with an arbitrary data.pkl and storage records."""
-    with zipfile.ZipFile(path, "w", compress) as z:
-        z.writestr("archive/data.pkl", pickled)
-        z.writestr("archive/byteorder", "little")
-        for key, data in (records or {}).items():
-            z.writestr(f"archive/data/{key}", data)
-    return path
-
-
-def pickle_text(value: str) -> bytes:
-    """SHORT_BINUNICODE (protocol 4) or BINUNICODE."""
-    raw = value.encode()
-    return (b"\x8c" + bytes([len(raw)]) if len(raw) < 256 else b"X" + struct.pack("<I", len(raw))
-            ) + raw
-
-
 HOSTILE = [("os", "system"), ("posix", "system"), ("nt", "system"), ("subprocess", "Popen"),
            ("subprocess", "check_output"), ("builtins", "eval"), ("builtins", "exec"),
            ("builtins", "open"), ("builtins", "getattr"), ("builtins", "__import__"),
@@ -114,7 +97,7 @@ def test_hostile_pickles_never_run(data, scratch):
     module, name, pickled = data.draw(hostile_pickle(f"touch {marker}"), label="pickle")
     path = torch_zip(scratch / "evil.pth", pickled)
     with pytest.raises(VidattnError, match=f"refused to load.*{module}.{name}") as err:
-        weights.read_checkpoint(path)
+        read_checkpoint(path)
     assert err.value.path == str(path) and not marker.exists()
 
 
@@ -133,7 +116,7 @@ def _pickled(value) -> bytes:
 @examples(60)
 @given(data=st.data())
 def test_allowed_globals_with_any_arguments(data, backbone, scratch):
-    module, name = data.draw(st.sampled_from(sorted(weights._ALLOWED)), label="global")
+    module, name = data.draw(st.sampled_from(sorted(formats._ALLOWED)), label="global")
     args = data.draw(st.lists(_SCALARS, max_size=6), label="args")
     pickled = (b"\x80\x02}" + pickle_text("patch_embed.proj.weight") + b"c"
                + f"{module}\n{name}\n".encode() + _pickled(tuple(args))[2:-1] + b"Rs.")
@@ -141,7 +124,7 @@ def test_allowed_globals_with_any_arguments(data, backbone, scratch):
     event(_load_or_refuse(backbone, path))
 
 
-_DTYPE_CODES = sorted(weights._DTYPES) + ["F8_E4M3", "f32", ""]
+_DTYPE_CODES = sorted(formats._DTYPES) + ["F8_E4M3", "f32", ""]
 _ENTRY = st.fixed_dictionaries({
     "dtype": st.one_of(st.sampled_from(_DTYPE_CODES), st.integers()),
     "shape": st.one_of(st.lists(st.one_of(st.integers(0, 16), st.integers(-1, 2**64)),
@@ -275,5 +258,5 @@ CASES = [
 def test_bad_checkpoints(backbone, tmp_path, name, make, expected):
     path = make(tmp_path / name)
     with pytest.raises(VidattnError, match=expected) as err:
-        load_state_dict(backbone, weights.read_checkpoint(path), source=str(path))
+        load_state_dict(backbone, read_checkpoint(path), source=str(path))
     assert err.value.path == str(path) and "\n" not in str(err.value)

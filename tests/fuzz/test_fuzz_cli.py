@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from PIL import Image
 from safetensors.numpy import save_file
 
-from clirun import DEMO, assert_one_error, manifest_lines, partial_files, run
-from corpus import demo_state, make_images, make_videos
-from reliability import reliability
-from test_fuzz_checkpoints import pickle_text, torch_zip
-from videos import make_truncated_copy, make_video, make_y4m_header
+from tests.support.clirun import DEMO, assert_one_error, manifest_lines, partial_files, run
+from tests.support.corpus import demo_state, make_images, make_videos
+from tests.support.pickles import pickle_text, torch_zip
+from tests.support.reliability import reliability
+from tests.support.videos import make_truncated_copy, make_video, make_y4m_header
 from vidattn import cli
 
 

@@ -15,11 +15,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import vidattn
-from fuzzing import examples, write_damaged
-from reliability import reliability
+from tests.support.fuzzing import examples, write_damaged
+from tests.support.reliability import reliability
 from vidattn import probes as pr
 from vidattn.errors import VidattnError
+from vidattn.options import ImageOptions
 from vidattn.preprocess import MAX_IMAGE_PIXELS, load_image
+
+ROLLOUT_64 = ImageOptions(probes=("rollout",), size=64)
 
 # A warning is noise on a CLI user's terminal: here it fails the case.
 pytestmark = pytest.mark.filterwarnings("error")
@@ -61,7 +64,7 @@ def test_damaged_images_load_or_fail_cleanly(data, seed_images, scratch):
 def test_damaged_images_probe_or_fail_cleanly(data, demo, seed_images, scratch):
     src, out = write_damaged(data, seed_images, scratch, "image"), scratch / "out"
     try:
-        pr.probe_image(demo, src, out, ("rollout",), size=64, overwrite=True)
+        pr.probe_image(demo, src, out, ROLLOUT_64, overwrite=True)
     except VidattnError as err:
         assert err.path == str(src) and not out.exists()
         event("error")
@@ -172,9 +175,9 @@ def test_odd_images(demo, tmp_path, name, make, expected):
     src.write_bytes(make())
     if isinstance(expected, str):
         with pytest.raises(VidattnError, match=expected) as err:
-            pr.probe_image(demo, src, out, ("rollout",), size=64)
+            pr.probe_image(demo, src, out, ROLLOUT_64)
         assert err.value.path == str(src) and not out.exists()
     else:
         assert load_image(src).shape == expected
-        pr.probe_image(demo, src, out, ("rollout",), size=64)
+        pr.probe_image(demo, src, out, ROLLOUT_64)
         assert (out / "probes.json").is_file()

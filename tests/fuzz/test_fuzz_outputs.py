@@ -7,7 +7,7 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-from reliability import reliability
+from tests.support.reliability import reliability
 from vidattn.cli import main
 
 

@@ -11,12 +11,20 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 import vidattn
-from fuzzing import examples, write_damaged
-from reliability import reliability
-from videos import (make_audio_only, make_resolution_change, make_retimed_video,
-                    make_truncated_copy, make_video, make_y4m_header, make_zero_frame_video)
+from tests.support.fuzzing import examples, write_damaged
+from tests.support.reliability import reliability
+from tests.support.videos import (
+    make_audio_only,
+    make_resolution_change,
+    make_retimed_video,
+    make_truncated_copy,
+    make_video,
+    make_y4m_header,
+    make_zero_frame_video,
+)
 from vidattn.errors import VidattnError
-from vidattn.video.pipeline import VideoOptions, render_video
+from vidattn.options import VideoOptions
+from vidattn.video.pipeline import render_video
 from vidattn.video.reader import MAX_FRAME_PIXELS, probe, read_frames
 
 # A warning is noise on a CLI user's terminal: here it fails the case.

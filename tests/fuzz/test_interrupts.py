@@ -12,9 +12,9 @@ import time
 import av
 import pytest
 
-from clirun import DEMO, TIMEOUT_S, manifest_lines, partial_files, run, start
-from reliability import reliability
-from videos import make_video
+from tests.support.clirun import DEMO, TIMEOUT_S, manifest_lines, partial_files, run, start
+from tests.support.reliability import reliability
+from tests.support.videos import make_video
 from vidattn.interrupts import Interrupted, Interrupts
 from vidattn.video.pipeline import _Sink
 

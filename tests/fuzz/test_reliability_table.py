@@ -1,7 +1,7 @@
 """The README's Reliability table is the one the suite declares (``scripts/reliability_table.py``
 regenerates it)."""
 
-from reliability import README, readme_with_table, rows
+from tests.support.reliability import README, readme_with_table, rows
 
 
 def test_readme_table_matches_the_suite():

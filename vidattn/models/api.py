@@ -15,54 +15,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from vidattn.errors import VidattnError
+from vidattn.models import hub
+from vidattn.models.compile import Call, compiled
 from vidattn.models.presets import Preset, get_preset
+from vidattn.models.state_dict import read_checkpoint
 from vidattn.models.vit import ATTENTION_MODES, ViT, load_state_dict
 
 RANDOM = "random"
-
-
-def compiled(fn, model=None):
-    """Compile ``fn(x) -> outputs`` for the active backend: XLA through ``tf.function`` on
-    TensorFlow, ``jax.jit`` on JAX, eager under ``no_grad`` on torch. Each distinct input shape
-    compiles once. When ``fn`` calls ``model``, pass it: JAX then jits ``model.stateless_call``
-    with the model's variables as inputs, since ``jax.jit`` needs a pure function."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        tf.get_logger().setLevel("ERROR")  # one trace per input shape is by design, not a bug
-        return tf.function(fn, jit_compile=True, reduce_retracing=False)
-    if backend == "jax":
-        import jax
-
-        if model is None:
-            return jax.jit(fn)
-        jitted = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, **fn.kwargs)[0])
-        return lambda x: jitted(
-            [v.value for v in model.trainable_variables],
-            [v.value for v in model.non_trainable_variables],
-            x,
-        )
-    if backend == "torch":
-        import torch
-
-        def run_no_grad(x):
-            with torch.no_grad():
-                return fn(x)
-
-        return run_no_grad
-    return fn
-
-
-class _Call:
-    """``model(x, **kwargs)`` as a plain callable that remembers its keyword arguments."""
-
-    def __init__(self, model, **kwargs):
-        self.model, self.kwargs = model, kwargs
-
-    def __call__(self, x):
-        return self.model(x, **self.kwargs)
 
 
 @dataclass
@@ -102,7 +61,7 @@ class Model:
         key = (attention, bool(rollout))
         if key not in self._compiled:
             self._compiled[key] = compiled(
-                _Call(self.backbone, attention=attention, rollout=bool(rollout)), self.backbone
+                Call(self.backbone, attention=attention, rollout=bool(rollout)), self.backbone
             )
         out = self._compiled[key](images)
         result = {
@@ -136,18 +95,11 @@ def load_model(preset, weights=None, seed: int | None = 0, checkpoint_key="teach
         checkpoint_key: which network of a DINO training checkpoint to load (teacher/student).
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
-    backbone = ViT(preset, seed=seed)
     if weights == RANDOM:
-        return Model(preset, backbone, f"{RANDOM} (untrained, seed {seed})")
-    from vidattn.models import weights as ckpt  # only needed when reading a checkpoint
-
-    if weights is None and preset.packaged_weights:
-        path = Path(__file__).resolve().parent.parent / "data" / preset.packaged_weights
-    elif weights is None and preset.weights_url is None:
-        raise VidattnError(f"preset {preset.name!r} has no download address; pass weights=PATH")
-    else:
-        path = ckpt.resolve_weights(preset.name, preset.weights_url, weights)
-    state = ckpt.read_checkpoint(path, checkpoint_key=checkpoint_key)
+        return Model(preset, ViT(preset, seed=seed), f"{RANDOM} (untrained, seed {seed})")
+    path = hub.resolve(preset, weights)  # first: a missing file fails before any work
+    state = read_checkpoint(path, preset.family, checkpoint_key)
+    backbone = ViT(preset, seed=seed)
     load_state_dict(backbone, state, source=os.fspath(path))
     label = f"{preset.name} ({'bundled' if preset.packaged_weights else 'official'})"
     label = label if weights is None else Path(path).name

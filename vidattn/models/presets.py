@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 _DINO = "https://dl.fbaipublicfiles.com/dino"
-_HF = "https://huggingface.co"
 
 
 @dataclass(frozen=True)
@@ -26,10 +25,15 @@ class Preset:
         image_size: side of the square images it was trained on; its positional embeddings
             cover ``(image_size // patch_size) ** 2`` patches and are interpolated for other grids.
         preprocessing: ``"imagenet"`` (mean/std on 0..1 pixels) or ``"minus_one_one"``.
-        weights_url: official download address of the weights, or None.
+        weights_url: official download address of the weights (a release file, looked for in
+            torch hub's cache first), or None.
+        hf_repo, hf_file: the weights on the Hugging Face Hub, or None.
+        gated: where to request weights that have no public address (shown in the error).
         packaged_weights: file name under ``vidattn/data/`` for weights that ship with the
             package (the demo model), used instead of a download.
         weights_format: what the download is (for listings): "DINO .pth", "timm safetensors", ...
+        licence: the weights' licence.
+        family: whose checkpoint names the weights use (``vidattn.models.families``).
         layer_norm_eps: LayerNorm epsilon of the checkpoint's implementation.
     """
 
@@ -45,8 +49,13 @@ class Preset:
     image_size: int = 224
     preprocessing: str = "imagenet"
     weights_url: str | None = None
+    hf_repo: str | None = None
+    hf_file: str = "model.safetensors"
+    gated: str | None = None
     packaged_weights: str | None = None
     weights_format: str = ""
+    licence: str = "Apache-2.0"
+    family: str = "vit"
     layer_norm_eps: float = 1e-6
 
     @property
@@ -93,7 +102,7 @@ PRESETS: dict[str, Preset] = {
             num_heads=12,
             num_classes=1000,
             preprocessing="minus_one_one",
-            weights_url=f"{_HF}/google/vit-base-patch16-224/resolve/main/model.safetensors",
+            hf_repo="google/vit-base-patch16-224",
             weights_format="Hugging Face safetensors",
             layer_norm_eps=1e-12,
         ),
@@ -105,7 +114,7 @@ PRESETS: dict[str, Preset] = {
             depth=12,
             num_heads=12,
             num_classes=1000,
-            weights_url=f"{_HF}/timm/deit_base_patch16_224.fb_in1k/resolve/main/model.safetensors",
+            hf_repo="timm/deit_base_patch16_224.fb_in1k",
             weights_format="timm safetensors",
         ),
         Preset(
@@ -117,9 +126,7 @@ PRESETS: dict[str, Preset] = {
             num_heads=12,
             num_class_tokens=2,
             num_classes=1000,
-            weights_url=(
-                f"{_HF}/timm/deit_base_distilled_patch16_224.fb_in1k/resolve/main/model.safetensors"
-            ),
+            hf_repo="timm/deit_base_distilled_patch16_224.fb_in1k",
             weights_format="timm safetensors",
         ),
         Preset(
@@ -132,6 +139,7 @@ PRESETS: dict[str, Preset] = {
             image_size=64,
             packaged_weights="demo_vit.safetensors",
             weights_format="demo safetensors",
+            licence="Apache-2.0 (this project)",
         ),
     )
 }

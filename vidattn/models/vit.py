@@ -8,7 +8,8 @@ attention rollout computed in the graph (:func:`cls_rollout`), so the rollout vi
 ``depth * heads * T**2`` floats out of the model.
 
 :func:`load_state_dict` is the one place that maps a checkpoint (timm/DINO names, torch layouts,
-as produced by :mod:`vidattn.models.weights`) onto the Keras variables.
+as produced by :mod:`vidattn.models.state_dict`) onto the Keras variables, and
+:func:`export_state_dict` is its inverse.
 """
 
 from __future__ import annotations
@@ -262,3 +263,22 @@ def load_state_dict(model: ViT, state: dict, source="checkpoint"):
         else:
             variable.assign(value if transform is None else transform(value))
     model.class_tokens.assign(class_tokens)
+
+
+def export_state_dict(model: ViT, dtype=np.float32) -> dict[str, np.ndarray]:
+    """The backbone's weights under canonical names in torch layouts: the inverse of
+    ``load_state_dict`` (kernels transposed, the patch projection back to ``(D, 3, p, p)``, the
+    class-token array split into ``cls_token`` and ``dist_token``). What an official ``.pth`` or
+    a timm safetensors file of the same model holds."""
+    p, d = model.preset.patch_size, model.preset.embed_dim
+    state = {}
+    for name, (variable, to_keras) in model.checkpoint_layout().items():
+        value = np.asarray(variable.numpy())
+        if isinstance(to_keras, int):
+            value = value[:, to_keras : to_keras + 1]
+        elif to_keras is np.transpose:
+            value = value.T
+        elif to_keras is not None:  # (p*p*3, D) kernel -> conv weight (D, 3, p, p)
+            value = value.reshape(p, p, 3, d).transpose(3, 2, 0, 1)
+        state[name] = np.ascontiguousarray(value, dtype=dtype)
+    return state

@@ -7,6 +7,7 @@ queues between them keep memory flat however long the video is.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import queue
 import threading
@@ -20,56 +21,12 @@ from tqdm import tqdm
 from vidattn import attention as am
 from vidattn import render
 from vidattn.errors import VidattnError
+from vidattn.options import VideoOptions
 from vidattn.preprocess import prepare_frames, resize_frame, video_geometry
 from vidattn.video.reader import DEFAULT_FPS, Prefetcher, probe, read_frames
-from vidattn.video.writer import DEFAULT_X264_PRESET, VideoWriter
+from vidattn.video.writer import VideoWriter
 
-VIEWS = ("heads", "mean", "masks", "rollout", "side-by-side")
-SIDE_MAPS = ("mean", "rollout")
-DEFAULT_SIZE = 224
-DEFAULT_BATCH = 8
 HEAD_PANEL_MIN = 240  # heads view: panels are the frame scaled by 1/cols, but not below this
-
-
-@dataclass
-class VideoOptions:
-    """Everything ``vidattn video`` can be told; the CLI's ``--help`` documents each option."""
-
-    view: str = "mean"
-    side_map: str = "mean"
-    size: int = DEFAULT_SIZE
-    full_res: bool = False
-    batch_size: int = DEFAULT_BATCH
-    threshold: float = 0.6
-    alpha: float = 0.5
-    colormap: str = "inferno"
-    captions: bool = True
-    smooth: float = 1.0
-    start: float | None = None
-    end: float | None = None
-    every: int = 1
-    max_frames: int | None = None
-    crf: int = 23
-    x264_preset: str = DEFAULT_X264_PRESET
-    gif_fps: float | None = None
-    gif_width: int | None = None
-    audio: bool = True
-    save_maps: Path | None = None
-    progress: bool = True
-
-    def __post_init__(self):
-        if self.view not in VIEWS:
-            raise VidattnError(f"unknown view {self.view!r}; choose one of {', '.join(VIEWS)}")
-        if self.side_map not in SIDE_MAPS:
-            raise VidattnError(f"side map must be one of {', '.join(SIDE_MAPS)}")
-        if not 0 < self.threshold < 1:
-            raise VidattnError(f"--threshold must be in (0, 1), got {self.threshold}")
-        if self.smooth < 1:
-            raise VidattnError(f"--smooth must be >= 1 (1 = off), got {self.smooth}")
-
-    @property
-    def needs_rollout(self) -> bool:
-        return self.view == "rollout" or (self.view == "side-by-side" and self.side_map == "rollout")
 
 
 @dataclass
@@ -243,13 +200,15 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
     """
     opts = opts or VideoOptions()
     info = probe(src)
+    total = _expected_frames(info, opts)
+    if total and total < opts.batch_size:  # a short run: one smaller batch, no padded frames
+        opts = dataclasses.replace(opts, batch_size=total)
     geometry = video_geometry(
         info.height, info.width, model.preset.patch_size, opts.size, opts.full_res
     )
     kind = model.preset.preprocessing
     make_maps = MapMaker(model, opts, geometry.grid_hw)
     draw = FrameRenderer(model, opts, geometry)
-    total = _expected_frames(info, opts)
     saved_maps, saved_pts = [], []
     started = time.perf_counter()
     written = 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 import weakref
 from fractions import Fraction
 from pathlib import Path
@@ -23,18 +22,13 @@ import cv2
 import numpy as np
 
 from vidattn.errors import VidattnError
+from vidattn.io import temporary_path
+from vidattn.options import DEFAULT_X264_PRESET
 from vidattn.video.reader import FPS_RANGE, open_media
 
 VIDEO_TICKS_PER_S = 90000  # video time base 1/90000: exact for 24, 25, 30, 50, 60, 30000/1001 fps
 GIF_TICKS_PER_S = 100  # GIF delays are centiseconds
 GIF_MAX_FPS = 50  # players stretch delays under 2 cs, so GIF cannot show more than 50 fps
-
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
-                "slower", "veryslow")
-# Encoding shares the cores with the model, so the default is the fastest preset. CPU time per
-# 720p frame measured here at the same CRF: ultrafast 9 ms, superfast 15 ms, veryfast 23 ms, with
-# files about 2.8x and 1.5x the size of veryfast's for the first two (--x264-preset to choose).
-DEFAULT_X264_PRESET = "ultrafast"
 
 _FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".gif": "gif"}
 # Audio codecs each container takes as they are; anything else is re-encoded to AAC.
@@ -142,7 +136,7 @@ class VideoWriter:
                              f"got {fps}, {width}x{height}")
         self.fps = Fraction(fps).limit_denominator(1001)
         self.width, self.height = int(width), int(height)
-        self._temp = _reserve_temporary(self.path)
+        self._temp = temporary_path(self.path)
         options = {"movflags": "+faststart"} if extension in (".mp4", ".mov") else {}
         try:
             self._container = av.open(
@@ -442,20 +436,6 @@ class _AudioTrack:
 
     def _corrupt(self, error):
         return VidattnError(f"corrupt audio data: {error}{_WITHOUT_AUDIO}", self._source)
-
-
-def _reserve_temporary(path: Path) -> Path:
-    """Create an empty ``.NAME.partial-XXXXXXXX.EXT`` next to ``path``: proves it is writable."""
-    if path.is_dir():
-        raise VidattnError("output path is a directory", path)
-    if not path.parent.is_dir():
-        raise VidattnError("output directory does not exist", path)
-    temp = path.with_name(f".{path.name}.partial-{secrets.token_hex(4)}{path.suffix}")
-    try:
-        os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    except OSError as error:
-        raise VidattnError(f"cannot write here ({error.strerror})", path) from error
-    return temp
 
 
 def _discard(container, temp: Path):

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from hypothesis import HealthCheck, settings
 
-from mutate import damaged
+from tests.support.mutate import damaged
 
 # Seeds are large and cases slow by design; examples of one test share its ``scratch`` folder.
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from videos import make_video
+from tests.support.videos import make_video
 
 VIDEOS = {
     "clip.mp4": dict(audio=True),
@@ -63,11 +63,11 @@ def make_images(folder) -> dict[str, Path]:
 
 def demo_state() -> dict[str, np.ndarray]:
     """The bundled demo weights as a canonical state dict."""
-    from vidattn.models import weights
+    from vidattn.models import hub
     from vidattn.models.presets import get_preset
+    from vidattn.models.state_dict import read_checkpoint
 
-    bundled = Path(weights.__file__).parent.parent / "data" / get_preset("demo").packaged_weights
-    return weights.read_checkpoint(bundled)
+    return read_checkpoint(hub.resolve(get_preset("demo")))
 
 
 def make_checkpoints(folder) -> dict[str, Path]:

@@ -1,0 +1,176 @@
+"""What each command can be told: every option, its default and its help, declared once.
+
+The dataclasses here are the single home of the rendering and probing options. The library takes
+them as they are (``render_video(model, src, dst, VideoOptions(view="heads"))``), and the command
+line builds its ``--options`` from their fields (``cli.options_of``): the default, the allowed
+values and the help text each field carries in ``metadata``. So a default changes in one place.
+
+This module imports nothing heavy (no numpy, Keras or OpenCV): ``vidattn --help`` reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from vidattn.errors import VidattnError
+
+__all__ = [
+    "DEFAULT_BATCH", "DEFAULT_SIZE", "DEFAULT_THRESHOLD", "FORMATS", "IMAGE_PROBES",
+    "MODEL_PROBES", "PROBES", "SIDE_MAPS", "VIEWS", "X264_PRESETS", "BatchOptions",
+    "ImageOptions", "VideoOptions", "parse_probes",
+]
+
+DEFAULT_SIZE = 224  # the resolution the presets were trained at (DINOv2's 518 aside)
+DEFAULT_BATCH = 8
+DEFAULT_THRESHOLD = 0.6  # DINO's masks keep 60 % of each head's attention mass
+VIEWS = ("heads", "mean", "masks", "rollout", "side-by-side")
+SIDE_MAPS = ("mean", "rollout")
+FORMATS = ("mp4", "gif")
+IMAGE_PROBES = ("distance", "rollout", "heads", "masks")
+MODEL_PROBES = ("filters", "posembed")
+PROBES = IMAGE_PROBES + MODEL_PROBES
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
+                "slower", "veryslow")
+# Encoding shares the cores with the model, so the default is the fastest preset. CPU time per
+# 720p frame measured here at the same CRF: ultrafast 9 ms, superfast 15 ms, veryfast 23 ms, with
+# files about 2.8x and 1.5x the size of veryfast's for the first two (--x264-preset to choose).
+DEFAULT_X264_PRESET = "ultrafast"
+
+
+def option(default, help: str, **cli):  # noqa: A002 - "help" as click names it
+    """A dataclass field that is also a command-line option: ``help`` is its --help text; ``cli``
+    says how the command line takes it: ``choices`` (a tuple), ``min``/``max`` (bounds, open with
+    ``min_open``/``max_open``), ``type`` (for a None default: int, float or str), ``flag``
+    (False: a bool shown as ``--x/--no-x`` rather than a bare ``--x``)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
+def cli_fields(cls):
+    """The fields of an options dataclass that the command line offers (those with help)."""
+    return [f for f in fields(cls) if "help" in f.metadata]
+
+
+@dataclass
+class VideoOptions:
+    """How ``vidattn video`` renders (and ``vidattn batch`` renders each video)."""
+
+    view: str = option(
+        "mean", "heads: a grid with every head's CLS attention; mean: the head mean; masks: "
+        "DINO's threshold masks, one colour per head; rollout: attention rollout through all "
+        "blocks; side-by-side: the frame beside the map (--side-map).", choices=VIEWS)
+    side_map: str = option("mean", "Map shown by --view side-by-side.", choices=SIDE_MAPS)
+    size: int = option(
+        DEFAULT_SIZE, "Short side, in pixels, of the frames the model sees (aspect kept, padded "
+        "to a multiple of the patch). 224 is what the models were trained at and keeps CPU "
+        "renders near real time. For images (batch): the side of the square centre crop, a "
+        "multiple of the patch.", min=16)
+    full_res: bool = option(
+        False, "Run the model at the native frame size, as DINO's own video demo (slow: tokens "
+        "grow with the area).")
+    batch_size: int = option(DEFAULT_BATCH, "Frames per model call.", min=1)
+    threshold: float = option(
+        DEFAULT_THRESHOLD, "--view masks (and the masks probe of images): share of each head's "
+        "attention mass to keep.", min=0, max=1, min_open=True)
+    alpha: float = option(0.5, "Opacity of the overlay.", min=0, max=1)
+    colormap: str = option("inferno", "Any matplotlib colormap name.")
+    captions: bool = option(True, "Head numbers and frame times on the frames.", flag=False)
+    smooth: float = option(
+        1.0, "Exponential smoothing of the maps across frames, time constant in frames (1 = off; "
+        "3 calms flicker).", min=1)
+    start: float | None = option(None, "Start time in seconds.", type=float, min=0)
+    end: float | None = option(None, "End time in seconds.", type=float, min=0)
+    every: int = option(1, "Keep every N-th frame.", min=1)
+    max_frames: int | None = option(None, "Stop after this many frames.", type=int, min=1)
+    crf: int = option(23, "H.264 quality: lower is better and larger.", min=0, max=51)
+    x264_preset: str = option(
+        DEFAULT_X264_PRESET, "H.264 speed/size trade-off. Slower presets make smaller files for "
+        "the same quality (--crf) but take CPU from the model: at 720p veryfast makes files "
+        "about a third the size for 2.5x the encoding time.", choices=X264_PRESETS)
+    gif_fps: float | None = option(None, "GIF output: frame-rate cap.", type=float, min=0.1)
+    gif_width: int | None = option(None, "GIF output: width cap.", type=int, min=16)
+    audio: bool = option(
+        True, "Copy the input's audio into MP4/MOV/MKV outputs; --no-audio makes a silent video "
+        "(for an input whose audio is damaged or in an unknown codec).", flag=False)
+    save_maps: Path | None = None  # also write the raw per-frame maps here (.npz)
+    progress: bool = True  # a progress bar on stderr
+
+    def __post_init__(self):
+        if self.view not in VIEWS:
+            raise VidattnError(f"unknown view {self.view!r}; choose one of {', '.join(VIEWS)}")
+        if self.side_map not in SIDE_MAPS:
+            raise VidattnError(f"side map must be one of {', '.join(SIDE_MAPS)}")
+        _check_threshold(self.threshold)
+        if self.smooth < 1:
+            raise VidattnError(f"--smooth must be >= 1 (1 = off), got {self.smooth}")
+
+    @property
+    def needs_rollout(self) -> bool:
+        return self.view == "rollout" or (self.view == "side-by-side" and self.side_map == "rollout")
+
+
+def _check_threshold(value: float):
+    if not 0 < value <= 1:
+        raise VidattnError(f"--threshold must be in (0, 1], got {value}")
+
+
+def parse_probes(text: str) -> tuple[str, ...]:
+    """``"all"`` or a comma list such as ``"distance,heads"`` -> probe names in canonical order."""
+    names = {t.strip() for t in text.split(",") if t.strip()}
+    if "all" in names:
+        return PROBES
+    unknown = sorted(names - set(PROBES))
+    if unknown or not names:
+        raise VidattnError(f"unknown probe(s) {', '.join(unknown) or repr(text)}; choose all or "
+                           f"any of {','.join(PROBES)}")
+    return tuple(p for p in PROBES if p in names)
+
+
+@dataclass
+class ImageOptions:
+    """What ``vidattn image`` probes (and ``vidattn batch`` probes on each image)."""
+
+    probes: tuple[str, ...] | str = option(
+        "all", "Comma-separated probes: distance, rollout, heads, masks (per image), filters, "
+        "posembed (per model).", metavar="all|LIST")
+    size: int = option(
+        DEFAULT_SIZE, "Side of the square centre crop the model sees (a multiple of the patch).",
+        min=1)
+    threshold: float = option(
+        DEFAULT_THRESHOLD, "masks: share of each head's attention mass to keep.", min=0, max=1,
+        min_open=True)
+
+    def __post_init__(self):
+        if isinstance(self.probes, str):
+            self.probes = parse_probes(self.probes)
+        _check_threshold(self.threshold)
+
+    @property
+    def image_probes(self) -> list[str]:
+        """The per-image probes asked for, in canonical order."""
+        return [p for p in IMAGE_PROBES if p in self.probes]
+
+    @property
+    def model_probes(self) -> list[str]:
+        """The per-model probes asked for, in canonical order."""
+        return [p for p in MODEL_PROBES if p in self.probes]
+
+
+@dataclass
+class BatchOptions:
+    """What ``vidattn batch`` is told besides its folders.
+
+    video: the options of every video render (its ``progress`` and ``save_maps`` are ignored:
+    batch shows one bar over the files). image: the probes of every image. The rest are options.
+    """
+
+    video: VideoOptions = field(default_factory=VideoOptions)
+    image: ImageOptions = field(default_factory=ImageOptions)
+    format: str = option("mp4", "Container of the rendered videos.", choices=FORMATS)
+    overwrite: bool = False  # also replace outputs the manifest does not know (OUTDIR's own)
+    progress: bool = True  # a bar over the files
+    raise_unexpected: bool = False  # let a bug's exception out instead of recording it (--debug)
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise VidattnError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}")
