@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Benchmark vidattn on this machine and print one table (also written as JSON).
 
-    python scripts/bench.py [--quick] [--only startup,model,torch,ceiling,e2e,memory,rollout]
+    python scripts/bench.py [--quick]
+        [--only startup,model,torch,families,ceiling,e2e,memory,rollout]
                             [--json out/bench.json] [--cache out/bench-cache]
 
 Parts (all by default, in this order):
@@ -19,6 +20,10 @@ Parts (all by default, in this order):
   ``output_attentions`` for "last", sdpa without attentions for "none"), each timed in
   alternation with ours on the same pixels: the "ours vs torch" rows' ratio (> 1: ours is
   faster) compares calls made in the same seconds.
+- ``families``: ``Model.run(attention="last")`` of dinov2_vits14_reg and dinov3_vits16 (random
+  weights) against Hugging Face's ``Dinov2WithRegistersModel`` and ``DINOv3ViTModel`` with eager
+  attention returning every block's attention (the only way it gives attention), at 224x224 and
+  224x400 (224x392 for patch 14), batch 8, timed in alternation.
 - ``ceiling``: float32 matmul GFLOP/s on the active Keras backend (2048^3 and the model's largest
   matmul) and in numpy (OpenBLAS); the fastest of them is the ceiling, and the ``model`` rates
   turned into GFLOP/s (analytic FLOPs) are shown as % of it.
@@ -64,7 +69,9 @@ from vidattn.options import DEFAULT_BATCH, DEFAULT_SIZE, VIEWS, VideoOptions  # 
 from vidattn.preprocess import video_geometry  # noqa: E402
 from vidattn.runtime import keep_freed_memory  # noqa: E402
 
-PARTS = ("startup", "model", "torch", "ceiling", "e2e", "memory", "rollout")
+PARTS = ("startup", "model", "torch", "families", "ceiling", "e2e", "memory", "rollout")
+FAMILY_PRESETS = ("dinov2_vits14_reg", "dinov3_vits16")
+FAMILY_HW = ((224, 224), (224, 400))  # the width is rounded down to whole patches (392 at 14)
 PRESET = "dino_vits16"
 ROLLOUT_PRESET = "dino_vits8"
 ROLLOUT_HW, ROLLOUT_QUICK_HW = (480, 848), (240, 424)  # 6361 and 1591 tokens with patch 8
@@ -163,9 +170,9 @@ def vit_flops(preset: Preset, input_hw) -> float:
     GELU (O(T * D) and O(heads * T^2) elementwise work) are left out."""
     p, d = preset.patch_size, preset.embed_dim
     patches = (input_hw[0] // p) * (input_hw[1] // p)
-    t = preset.num_class_tokens + patches
-    hidden = int(d * preset.mlp_ratio)
-    per_block = t * d * 3 * d + 2 * t * t * d + t * d * d + 2 * t * d * hidden
+    t = preset.num_prefix_tokens + patches
+    mlp = (3 if preset.mlp == "swiglu" else 2) * t * d * preset.hidden
+    per_block = t * d * 3 * d + 2 * t * t * d + t * d * d + mlp
     return 2.0 * (patches * p * p * 3 * d + preset.depth * per_block)
 
 
@@ -404,6 +411,46 @@ def part_torch(bench):
                                   note=f"{my_spread}; calls alternate with torch's"))
 
 
+# -- part: families --------------------------------------------------------------------------
+
+
+def part_families(bench):
+    import torch
+
+    from tests.support.families import hf_dinov2, hf_dinov3
+
+    torch.set_num_threads(os.cpu_count())
+    device = bench.args.torch_device
+    for name in FAMILY_PRESETS:
+        preset = get_preset(name)
+        reference = (hf_dinov2 if preset.family == "dinov2" else hf_dinov3)(preset)
+        reference = reference.eval().to(device)
+        ours = bench.model(name)
+        p = preset.patch_size
+        for hw in FAMILY_HW:
+            hw = (hw[0] // p * p, hw[1] // p * p)
+            x = torch.randn(DEFAULT_BATCH, 3, *hw, device=device)
+            x_ours = x.permute(0, 2, 3, 1).cpu().numpy()
+
+            def call(x=x):
+                with torch.inference_mode():
+                    out = reference(pixel_values=x, output_attentions=True)
+                    out.last_hidden_state[:, 0].cpu().numpy()
+                    out.attentions[-1].cpu().numpy()
+
+            def call_ours(x=x_ours):
+                ours.run(x, attention="last")
+
+            (theirs, spread), (mine, my_spread) = paired_seconds(call, call_ours, bench.effort)
+            bench.rows.append(Row(f"{name}: HF eager +attentions", hw_str(hw), DEFAULT_BATCH,
+                                  DEFAULT_BATCH / theirs, "img/s",
+                                  note=f"{spread}; {type(reference).__name__} on {device}"))
+            bench.rows.append(Row(f"{name}: ours, attention=last", hw_str(hw), DEFAULT_BATCH,
+                                  DEFAULT_BATCH / mine, "img/s", DEFAULT_BATCH / theirs,
+                                  "HF eager", theirs / mine,
+                                  note=f"{my_spread}; calls alternate with HF's"))
+
+
 # -- part: ceiling ---------------------------------------------------------------------------
 
 
@@ -438,8 +485,8 @@ def part_ceiling(bench):
     import keras
 
     preset = get_preset(PRESET)
-    tokens = preset.num_class_tokens + math.prod(bench.video_geo.grid_hw)
-    fc1 = (DEFAULT_BATCH * tokens, preset.embed_dim, int(preset.embed_dim * preset.mlp_ratio))
+    tokens = preset.num_prefix_tokens + math.prod(bench.video_geo.grid_hw)
+    fc1 = (DEFAULT_BATCH * tokens, preset.embed_dim, preset.hidden)
     backend = keras.backend.backend()
     ceiling = 0.0
     for label, mkn, use_numpy in (("2048^3", (2048,) * 3, False),
@@ -676,7 +723,7 @@ def part_rollout(bench):
     x = rng.standard_normal((1, *hw, 3), np.float32)
     k = bench.effort.rollout_iters
     once = replace(bench.effort, warmup=1, min_iters=k, max_iters=k, budget_s=0.0)
-    tokens = preset.num_class_tokens + (hw[0] // preset.patch_size) * (hw[1] // preset.patch_size)
+    tokens = preset.num_prefix_tokens + (hw[0] // preset.patch_size) * (hw[1] // preset.patch_size)
     means = rng.random((preset.depth, 1, tokens, tokens), np.float32)
     means = [keras.ops.convert_to_tensor(m / m.sum(-1, keepdims=True)) for m in means]
     alone = compiled(cls_rollout)
@@ -778,7 +825,7 @@ def main(argv=None):
     if args.memory_worker:
         memory_worker(args.memory_worker[0], int(args.memory_worker[1]))
         return 0
-    if "torch" in args.parts and args.torch_device == "auto":
+    if {"torch", "families"} & set(args.parts) and args.torch_device == "auto":
         try:
             import torch
         except ImportError:
@@ -790,7 +837,8 @@ def main(argv=None):
     bench = Bench(args)
     head = header(args)
     errors = {}
-    runners = {"startup": part_startup, "model": part_model, "torch": part_torch, "ceiling": part_ceiling,
+    runners = {"startup": part_startup, "model": part_model, "torch": part_torch,
+               "families": part_families, "ceiling": part_ceiling,
                "e2e": part_e2e, "memory": part_memory, "rollout": part_rollout}
     for part in PARTS:
         if part not in args.parts:

@@ -88,7 +88,8 @@ def models():
     rows = [("preset", "patch", "width", "depth", "heads", "tokens", "input", "weights", "licence",
              "here")]
     for p in PRESETS.values():
-        tokens = "cls" if p.num_class_tokens == 1 else "cls+dist"
+        tokens = "+".join(["cls", "dist"][: p.num_class_tokens]
+                          + [f"{p.num_register_tokens}reg"] * bool(p.num_register_tokens))
         rows.append((p.name, p.patch_size, p.embed_dim, p.depth, p.num_heads, tokens,
                      p.preprocessing, p.weights_format or "-", p.licence,
                      cached_weights(p) or "-"))
@@ -104,11 +105,10 @@ def source_of(preset) -> str:
     """Where a preset's weights come from, in one line."""
     if preset.packaged_weights:
         return f"vidattn/data/{preset.packaged_weights}"
-    if preset.weights_url:
-        return preset.weights_url
-    if preset.hf_repo:
-        return f"https://huggingface.co/{preset.hf_repo} ({preset.hf_file})"
-    return f"gated: request at {preset.gated}" if preset.gated else "none: pass --weights PATH"
+    hub = f"https://huggingface.co/{preset.hf_repo}" if preset.hf_repo else None
+    if preset.gated:
+        return f"gated by its licence: request at {preset.gated}" + f" or {hub}" * bool(hub)
+    return " or ".join(s for s in (preset.weights_url, hub) if s) or "none: pass --weights PATH"
 
 
 def _model_options(fn):
@@ -244,9 +244,13 @@ def image(images, outdir, preset, weights, checkpoint_key, overwrite, quiet, **k
       rollout   attention rollout through all blocks: input | map x image | overlay
       heads     the last block's CLS attention, one overlay per head
       masks     DINO's masks: the fewest patches holding --threshold of each head's attention
+      registers share of the CLS attention on the registers, per block and head (DINOv2 *_reg,
+                DINOv3: "Vision Transformers Need Registers")
+      norms     norms of the output patch tokens before the final norm: high-norm artifacts
       filters   the first 128 patch-projection filters (per model)
       posembed  dot-product similarity of the position embeddings (per model)
-    Presets with an ImageNet-1k head (vit_b16, deit_*) also get their top-5 classes.
+    Presets with an ImageNet-1k head (vit_b16, deit_*) also get their top-5 classes. Register
+    and storage tokens take part in attention but never appear in a map.
 
     \b
     Output:

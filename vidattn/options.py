@@ -27,7 +27,7 @@ DEFAULT_THRESHOLD = 0.6  # DINO's masks keep 60 % of each head's attention mass
 VIEWS = ("heads", "mean", "masks", "rollout", "side-by-side")
 SIDE_MAPS = ("mean", "rollout")
 FORMATS = ("mp4", "gif")
-IMAGE_PROBES = ("distance", "rollout", "heads", "masks")
+IMAGE_PROBES = ("distance", "rollout", "heads", "masks", "registers", "norms")
 MODEL_PROBES = ("filters", "posembed")
 PROBES = IMAGE_PROBES + MODEL_PROBES
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
@@ -131,8 +131,10 @@ class ImageOptions:
     """What ``vidattn image`` probes (and ``vidattn batch`` probes on each image)."""
 
     probes: tuple[str, ...] | str = option(
-        "all", "Comma-separated probes: distance, rollout, heads, masks (per image), filters, "
-        "posembed (per model).", metavar="all|LIST")
+        "all", "Comma-separated probes: distance, rollout, heads, masks, registers, norms (per "
+        "image), filters, posembed (per model). A probe a model cannot have (registers without "
+        "registers, posembed without learned positions) is skipped and said so.",
+        metavar="all|LIST")
     size: int = option(
         DEFAULT_SIZE, "Side of the square centre crop the model sees (a multiple of the patch).",
         min=1)

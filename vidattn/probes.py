@@ -65,9 +65,9 @@ def check_size(model, size: int) -> None:
 def mean_distances(model, attns, grid_hw) -> np.ndarray:
     """Mean attention distance in pixels, ``(N, depth, heads)``, from the per-block attention
     ``model.run(..., attention="all")`` returns (a list of ``(N, heads, T, T)``, first block
-    first), with the model's class tokens removed and its patch size as the unit."""
-    p, n_cls = model.preset.patch_size, model.preset.num_class_tokens
-    return np.stack([am.mean_attention_distance(a, n_cls, grid_hw, p) for a in attns], axis=1)
+    first), with the model's prefix tokens removed and its patch size as the unit."""
+    p, n_prefix = model.preset.patch_size, model.preset.num_prefix_tokens
+    return np.stack([am.mean_attention_distance(a, n_prefix, grid_hw, p) for a in attns], axis=1)
 
 
 def average_mean_distance(model, images, size: int = DEFAULT_SIZE, batch_size: int = 8) -> np.ndarray:
@@ -100,12 +100,29 @@ def average_mean_distance(model, images, size: int = DEFAULT_SIZE, batch_size: i
 def rollout_maps(model, rows, grid_hw) -> np.ndarray:
     """Attention rollout through every block, from ``model.run(..., rollout=True)["rollout"]``
     ``(N, T)`` -> ``(N, gh, gw)`` peaking at 1 (see ``attention.rollout_map``)."""
-    return am.rollout_map(rows, model.preset.num_class_tokens, grid_hw)
+    return am.rollout_map(rows, model.preset.num_prefix_tokens, grid_hw)
 
 
 def head_maps(model, attns, grid_hw) -> np.ndarray:
     """The last block's CLS attention per head, ``(N, heads, gh, gw)``, unscaled."""
-    return am.cls_maps(attns[-1], model.preset.num_class_tokens, grid_hw)
+    return am.cls_maps(attns[-1], model.preset.num_prefix_tokens, grid_hw)
+
+
+def register_shares(model, attns) -> np.ndarray:
+    """The share of the CLS token's attention that goes to the registers, per block and head,
+    ``(N, depth, heads)``, from every block's attention."""
+    start = model.preset.num_class_tokens
+    stop = start + model.preset.num_register_tokens
+    return np.stack([am.cls_share(a, start, stop) for a in attns], axis=1)
+
+
+def not_applicable(model, probe: str) -> str | None:
+    """Why ``model`` cannot have ``probe``, or None when it can."""
+    if probe == "registers" and not model.preset.num_register_tokens:
+        return "the model has no register tokens"
+    if probe == "posembed" and model.patch_position_embeddings() is None:
+        return "the model has no learned position embeddings (RoPE)"
+    return None
 
 
 def top_classes(model, logits, k: int = 5) -> list[dict]:
@@ -154,10 +171,12 @@ class Analysis:
     image_hw:  ``(H, W)`` of the source image.
     display:   uint8 ``(size, size, 3)``, the crop the model saw.
     grid_hw:   ``(gh, gw)`` patch grid.
-    tokens:    tokens per image, class tokens included.
+    tokens:    tokens per image, prefix tokens included.
     distances: ``(depth, heads)`` mean attention distance in pixels.
     rollout:   ``(gh, gw)`` rollout map, peak 1.
     heads:     ``(heads, gh, gw)`` last-block CLS attention.
+    registers: ``(depth, heads)`` share of the CLS attention that goes to the registers.
+    norms:     ``(gh, gw)`` norms of the output patch tokens before the final norm.
     logits:    ``(C,)`` where the preset has a head.
     """
 
@@ -168,32 +187,38 @@ class Analysis:
     distances: np.ndarray | None = None
     rollout: np.ndarray | None = None
     heads: np.ndarray | None = None
+    registers: np.ndarray | None = None
+    norms: np.ndarray | None = None
     logits: np.ndarray | None = None
 
 
 def analyse(model, image, size: int = DEFAULT_SIZE, probes=IMAGE_PROBES) -> Analysis:
     """Run the model once on an image (a path or uint8 RGB ``(H, W, 3)``) for ``probes``.
 
-    Only as much attention as the probes need leaves the model: every block for ``distance``,
-    the last for ``heads`` and ``masks``, none otherwise (top-5 needs only logits); ``rollout``
-    is computed inside the model.
+    Only as much attention as the probes need leaves the model: every block for ``distance`` and
+    ``registers``, the last for ``heads`` and ``masks``, none otherwise (top-5 needs only
+    logits); ``rollout`` is computed inside the model, and the patch tokens leave it only for
+    ``norms``.
     """
     check_size(model, size)
     pixels = image if isinstance(image, np.ndarray) else load_image(image)
     probes = set(probes)
-    mode = "all" if "distance" in probes else "last" if probes & {"heads", "masks"} else "none"
+    mode = ("all" if probes & {"distance", "registers"} else
+            "last" if probes & {"heads", "masks"} else "none")
     out = model.run(preprocess_image(pixels, model.preset.preprocessing, size), attention=mode,
-                    rollout="rollout" in probes)
+                    rollout="rollout" in probes, tokens="norms" in probes)
     attns = out["attention"]
     grid = (size // model.preset.patch_size,) * 2
     return Analysis(
         image_hw=tuple(pixels.shape[:2]),
         display=display_image(pixels, size),
         grid_hw=grid,
-        tokens=model.preset.num_class_tokens + grid[0] * grid[1],
+        tokens=model.preset.num_prefix_tokens + grid[0] * grid[1],
         distances=mean_distances(model, attns, grid)[0] if "distance" in probes else None,
         rollout=rollout_maps(model, out["rollout"], grid)[0] if "rollout" in probes else None,
         heads=head_maps(model, attns, grid)[0] if probes & {"heads", "masks"} else None,
+        registers=register_shares(model, attns)[0] if "registers" in probes else None,
+        norms=out["patch_norms"][0].reshape(grid) if "norms" in probes else None,
         logits=out["logits"][0] if "logits" in out else None,
     )
 
@@ -316,6 +341,51 @@ def masks_figure(model, display, masks, keep: float, name: str = "") -> Figure:
     return _panel_figure(model, what, panels)
 
 
+def registers_figure(model, shares, name: str = "") -> Figure:
+    """The share of the CLS token's attention that goes to the registers, ``(depth, heads)``, as
+    a block x head grid with each cell's percentage."""
+    depth, heads = shares.shape
+    what = _named(f"CLS attention on the {model.preset.num_register_tokens} registers", name)
+    fig = _figure(model, what, max(6.0, 0.7 * heads + 2.5), max(5.0, 0.42 * depth + 2))
+    ax = fig.add_subplot()
+    shown = ax.imshow(100 * shares, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    for (b, h), value in np.ndenumerate(100 * shares):
+        ax.text(h, b, f"{value:.0f}", ha="center", va="center", fontsize=7,
+                color="black" if value > 60 else "white")
+    ax.set_xlabel("head")
+    ax.set_ylabel("block")
+    ax.set_xticks(range(heads))
+    ax.set_yticks(range(depth))
+    fig.colorbar(shown, ax=ax, shrink=0.85, label="% of the CLS attention")
+    return fig
+
+
+def norms_figure(model, display, norms, name: str = "") -> Figure:
+    """Output patch-token norms ``(gh, gw)``, taken before the final LayerNorm (which would
+    even them out; this is where the high-norm artifact tokens of a ViT without registers live,
+    as in dinov2 issue 373): the crop, the norm of each patch over it (whole patches, so a lone
+    high-norm token stays one cell), and their histogram, where artifacts are a separate mode."""
+    p = model.preset.patch_size
+    low, span = norms.min(), np.ptp(norms)
+    scaled = (norms - low) / span if span > 0 else np.zeros_like(norms)
+    heat = render.map_to_frame(scaled, display.shape[:2], None, p, "nearest")
+    fig = _figure(model, _named("Output patch-token norms (before the final norm)", name), 13,
+                  4.6)
+    axes = fig.subplots(1, 3)
+    axes[0].imshow(display)
+    axes[0].set_title("Input (the crop the model saw)", fontsize=11)
+    axes[1].imshow(heat_overlay(display, heat, alpha=0.75))
+    axes[1].set_title(f"Norm per patch ({low:.1f} dark to {norms.max():.1f} bright)", fontsize=11)
+    for ax in axes[:2]:
+        ax.set_axis_off()
+    axes[2].hist(norms.ravel(), bins=40 if np.ptp(norms) > 0 else 1, color="slategray")
+    axes[2].set_xlabel("patch-token norm")
+    axes[2].set_ylabel("patches")
+    axes[2].axvline(float(np.median(norms)), color="firebrick", lw=1, label="median")
+    axes[2].legend(fontsize=9)
+    return fig
+
+
 def filters_figure(model, filters) -> Figure:
     """Patch-projection filters ``(n, p, p, 3)`` in [0, 1] as one mosaic, 16 per row."""
     n, p = filters.shape[:2]
@@ -372,13 +442,13 @@ def folder_names(paths) -> list[str]:
 
 
 def write_model_probes(model, folder, probes=MODEL_PROBES) -> dict[str, str]:
-    """Write the model-level figures among ``probes`` into ``folder`` (replacing any there) ->
-    ``{probe: file name}``."""
+    """Write the model-level figures among ``probes`` that the model can have into ``folder``
+    (replacing any there) -> ``{probe: file name}``."""
     figures = {
         "filters": lambda: filters_figure(model, filter_images(model)),
         "posembed": lambda: posembed_figure(model, position_similarity(model)),
     }
-    wanted = [p for p in MODEL_PROBES if p in probes]
+    wanted = [p for p in MODEL_PROBES if p in probes and not not_applicable(model, p)]
     if wanted:
         Path(folder).mkdir(parents=True, exist_ok=True)
     for probe in wanted:
@@ -404,7 +474,8 @@ def probe_image(model, path, outdir, opts: ImageOptions | None = None,
     """
     opts = opts or ImageOptions()
     outdir, size, threshold = Path(outdir), opts.size, opts.threshold
-    wanted = opts.image_probes
+    skipped = {q: why for q in opts.image_probes if (why := not_applicable(model, q))}
+    wanted = [q for q in opts.image_probes if q not in skipped]
     pixels = load_image(path)
     if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())) and not overwrite:
         raise VidattnError("output folder exists (use --overwrite to replace it)", outdir)
@@ -417,6 +488,8 @@ def probe_image(model, path, outdir, opts: ImageOptions | None = None,
         "rollout": lambda: rollout_figure(model, a.display, a.rollout, name, top),
         "heads": lambda: heads_figure(model, a.display, a.heads, name),
         "masks": lambda: masks_figure(model, a.display, masks, threshold, name),
+        "registers": lambda: registers_figure(model, a.registers, name),
+        "norms": lambda: norms_figure(model, a.display, a.norms, name),
     }
     try:
         outdir.mkdir(parents=True, exist_ok=True)
@@ -435,6 +508,7 @@ def probe_image(model, path, outdir, opts: ImageOptions | None = None,
             "preset": model.preset.name, "weights": model.weights_label,
             "random_weights": model.is_random, "patch_size": p, "depth": model.preset.depth,
             "heads": model.preset.num_heads, "class_tokens": model.preset.num_class_tokens,
+            "register_tokens": model.preset.num_register_tokens,
         },
         "shapes": {
             "input": [1, size, size, 3], "grid": list(a.grid_hw), "tokens": a.tokens,
@@ -443,6 +517,8 @@ def probe_image(model, path, outdir, opts: ImageOptions | None = None,
         "probes": wanted,
         "files": {probe: f"{probe}.png" for probe in wanted},
     }
+    if skipped:
+        record["skipped"] = skipped
     if a.distances is not None:
         record["mean_attention_distance"] = {
             "unit": "pixels", "per_block_head": a.distances.tolist(),
@@ -456,6 +532,21 @@ def probe_image(model, path, outdir, opts: ImageOptions | None = None,
         record["head_peaks"] = [list(am.peak_location(m)) for m in a.heads]
     if masks is not None:
         record["masks"] = {"keep": threshold, "patches_per_head": masks.sum((1, 2)).tolist()}
+    if a.registers is not None:
+        record["register_attention"] = {
+            "meaning": "share of the CLS token's attention on the registers",
+            "per_block_head": a.registers.tolist(),
+            "per_block_mean": a.registers.mean(axis=1).tolist(),
+        }
+    if a.norms is not None:
+        median = float(np.median(a.norms))
+        order = np.argsort(-a.norms, axis=None, kind="stable")[:5]
+        record["patch_token_norms"] = {
+            "median": median, "max": float(a.norms.max()),
+            "max_over_median": float(a.norms.max() / median) if median > 0 else None,
+            "top5": [[int(r), int(c), float(a.norms[r, c])]
+                     for r, c in zip(*np.unravel_index(order, a.norms.shape))],
+        }
     if top is not None:
         record["top5"] = top
     with atomic_path(outdir / "probes.json") as tmp:

@@ -98,7 +98,8 @@ def write_index(outdir, model, entries, model_files, model_folder, failures=()):
     title = f"vidattn probes · {p.name} · {model.weights_label}"
     body = [f"<h1>{escape(title)}</h1>",
             f'<p class="meta">{len(entries)} image(s); ViT patch {p.patch_size}, depth {p.depth}, '
-            f"{p.num_heads} heads, {p.num_class_tokens} class token(s)</p>"]
+            f"{p.num_heads} heads, {p.num_class_tokens} class token(s), "
+            f"{p.num_register_tokens} register(s)</p>"]
     if model.is_random:
         body.append('<p class="random">RANDOM (untrained) WEIGHTS: these maps are noise, not what '
                     "a trained model attends to.</p>")

@@ -18,25 +18,32 @@ from vidattn.models.presets import get_preset
 from vidattn.models.vit import ViT, load_state_dict
 
 
-def planted_model(patch=16, depth=2, heads=2, dim=32, grid=14, gain=6.0, name="planted") -> Model:
+def planted_model(patch=16, depth=2, heads=2, dim=32, grid=14, gain=6.0, name="planted",
+                  registers=0) -> Model:
+    """The planted model; with ``registers``, that many register tokens after CLS (as DINOv2's)
+    that look redder than any patch, so they draw most of the attention: maps must still peak on
+    the red patches, since registers never appear in them."""
     preset = dataclasses.replace(
         get_preset("dino_vits16"), name=name, patch_size=patch, embed_dim=dim, depth=depth,
-        num_heads=heads, image_size=grid * patch,
+        num_heads=heads, image_size=grid * patch, num_register_tokens=registers,
     )
-    hidden = int(dim * preset.mlp_ratio)
+    hidden = preset.hidden
     redness = np.zeros((dim, 3, patch, patch), np.float32)
     redness[0] = np.array([1.0, -0.5, -0.5])[:, None, None] / patch**2
     proj_bias = np.zeros(dim, np.float32)
     proj_bias[1] = 1.0
     state = {
         "cls_token": np.zeros((1, 1, dim), np.float32),
-        "pos_embed": np.zeros((1, preset.num_tokens, dim), np.float32),
+        "pos_embed": np.zeros((1, 1 + grid * grid, dim), np.float32),
         "patch_embed.proj.weight": redness,
         "patch_embed.proj.bias": proj_bias,
         "norm.weight": np.ones(dim, np.float32),
         "norm.bias": np.zeros(dim, np.float32),
     }
     state["cls_token"][0, 0, 1] = 1.0
+    if registers:
+        state["register_tokens"] = np.zeros((1, registers, dim), np.float32)
+        state["register_tokens"][0, :, :2] = (6.0, 1.0)  # redder than pure red (4.2): 3/4 of it
     qkv_w = np.zeros((3 * dim, dim), np.float32)
     qkv_b = np.zeros(3 * dim, np.float32)
     qkv_b[:dim] = gain  # every query: a constant

@@ -113,7 +113,7 @@ class MapMaker:
 
     def __init__(self, model, opts: VideoOptions, grid_hw):
         self.model, self.opts, self.grid_hw = model, opts, grid_hw
-        self.n_cls = model.preset.num_class_tokens
+        self.n_prefix = model.preset.num_prefix_tokens
         self._state = None
 
     def __call__(self, inputs):
@@ -123,10 +123,10 @@ class MapMaker:
             inputs = np.concatenate([inputs, np.repeat(inputs[-1:], o.batch_size - n, 0)])
         if o.needs_rollout:
             out = self.model.run(inputs, rollout=True)
-            maps = am.rollout_map(out["rollout"][:n], self.n_cls, self.grid_hw)[:, None]
+            maps = am.rollout_map(out["rollout"][:n], self.n_prefix, self.grid_hw)[:, None]
         else:
             out = self.model.run(inputs, attention="last")
-            maps = am.cls_maps(out["attention"][-1][:n], self.n_cls, self.grid_hw)
+            maps = am.cls_maps(out["attention"][-1][:n], self.n_prefix, self.grid_hw)
             if o.view in ("mean", "side-by-side"):
                 maps = am.head_mean(maps)[:, None]
         maps = np.ascontiguousarray(maps, np.float32)
