@@ -21,7 +21,7 @@ from tests.support.videos import (
 from vidattn.errors import VidattnError
 from vidattn.options import VideoOptions
 from vidattn.preprocess import video_geometry
-from vidattn.render import map_to_frame
+from vidattn.draw import map_to_frame
 from vidattn.video.pipeline import render_video
 
 QUIET = dict(progress=False)

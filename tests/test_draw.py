@@ -1,11 +1,11 @@
-"""vidattn.render: matplotlib-exact colours, map-to-frame geometry, blends, layouts, captions."""
+"""vidattn.draw: matplotlib-exact colours, map-to-frame geometry, blends, layouts, captions."""
 
 import matplotlib
 import numpy as np
 import pytest
 
 from vidattn.errors import VidattnError
-from vidattn.render import (
+from vidattn.draw import (
     apply_colormap,
     caption,
     colormap_lut,
