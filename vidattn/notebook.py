@@ -86,7 +86,7 @@ def _weights_key(weights):
 
 
 def clear_model_cache() -> None:
-    """Forget the models ``model_for`` keeps (their memory is freed once nothing else holds them)."""
+    """Forget the models ``model_for`` keeps (freed once nothing else holds them)."""
     _cached_model.cache_clear()
 
 
@@ -97,13 +97,13 @@ def _cached_model(preset: str, weights_key, checkpoint_key) -> Model:
     return load_model(preset, weights=weights, **extra)
 
 
-def _takes_options(cls, skip=()):
-    """Decorator: the function's ``**options`` are the fields of the options dataclass ``cls``
-    (less ``skip``): its signature lists them with their defaults (Jupyter's Shift-Tab shows
-    them) and its docstring ends with their help, both read from the fields."""
+def _takes_options(cls):
+    """Decorator: the function's ``**options`` are the fields of the options dataclass ``cls``:
+    its signature lists them with their defaults (Jupyter's Shift-Tab shows them) and its
+    docstring ends with their help, both read from the fields."""
 
     def decorate(fn):
-        chosen = [f for f in dataclasses.fields(cls) if f.name not in skip]
+        chosen = dataclasses.fields(cls)
         sig = inspect.signature(fn)
         params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
         params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
@@ -171,11 +171,14 @@ class ProbeResult:
 
     @functools.cached_property
     def _html(self) -> str:
-        urls = {probe: _data_uri(pr.png_bytes(make()), "image/png")
-                for probe, make in pr.image_figures(self.model, self.measured).items()}
-        model_urls = {probe: _data_uri(pr.png_bytes(make()), "image/png")
-                      for probe, make in pr.model_figures(self.model, self.opts.model_probes).items()}
-        return report.probe_html(self.model, self.record, urls, model_urls)
+        """The report's section of this image with its figures embedded, drawn when first shown."""
+
+        def embedded(makers):
+            return {p: _data_uri(pr.png_bytes(make()), "image/png") for p, make in makers.items()}
+
+        return report.probe_html(self.model, self.record,
+                                 embedded(pr.image_figures(self.model, self.measured)),
+                                 embedded(pr.model_figures(self.model, self.opts.model_probes)))
 
     def _repr_html_(self) -> str:
         return self._html

@@ -18,7 +18,8 @@ from vidattn.io import atomic_path
 _PAGE_CSS = "body { margin: 2em auto; max-width: 1200px; padding: 0 1em; }"
 _CSS = """
 .vidattn { font: 15px/1.45 system-ui, sans-serif; color: #222; }
-.vidattn h1 { margin-bottom: 0.2em; } .vidattn h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
+.vidattn h1 { margin-bottom: 0.2em; }
+.vidattn h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
 .vidattn .random { background: #b22222; color: #fff; padding: 0.6em 1em; font-weight: bold; }
 .vidattn .errors { background: #fff3f3; border-left: 4px solid #b22222; padding: 0.5em 1em; }
 .vidattn .figs { display: flex; flex-wrap: wrap; gap: 12px; }
