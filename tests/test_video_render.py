@@ -18,11 +18,11 @@ from tests.support.videos import (
     make_video,
     make_zero_frame_video,
 )
+from vidattn.draw import map_to_frame
 from vidattn.errors import VidattnError
 from vidattn.models.presets import get_preset
 from vidattn.options import VideoOptions
 from vidattn.preprocess import video_geometry
-from vidattn.render import map_to_frame
 from vidattn.video.pipeline import render_video
 
 QUIET = dict(progress=False)

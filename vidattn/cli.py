@@ -14,7 +14,7 @@ import click
 
 from vidattn.errors import VidattnError, one_line
 from vidattn.interrupts import Interrupts, exit_status, signal_of
-from vidattn.options import BatchOptions, ImageOptions, VideoOptions, cli_fields
+from vidattn.options import DEFAULT_PRESET, BatchOptions, ImageOptions, VideoOptions, cli_fields
 
 
 def _friendly_errors(fn):
@@ -124,7 +124,7 @@ def _model_options(fn):
         "Default: the preset's official weights, from a cache or downloaded once.",
     )(fn)
     return click.option(
-        "--model", "-m", "preset", default="dino_vits16", show_default=True, metavar="PRESET",
+        "--model", "-m", "preset", default=DEFAULT_PRESET, show_default=True, metavar="PRESET",
         help="Model preset; `vidattn models` lists them.",
     )(fn)
 
@@ -263,36 +263,19 @@ def image(images, outdir, preset, weights, checkpoint_key, overwrite, quiet, **k
     that crop. An image that cannot be read (or whose folder exists, without --overwrite) gets
     one error line; the others are still done, and the exit status is 1.
     """
-    from pathlib import Path
+    from tqdm.auto import tqdm
 
-    from tqdm import tqdm
+    from vidattn.probes import probe_images
 
-    from vidattn import probes as pr
-    from vidattn.report import write_index
+    def report(err):
+        tqdm.write(one_line(f"vidattn: error: {err}"), file=sys.stderr)
 
     opts = options_from(ImageOptions, kw)
     model = _load(preset, weights, checkpoint_key, quiet)
-    pr.check_size(model, opts.size)
-    out = Path(outdir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise VidattnError("output path exists and is not a folder", out) from None
-    model_files = pr.write_model_probes(model, out / pr.MODEL_FOLDER, opts.model_probes)
-    entries, failures = [], []
-    names = pr.folder_names(images)
-    for path, name in zip(tqdm(images, unit="image", disable=quiet, dynamic_ncols=True), names):
-        try:
-            record = pr.probe_image(model, path, out / name, opts, overwrite)
-        except VidattnError as err:
-            tqdm.write(one_line(f"vidattn: error: {err}"), file=sys.stderr)
-            failures.append(str(err))
-            continue
-        entries.append((name, record))
-    index = write_index(out, model, entries, model_files, pr.MODEL_FOLDER, failures)
+    run = probe_images(model, images, outdir, opts, overwrite, progress=not quiet, on_error=report)
     if not quiet:
-        click.echo(f"wrote {index} ({len(entries)} of {len(images)} images)", err=True)
-    if failures:
+        click.echo(f"wrote {run.index} ({len(run.entries)} of {len(images)} images)", err=True)
+    if run.failures:
         sys.exit(1)
 
 

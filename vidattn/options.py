@@ -16,11 +16,12 @@ from pathlib import Path
 from vidattn.errors import VidattnError
 
 __all__ = [
-    "DEFAULT_BATCH", "DEFAULT_SIZE", "DEFAULT_THRESHOLD", "FORMATS", "IMAGE_PROBES",
-    "MODEL_PROBES", "PROBES", "SIDE_MAPS", "VIEWS", "X264_PRESETS", "BatchOptions",
+    "DEFAULT_BATCH", "DEFAULT_PRESET", "DEFAULT_SIZE", "DEFAULT_THRESHOLD", "FORMATS",
+    "IMAGE_PROBES", "MODEL_PROBES", "PROBES", "SIDE_MAPS", "VIEWS", "X264_PRESETS", "BatchOptions",
     "ImageOptions", "VideoOptions", "parse_probes",
 ]
 
+DEFAULT_PRESET = "dino_vits16"  # the model of the commands and of vidattn.probe / vidattn.render
 DEFAULT_SIZE = 224  # the resolution the presets were trained at (DINOv2's 518 aside)
 DEFAULT_BATCH = 8
 DEFAULT_THRESHOLD = 0.6  # DINO's masks keep 60 % of each head's attention mass

@@ -23,23 +23,26 @@ the weights; random weights are called out in red.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
+from tqdm.auto import tqdm
 
 from vidattn import attention as am
-from vidattn import render
+from vidattn import draw
 from vidattn.errors import VidattnError
-from vidattn.io import atomic_path, unique_names
+from vidattn.io import unique_names, write_bytes_atomic
 from vidattn.options import DEFAULT_SIZE, IMAGE_PROBES, MODEL_PROBES, ImageOptions
 from vidattn.preprocess import display_image, imagenet_labels, load_image, preprocess_image
+from vidattn.report import write_index
 
 MODEL_FOLDER = "_model"  # OUTDIR/_model/ holds the model-level figures of a run (and a batch's)
 
@@ -230,18 +233,18 @@ def upsample(maps, image_hw, patch: int) -> np.ndarray:
     """Grid maps ``(..., gh, gw)`` scaled to peak 1 and upsampled (bilinear) onto the square crop
     they came from, ``image_hw = (gh*p, gw*p)`` -> float32 ``(..., H, W)`` in [0, 1]: the heat
     that the figures draw, in the display image's own pixel coordinates."""
-    return render.map_to_frame(am.normalize_maps(maps), image_hw, None, patch)
+    return draw.map_to_frame(am.normalize_maps(maps), image_hw, None, patch)
 
 
 def heat_overlay(display, heat, alpha: float = ALPHA, colormap=COLORMAP) -> np.ndarray:
     """uint8 display image ``(H, W, 3)`` with ``(H, W)`` heat as a colormap glow -> uint8 image."""
-    return render.overlay(display, heat, render.colormap_lut(colormap), alpha)
+    return draw.overlay(display, heat, draw.colormap_lut(colormap), alpha)
 
 
 def mask_image(display, masks, patch: int, colors, alpha: float = 0.45):
     """Grid masks ``(k, gh, gw)`` bool drawn onto the uint8 display image, mask i in
     ``colors[i]``, as DINO shows them: whole patches (nearest upsampling), tinted and outlined."""
-    return render.draw_masks(display, masks, colors, alpha, patch, interpolation="nearest")
+    return draw.draw_masks(display, masks, colors, alpha, patch, interpolation="nearest")
 
 
 def _figure(model, what: str, width: float, height: float) -> Figure:
@@ -263,8 +266,8 @@ def _figure(model, what: str, width: float, height: float) -> Figure:
 
 def _panel_figure(model, what: str, panels, cols=None) -> Figure:
     """A titled figure of same-sized uint8 images, ``panels`` = ``[(title, image), ...]``, in the
-    grid ``render.grid_shape`` picks (or ``cols`` columns), about 3 inches per panel."""
-    rows, cols = render.grid_shape(len(panels), panels[0][1].shape[:2], cols)
+    grid ``draw.grid_shape`` picks (or ``cols`` columns), about 3 inches per panel."""
+    rows, cols = draw.grid_shape(len(panels), panels[0][1].shape[:2], cols)
     fig = _figure(model, what, 3 * cols, 3 * rows + 1)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes:
@@ -289,7 +292,7 @@ def distance_figure(model, distances, name: str = "") -> Figure:
     depth, heads = distances.shape
     fig = _figure(model, _named("Mean attention distance", name), 9, 7)
     ax = fig.add_subplot()
-    colors = render.colormap_lut("viridis")[np.linspace(0, 230, depth).astype(int)] / 255
+    colors = draw.colormap_lut("viridis")[np.linspace(0, 230, depth).astype(int)] / 255
     for b in range(depth):
         ax.scatter(np.full(heads, b), distances[b], color=colors[b], s=36, label=f"block {b}",
                    edgecolors="black", linewidths=0.4, zorder=3)
@@ -331,7 +334,7 @@ def heads_figure(model, display, maps, name: str = "") -> Figure:
 def masks_figure(model, display, masks, keep: float, name: str = "") -> Figure:
     """DINO's threshold masks ``(heads, gh, gw)`` bool: one panel per head in its colour, with its
     patch count, and a last panel with every head."""
-    colors = render.head_colors(len(masks))
+    colors = draw.head_colors(len(masks))
     p = model.preset.patch_size
     panels = [(f"head {k}: {int(m.sum())} patches", mask_image(display, m[None], p, [c]))
               for k, (m, c) in enumerate(zip(masks, colors))]
@@ -368,7 +371,7 @@ def norms_figure(model, display, norms, name: str = "") -> Figure:
     p = model.preset.patch_size
     low, span = norms.min(), np.ptp(norms)
     scaled = (norms - low) / span if span > 0 else np.zeros_like(norms)
-    heat = render.map_to_frame(scaled, display.shape[:2], None, p, "nearest")
+    heat = draw.map_to_frame(scaled, display.shape[:2], None, p, "nearest")
     fig = _figure(model, _named("Output patch-token norms (before the final norm)", name), 13,
                   4.6)
     axes = fig.subplots(1, 3)
@@ -391,7 +394,7 @@ def filters_figure(model, filters) -> Figure:
     n, p = filters.shape[:2]
     zoom = max(1, math.ceil(32 / p))  # whole pixels per filter pixel, so the gaps stay thin
     tiles = np.repeat(np.repeat(np.rint(filters * 255).astype(np.uint8), zoom, 1), zoom, 2)
-    mosaic = render.grid(list(tiles), cols=FILTER_COLUMNS, pad=2, bg=255)
+    mosaic = draw.grid(list(tiles), cols=FILTER_COLUMNS, pad=2, bg=255)
     total = model.preset.embed_dim
     what = f"Patch-projection filters: {f'first {n} of' if n < total else 'all'} {total}" \
         " (each min-max scaled)"
@@ -420,12 +423,143 @@ def figure_image(fig: Figure) -> np.ndarray:
     return np.array(fig.canvas.buffer_rgba())[..., :3]
 
 
+def png_bytes(fig: Figure) -> bytes:
+    """``fig`` as PNG bytes: drawn once and encoded by Pillow (half the time of ``savefig``, which
+    lays a constrained-layout figure out again). The files and the notebook's inline pictures are
+    both these bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(figure_image(fig)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def save_figure(fig: Figure, path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` atomically. Drawn once and encoded by Pillow: half the
-    time of ``savefig``, which lays a constrained-layout figure out again."""
-    with atomic_path(path) as tmp:
-        Image.fromarray(figure_image(fig)).save(tmp, format="PNG")
+    """Write ``fig`` as a PNG at ``path`` atomically."""
+    write_bytes_atomic(path, png_bytes(fig))
     return Path(path)
+
+
+# -- one image's probes ----------------------------------------------------------------------------
+
+
+@dataclass
+class ImageProbes:
+    """Everything the per-image probes measured on one image: what its figures and ``probes.json``
+    are made of (``image_figures``, ``probe_record``).
+
+    source:   the image's path as given, or a name for pixels passed in memory; its stem names the
+              image's output folder and its file name the figures.
+    opts:     the options it was probed with.
+    analysis: the forward pass's reductions (``Analysis``).
+    probes:   the per-image probes that ran: those of ``opts.image_probes`` the model can have.
+    masks:    ``(heads, gh, gw)`` bool, DINO's masks holding ``opts.threshold`` of each head's
+              attention (the ``masks`` probe), else None.
+    top5:     ``top_classes`` for presets with a classifier head, else None.
+    skipped:  ``{probe: why}`` for the probes of ``opts`` the model cannot have.
+    """
+
+    source: str
+    opts: ImageOptions
+    analysis: Analysis
+    probes: list[str]
+    masks: np.ndarray | None = None
+    top5: list[dict] | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def measure(model, pixels, source, opts: ImageOptions | None = None) -> ImageProbes:
+    """Run the per-image probes of ``opts`` that ``model`` can have on uint8 RGB ``pixels``
+    ``(H, W, 3)`` (one forward pass, ``analyse``); the others are skipped with the reason.
+    ``source`` is the path they were read from, or a name."""
+    opts = opts or ImageOptions()
+    skipped = {q: why for q in opts.image_probes if (why := not_applicable(model, q))}
+    probes = [q for q in opts.image_probes if q not in skipped]
+    a = analyse(model, pixels, opts.size, probes)
+    masks = am.threshold_masks(a.heads, opts.threshold) if "masks" in probes else None
+    top = top_classes(model, a.logits) if a.logits is not None else None
+    return ImageProbes(os.fspath(source), opts, a, probes, masks, top, skipped)
+
+
+def image_figures(model, m: ImageProbes) -> dict:
+    """``{probe: make}`` for the per-image probes ``m`` ran, in canonical order; ``make()`` draws
+    that probe's Figure (each costs a second or so, hence drawn on demand)."""
+    a, name, keep = m.analysis, Path(m.source).name, m.opts.threshold
+    figures = {
+        "distance": lambda: distance_figure(model, a.distances, name),
+        "rollout": lambda: rollout_figure(model, a.display, a.rollout, name, m.top5),
+        "heads": lambda: heads_figure(model, a.display, a.heads, name),
+        "masks": lambda: masks_figure(model, a.display, m.masks, keep, name),
+        "registers": lambda: registers_figure(model, a.registers, name),
+        "norms": lambda: norms_figure(model, a.display, a.norms, name),
+    }
+    return {probe: figures[probe] for probe in m.probes}
+
+
+def model_figures(model, probes=MODEL_PROBES) -> dict:
+    """``{probe: make}`` for the model-level probes among ``probes`` that ``model`` can have, in
+    canonical order."""
+    figures = {
+        "filters": lambda: filters_figure(model, filter_images(model)),
+        "posembed": lambda: posembed_figure(model, position_similarity(model)),
+    }
+    return {probe: figures[probe] for probe in MODEL_PROBES
+            if probe in probes and not not_applicable(model, probe)}
+
+
+def probe_record(model, m: ImageProbes) -> dict:
+    """The ``probes.json`` record of ``m``: the image, the model, shapes, the numbers, the files."""
+    a, size, p = m.analysis, m.opts.size, model.preset.patch_size
+    wanted = m.probes
+    record = {
+        "image": m.source,
+        "image_size": list(a.image_hw),
+        "input_size": [size, size],
+        "model": {
+            "preset": model.preset.name, "weights": model.weights_label,
+            "random_weights": model.is_random, "patch_size": p, "depth": model.preset.depth,
+            "heads": model.preset.num_heads, "class_tokens": model.preset.num_class_tokens,
+            "register_tokens": model.preset.num_register_tokens,
+        },
+        "shapes": {
+            "input": [1, size, size, 3], "grid": list(a.grid_hw), "tokens": a.tokens,
+            "attention_per_block": [1, model.preset.num_heads, a.tokens, a.tokens],
+        },
+        "probes": wanted,
+        "files": {probe: f"{probe}.png" for probe in wanted},
+    }
+    if m.skipped:
+        record["skipped"] = m.skipped
+    if a.distances is not None:
+        record["mean_attention_distance"] = {
+            "unit": "pixels", "per_block_head": a.distances.tolist(),
+            "per_block_mean": a.distances.mean(axis=1).tolist(),
+        }
+    if a.rollout is not None:
+        row, col = am.peak_location(a.rollout)
+        record["rollout_peak"] = {"row": row, "col": col, "y": (row + 0.5) * p,
+                                  "x": (col + 0.5) * p}
+    if a.heads is not None:
+        record["head_peaks"] = [list(am.peak_location(h)) for h in a.heads]
+    if m.masks is not None:
+        record["masks"] = {"keep": m.opts.threshold,
+                           "patches_per_head": m.masks.sum((1, 2)).tolist()}
+    if a.registers is not None:
+        record["register_attention"] = {
+            "meaning": "share of the CLS token's attention on the registers",
+            "per_block_head": a.registers.tolist(),
+            "per_block_mean": a.registers.mean(axis=1).tolist(),
+        }
+    if a.norms is not None:
+        median = float(np.median(a.norms))
+        order = np.argsort(-a.norms, axis=None, kind="stable")[:5]
+        record["patch_token_norms"] = {
+            "median": median, "max": float(a.norms.max()),
+            "max_over_median": float(a.norms.max() / median) if median > 0 else None,
+            "top5": [[int(r), int(c), float(a.norms[r, c])]
+                     for r, c in zip(*np.unravel_index(order, a.norms.shape))],
+        }
+    if m.top5 is not None:
+        record["top5"] = m.top5
+    return record
 
 
 # -- files -----------------------------------------------------------------------------------------
@@ -444,16 +578,12 @@ def folder_names(paths) -> list[str]:
 def write_model_probes(model, folder, probes=MODEL_PROBES) -> dict[str, str]:
     """Write the model-level figures among ``probes`` that the model can have into ``folder``
     (replacing any there) -> ``{probe: file name}``."""
-    figures = {
-        "filters": lambda: filters_figure(model, filter_images(model)),
-        "posembed": lambda: posembed_figure(model, position_similarity(model)),
-    }
-    wanted = [p for p in MODEL_PROBES if p in probes and not not_applicable(model, p)]
-    if wanted:
+    figures = model_figures(model, probes)
+    if figures:
         Path(folder).mkdir(parents=True, exist_ok=True)
-    for probe in wanted:
-        save_figure(figures[probe](), Path(folder) / f"{probe}.png")
-    return {probe: f"{probe}.png" for probe in wanted}
+    for probe, make in figures.items():
+        save_figure(make(), Path(folder) / f"{probe}.png")
+    return {probe: f"{probe}.png" for probe in figures}
 
 
 def _json_lines(record: dict) -> str:
@@ -463,92 +593,99 @@ def _json_lines(record: dict) -> str:
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
-def probe_image(model, path, outdir, opts: ImageOptions | None = None,
-                overwrite: bool = False) -> dict:
-    """Run the per-image probes of ``opts`` on the image at ``path`` and write them into the
-    folder ``outdir``: ``<probe>.png`` each, then ``probes.json`` (last: its presence means the
-    folder is complete). Model-level probes are skipped here (``write_model_probes``).
-
-    Raises VidattnError for an unreadable image (before anything is written) or, unless
-    ``overwrite``, when ``outdir`` already holds files. Returns the ``probes.json`` record.
-    """
-    opts = opts or ImageOptions()
-    outdir, size, threshold = Path(outdir), opts.size, opts.threshold
-    skipped = {q: why for q in opts.image_probes if (why := not_applicable(model, q))}
-    wanted = [q for q in opts.image_probes if q not in skipped]
-    pixels = load_image(path)
+def _check_folder(outdir: Path, overwrite: bool) -> None:
     if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())) and not overwrite:
         raise VidattnError("output folder exists (use --overwrite to replace it)", outdir)
-    a = analyse(model, pixels, size, wanted)
-    masks = am.threshold_masks(a.heads, threshold) if "masks" in wanted else None
-    top = top_classes(model, a.logits) if a.logits is not None else None
-    name, p = Path(path).name, model.preset.patch_size
-    figures = {
-        "distance": lambda: distance_figure(model, a.distances, name),
-        "rollout": lambda: rollout_figure(model, a.display, a.rollout, name, top),
-        "heads": lambda: heads_figure(model, a.display, a.heads, name),
-        "masks": lambda: masks_figure(model, a.display, masks, threshold, name),
-        "registers": lambda: registers_figure(model, a.registers, name),
-        "norms": lambda: norms_figure(model, a.display, a.norms, name),
-    }
+
+
+def write_probes(model, m: ImageProbes, outdir, overwrite: bool = False) -> dict:
+    """Write the figures of ``m`` into the folder ``outdir``, ``<probe>.png`` each, then
+    ``probes.json`` (last: its presence means the folder is complete) -> the record.
+
+    Raises VidattnError, before writing anything, when ``outdir`` holds files (unless
+    ``overwrite``) or is a file. Figures of probes not run this time are removed.
+    """
+    outdir = Path(outdir)
+    _check_folder(outdir, overwrite)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise VidattnError("output folder path is a file", outdir) from None
-    for stale in ["probes.json"] + [f"{q}.png" for q in IMAGE_PROBES if q not in wanted]:
+    for stale in ["probes.json"] + [f"{q}.png" for q in IMAGE_PROBES if q not in m.probes]:
         (outdir / stale).unlink(missing_ok=True)
-    for probe in wanted:
-        save_figure(figures[probe](), outdir / f"{probe}.png")
-
-    record = {
-        "image": os.fspath(path),
-        "image_size": list(a.image_hw),
-        "input_size": [size, size],
-        "model": {
-            "preset": model.preset.name, "weights": model.weights_label,
-            "random_weights": model.is_random, "patch_size": p, "depth": model.preset.depth,
-            "heads": model.preset.num_heads, "class_tokens": model.preset.num_class_tokens,
-            "register_tokens": model.preset.num_register_tokens,
-        },
-        "shapes": {
-            "input": [1, size, size, 3], "grid": list(a.grid_hw), "tokens": a.tokens,
-            "attention_per_block": [1, model.preset.num_heads, a.tokens, a.tokens],
-        },
-        "probes": wanted,
-        "files": {probe: f"{probe}.png" for probe in wanted},
-    }
-    if skipped:
-        record["skipped"] = skipped
-    if a.distances is not None:
-        record["mean_attention_distance"] = {
-            "unit": "pixels", "per_block_head": a.distances.tolist(),
-            "per_block_mean": a.distances.mean(axis=1).tolist(),
-        }
-    if a.rollout is not None:
-        row, col = am.peak_location(a.rollout)
-        record["rollout_peak"] = {"row": row, "col": col, "y": (row + 0.5) * p,
-                                  "x": (col + 0.5) * p}
-    if a.heads is not None:
-        record["head_peaks"] = [list(am.peak_location(m)) for m in a.heads]
-    if masks is not None:
-        record["masks"] = {"keep": threshold, "patches_per_head": masks.sum((1, 2)).tolist()}
-    if a.registers is not None:
-        record["register_attention"] = {
-            "meaning": "share of the CLS token's attention on the registers",
-            "per_block_head": a.registers.tolist(),
-            "per_block_mean": a.registers.mean(axis=1).tolist(),
-        }
-    if a.norms is not None:
-        median = float(np.median(a.norms))
-        order = np.argsort(-a.norms, axis=None, kind="stable")[:5]
-        record["patch_token_norms"] = {
-            "median": median, "max": float(a.norms.max()),
-            "max_over_median": float(a.norms.max() / median) if median > 0 else None,
-            "top5": [[int(r), int(c), float(a.norms[r, c])]
-                     for r, c in zip(*np.unravel_index(order, a.norms.shape))],
-        }
-    if top is not None:
-        record["top5"] = top
-    with atomic_path(outdir / "probes.json") as tmp:
-        Path(tmp).write_text(_json_lines(record), encoding="utf-8")
+    for probe, make in image_figures(model, m).items():
+        save_figure(make(), outdir / f"{probe}.png")
+    record = probe_record(model, m)
+    write_bytes_atomic(outdir / "probes.json", _json_lines(record).encode("utf-8"))
     return record
+
+
+def probe_image(model, path, outdir, opts: ImageOptions | None = None,
+                overwrite: bool = False) -> dict:
+    """Run the per-image probes of ``opts`` on the image at ``path`` and write them into the
+    folder ``outdir`` (``write_probes``). Model-level probes are skipped here
+    (``write_model_probes``).
+
+    Raises VidattnError for an unreadable image or, unless ``overwrite``, when ``outdir`` already
+    holds files: both before the forward pass, and before anything is written. Returns the
+    ``probes.json`` record.
+    """
+    pixels = load_image(path)
+    _check_folder(Path(outdir), overwrite)
+    return write_probes(model, measure(model, pixels, path, opts), outdir, overwrite)
+
+
+@dataclass
+class ProbeRun:
+    """What ``probe_images`` wrote: ``index`` (the path of index.html), ``entries``
+    ``[(folder, record), ...]`` of the images done, in input order, and ``failures``, one line
+    (``"path: problem"``) per image that could not be done."""
+
+    index: Path
+    entries: list[tuple[str, dict]]
+    failures: list[str]
+
+
+def probe_images(model, images, outdir, opts: ImageOptions | None = None, overwrite: bool = False,
+                 progress: bool = False, on_error=None) -> ProbeRun:
+    """What ``vidattn image`` does: probe each of ``images`` into ``outdir/<folder>/``
+    (``folder_names``: the stem, ``-2``... for repeats), then write the model-level figures into
+    ``outdir/_model/`` and ``outdir/index.html`` with every image done and every failure.
+
+    images:   paths, or ``ImageProbes`` already measured with ``opts`` (the notebook's
+              ``probe(...).save``): written without another forward pass.
+    on_error: called with the VidattnError of an image that fails, and the run goes on (the
+              command prints it); None: the error is raised and the run stops there, before the
+              model figures and the index.
+    progress: a bar over the images (``tqdm.auto``: a widget in Jupyter).
+
+    Raises VidattnError up front for an ``opts.size`` the model cannot take or an ``outdir``
+    that is a file.
+    """
+    opts = opts or ImageOptions()
+    check_size(model, opts.size)
+    out = Path(outdir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise VidattnError("output path exists and is not a folder", out) from None
+    images = list(images)
+    names = folder_names([i.source if isinstance(i, ImageProbes) else i for i in images])
+    entries, failures = [], []
+    for image, name in zip(tqdm(images, unit="image", disable=not progress, dynamic_ncols=True),
+                           names):
+        try:
+            if isinstance(image, ImageProbes):
+                record = write_probes(model, image, out / name, overwrite)
+            else:
+                record = probe_image(model, image, out / name, opts, overwrite)
+        except VidattnError as err:
+            if on_error is None:
+                raise
+            on_error(err)
+            failures.append(str(err))
+            continue
+        entries.append((name, record))
+    model_files = write_model_probes(model, out / MODEL_FOLDER, opts.model_probes)
+    index = write_index(out, model, entries, model_files, MODEL_FOLDER, failures)
+    return ProbeRun(index, entries, failures)
