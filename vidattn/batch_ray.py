@@ -53,7 +53,7 @@ from tqdm import tqdm
 from vidattn import probes as pr
 from vidattn.batch import (INDEX, BatchResult, BatchRun, Item, _attempt, _finish_images,
                            check_folders, make_output_folder, scan, work_options)
-from vidattn.errors import VidattnError
+from vidattn.errors import VidattnError, one_line
 from vidattn.interrupts import Interrupted, Interrupts
 from vidattn.io import remove_partials, write_bytes_atomic
 from vidattn.models.api import RANDOM
@@ -279,11 +279,12 @@ def _cause(err: RayTaskError) -> BaseException:
 
 
 def _death(err: RayError) -> str:
-    """One line on why a worker died, from Ray's several-line message."""
+    """Why a worker died, in one sentence from Ray's message of several lines and paragraphs (Ray
+    says "The actor is dead because ..." for actors)."""
     lines = [" ".join(line.split()) for line in str(err).splitlines() if line.strip()]
-    reason = next((line for line in lines if "killed" in line.lower() or "memory" in line.lower()),
-                  lines[0] if lines else "")
-    return f"{type(err).__name__}: {reason}".rstrip(": ")
+    line = next((line for line in lines if line.startswith("The actor is dead because")),
+                next((line for line in lines if "memory" in line.lower()), lines[0] if lines else ""))
+    return f"{type(err).__name__}: {line.split('. ')[0].rstrip('.')}".rstrip(": ")
 
 
 @contextlib.contextmanager
@@ -356,6 +357,9 @@ def _dispatch(run: BatchRun, workers: _Workers, attempts: int, frames, trips: li
                     continue
                 tries[item] += 1
                 if tries[item] < attempts:
+                    if run.opts.progress:
+                        tqdm.write(one_line(f"vidattn: note: {item.rel}: its Ray worker died "
+                                            f"({_death(outcome)}); trying again"), file=sys.stderr)
                     run.drop(item)
                     queue.appendleft(item)
                     continue
