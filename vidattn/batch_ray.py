@@ -71,6 +71,7 @@ __all__ = ["ModelInfo", "RayBatchResult", "Worker", "run_batch_ray"]
 
 POLL_S = 0.5  # longest wait for a result between two looks at the signals
 KILL_WAIT_S = 10.0  # longest wait for killed workers to be gone before their files are cleaned
+MARKER_WAIT_S = 10.0  # how long a worker looks for the driver's marker file in OUTDIR
 # Several workers may share a GPU (--gpus-per-worker 0.5): TensorFlow and JAX would each take all
 # of its memory on first use, so that the second worker fails; these make them take what they use.
 SHARED_GPU_ENV = {"TF_FORCE_GPU_ALLOW_GROWTH": "true", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
@@ -111,12 +112,7 @@ class Worker:
 
     def start(self) -> ModelInfo:
         node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
-        path, token = self.marker
-        try:
-            seen = path.read_text(encoding="utf-8")
-        except OSError:
-            seen = None
-        if seen != token:
+        if not self._sees_marker():
             raise VidattnError(f"not the same folder for the Ray worker on {node}: every node must "
                                "see OUTDIR at this path (a shared file system)", self.outdir)
         if not self.indir.is_dir():
@@ -124,6 +120,21 @@ class Worker:
                                "INDIR at this path (a shared file system)", self.indir)
         self.model = self.load()
         return ModelInfo(self.model.preset, self.model.weights_label, node)
+
+    def _sees_marker(self) -> bool:
+        """Whether the driver's marker is in OUTDIR here, looking again for ``MARKER_WAIT_S``: a
+        network file system may serve a cached listing of OUTDIR for a while."""
+        path, token = self.marker
+        deadline = time.monotonic() + MARKER_WAIT_S
+        while True:
+            try:
+                if path.read_text(encoding="utf-8") == token:
+                    return True
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
 
     def attempt(self, item: Item, fp: str, claimed: bool) -> dict:
         return _attempt(self.model, item, self.outdir, self.opts, fp, claimed)

@@ -392,7 +392,7 @@ def batch(indir, outdir, preset, weights, checkpoint_key, overwrite, quiet, **kw
 
 
 def _refuse_ray_options():
-    """A usage error when the Ray worker options are given without --ray."""
+    """One error line when Ray's worker options are given without --ray."""
     from click.core import ParameterSource
 
     ctx = click.get_current_context()
