@@ -428,7 +428,7 @@ def run_batch_ray(load, indir, outdir, opts: BatchOptions | None = None,
             run = BatchRun(workers.info, indir, outdir, opts, found)
             trips = []
             with run, tqdm(unit="frame", desc="frames", disable=not opts.progress,
-                           dynamic_ncols=True) as frames:
+                           dynamic_ncols=True, leave=False) as frames:  # under the files' bar
                 _dispatch(run, workers, ray_opts.attempts, frames, trips)
             if run.images and not run.result.interrupted:
                 workers.dirty.update((outdir / INDEX, outdir / pr.MODEL_FOLDER))
