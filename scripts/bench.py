@@ -2,8 +2,8 @@
 """Benchmark vidattn on this machine and print one table (also written as JSON).
 
     python scripts/bench.py [--quick]
-        [--only startup,model,torch,families,ceiling,e2e,memory,rollout]
-                            [--json out/bench.json] [--cache out/bench-cache]
+        [--only startup,model,torch,families,ceiling,e2e,memory,rollout,batch]
+        [--json out/bench.json] [--cache out/bench-cache]
 
 Parts (all by default, in this order):
 
@@ -33,6 +33,11 @@ Parts (all by default, in this order):
 - ``memory``: peak RSS of a short and a 10x longer render, each in a fresh subprocess.
 - ``rollout``: dino_vits8 at 480x848 (6361 tokens): the forward pass, the same pass with the
   in-graph rollout row (``Model.run(..., rollout=True)``), and ``cls_rollout`` alone.
+- ``batch``: ``vidattn batch`` over 8 short clips (360p, 2 s), here in this process
+  (``run_batch``, the model loaded before) and on Ray with 2 workers (``run_batch_ray``: a local
+  Ray instance started for it, each worker loading the model): both throughputs, Ray's start-up,
+  the Ray run's throughput once its workers are up, and Ray's overhead per file (from handing a
+  file out to its record on the driver, less the worker's own time on it). Needs vidattn[ray].
 
 The backend is KERAS_BACKEND's (TensorFlow by default); nothing here needs TensorFlow itself.
 Generated clips are cached in ``--cache``. ``--quick`` is a smoke run: few iterations, short
@@ -69,7 +74,7 @@ from vidattn.options import DEFAULT_BATCH, DEFAULT_SIZE, VIEWS, VideoOptions  # 
 from vidattn.preprocess import video_geometry  # noqa: E402
 from vidattn.runtime import keep_freed_memory  # noqa: E402
 
-PARTS = ("startup", "model", "torch", "families", "ceiling", "e2e", "memory", "rollout")
+PARTS = ("startup", "model", "torch", "families", "ceiling", "e2e", "memory", "rollout", "batch")
 FAMILY_PRESETS = ("dinov2_vits14_reg", "dinov3_vits16")
 FAMILY_HW = ((224, 224), (224, 400))  # the width is rounded down to whole patches (392 at 14)
 PRESET = "dino_vits16"
@@ -78,6 +83,7 @@ ROLLOUT_HW, ROLLOUT_QUICK_HW = (480, 848), (240, 424)  # 6361 and 1591 tokens wi
 VIDEO_HW = (720, 1280)  # the e2e clip (H, W): 5 s at 30 fps
 VIDEO_FRAMES = 150
 MEMORY_HW = (360, 640)  # the memory clip: 20 s, and the same model input size as 720p
+BATCH_CLIPS, BATCH_FRAMES, BATCH_WORKERS = 8, 60, 2  # the batch part: 8 clips of 2 s at MEMORY_HW
 MEMORY_FRAMES = 600
 FPS = 30
 # Model.run arguments by mode: the last block's attention (heads, mean, masks views), none, or
@@ -750,6 +756,62 @@ def part_rollout(bench):
                           note=f"{roll_spread}; {preset.depth} blocks of (1, T, T)"))
 
 
+# -- part: batch -----------------------------------------------------------------------------
+
+
+def part_batch(bench):
+    import functools
+    import shutil
+
+    from vidattn.batch import run_batch
+    from vidattn.batch_ray import run_batch_ray
+    from vidattn.models.api import load_model
+    from vidattn.options import BatchOptions, RayOptions
+
+    n_frames = 16 if bench.args.quick else BATCH_FRAMES
+    clip = bench.clip(MEMORY_HW, n_frames)
+    load = functools.partial(load_model, PRESET, weights="random")
+    opts = BatchOptions(progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "clips"
+        src.mkdir()
+        for i in range(BATCH_CLIPS):
+            shutil.copyfile(clip, src / f"clip{i}.mp4")
+        model = load()  # a fresh model: its compile is timed, as each Ray worker's is
+        start = time.perf_counter()
+        local = run_batch(model, src, Path(tmp) / "local", opts)
+        local_s = time.perf_counter() - start
+        start = time.perf_counter()
+        remote = run_batch_ray(load, src, Path(tmp) / "ray", opts,
+                               RayOptions(ray="", workers=BATCH_WORKERS))
+        ray_s = time.perf_counter() - start
+    if len(local.done) != BATCH_CLIPS or len(remote.done) != BATCH_CLIPS:
+        raise RuntimeError(f"batch failures: local {local.failed}, ray {remote.failed}")
+    frames = BATCH_CLIPS * n_frames
+    local_rate, steady_s = frames / local_s, ray_s - remote.startup_seconds
+    size, quick = hw_str(MEMORY_HW), "; quick run" * bench.args.quick
+    overheads = [1000 * (trip - worker) for _, trip, worker in remote.round_trips]
+    bench.rows += [
+        Row(f"batch here: {BATCH_CLIPS} clips of {n_frames} frames", size, DEFAULT_BATCH,
+            local_rate, "frames/s",
+            note=f"{BATCH_CLIPS / local_s:.2f} files/s, {local_s:.1f} s; model loaded before, its "
+                 f"compile timed{quick}"),
+        Row(f"batch --ray, {BATCH_WORKERS} workers", size, DEFAULT_BATCH, frames / ray_s,
+            "frames/s", local_rate, "here", local_s / ray_s,
+            note=f"{BATCH_CLIPS / ray_s:.2f} files/s, {ray_s:.1f} s with the start-up{quick}"),
+        Row("batch --ray start-up", "", None, remote.startup_seconds, "s", local_s, "here",
+            100 * remote.startup_seconds / local_s, "%",
+            note=f"ray.init + {BATCH_WORKERS} workers importing Keras and loading the model; "
+                 f"{remote.startup_seconds / BATCH_CLIPS:.2f} s per file of this batch"),
+        Row(f"batch --ray once started, {BATCH_WORKERS} workers", size, DEFAULT_BATCH,
+            frames / steady_s, "frames/s", local_rate, "here", local_s / steady_s,
+            note=f"{BATCH_CLIPS / steady_s:.2f} files/s over {steady_s:.1f} s{quick}"),
+        Row("batch --ray overhead per file", "", None, statistics.mean(overheads), "ms",
+            note=f"hand-out to record on the driver less the worker's time; max "
+                 f"{max(overheads):.0f} ms, n={len(overheads)}"),
+    ]
+
+
 # -- output ----------------------------------------------------------------------------------
 
 
@@ -839,7 +901,8 @@ def main(argv=None):
     errors = {}
     runners = {"startup": part_startup, "model": part_model, "torch": part_torch,
                "families": part_families, "ceiling": part_ceiling,
-               "e2e": part_e2e, "memory": part_memory, "rollout": part_rollout}
+               "e2e": part_e2e, "memory": part_memory, "rollout": part_rollout,
+               "batch": part_batch}
     for part in PARTS:
         if part not in args.parts:
             continue

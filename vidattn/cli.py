@@ -14,7 +14,14 @@ import click
 
 from vidattn.errors import VidattnError, one_line
 from vidattn.interrupts import Interrupts, exit_status, signal_of
-from vidattn.options import DEFAULT_PRESET, BatchOptions, ImageOptions, VideoOptions, cli_fields
+from vidattn.options import (
+    DEFAULT_PRESET,
+    BatchOptions,
+    ImageOptions,
+    RayOptions,
+    VideoOptions,
+    cli_fields,
+)
 
 
 def _friendly_errors(fn):
@@ -133,9 +140,14 @@ def _load(preset, weights, checkpoint_key, quiet=False):
     import vidattn
 
     model = vidattn.load_model(preset, weights=weights, checkpoint_key=checkpoint_key)
+    _note_random(model, quiet)
+    return model
+
+
+def _note_random(model, quiet=False):
+    """One note on stderr when ``model`` (or a Ray worker's ``ModelInfo``) has random weights."""
     if model.is_random and not quiet:
         click.echo("vidattn: note: random (untrained) weights; outputs are labelled so", err=True)
-    return model
 
 
 def _click_option(f):
@@ -156,7 +168,19 @@ def _click_option(f):
             kind = bounded(meta.get("min"), meta.get("max"),
                            min_open=meta.get("min_open", False), max_open=meta.get("max_open", False))
         kwargs.update(type=kind, metavar=meta.get("metavar"))
+        if "flag_value" in meta:  # --x [VALUE]
+            kwargs.update(is_flag=False, flag_value=meta["flag_value"])
+    if "check" in meta:
+        kwargs["callback"] = functools.partial(_checked, meta["check"])
     return click.option(*decls, f.name, **kwargs)
+
+
+def _checked(check, ctx, param, value):
+    """A click callback: ``check(value)``, its VidattnError as click's own usage error."""
+    try:
+        return check(value)
+    except VidattnError as err:
+        raise click.BadParameter(str(err), ctx, param) from None
 
 
 def options_of(cls, only=None):
@@ -287,6 +311,7 @@ def image(images, outdir, preset, weights, checkpoint_key, overwrite, quiet, **k
 @options_of(VideoOptions)
 @options_of(BatchOptions)
 @options_of(ImageOptions, only=("probes",))
+@options_of(RayOptions)
 @click.option("--overwrite", is_flag=True,
               help="Also replace outputs the manifest does not know (files in OUTDIR before).")
 @click.option("--quiet", "-q", is_flag=True,
@@ -322,18 +347,35 @@ def batch(indir, outdir, preset, weights, checkpoint_key, overwrite, quiet, **kw
     failed. Ctrl-C (or SIGTERM) stops within the current file, keeps no partial output and
     exits 130 (143 for SIGTERM); the manifest stays intact, so run again to continue. Outputs
     already in OUTDIR that the manifest does not show are never replaced without --overwrite.
+
+    \b
+    Many machines (pip install 'vidattn[ray]'):
+      vidattn batch clips/ -o attn/ --ray                  # Ray workers on this machine
+      vidattn batch /nfs/clips -o /nfs/attn --ray auto --gpus-per-worker 0.5
+    With --ray the files are spread over Ray workers, each loading the model once; the
+    manifest, the resume rules and the outputs are the same. A file whose worker dies is
+    retried on another one (3 tries in all); INDIR, OUTDIR and --weights must be paths every
+    node sees. README.md, "Many machines", tells how to start a cluster.
     """
     from vidattn.batch import check_folders, format_summary, run_batch
 
     check_folders(indir, outdir)
+    ray_opts = options_from(RayOptions, kw)
     opts = options_from(
         BatchOptions, kw, video=options_from(VideoOptions, kw, progress=False),
         image=ImageOptions(probes=kw["probes"], size=kw["size"], threshold=kw["threshold"]),
         overwrite=overwrite, progress=not quiet,
         raise_unexpected=click.get_current_context().find_root().params.get("debug", False),
     )
-    model = _load(preset, weights, checkpoint_key, quiet)
-    result = run_batch(model, indir, outdir, opts)
+    if ray_opts.ray is None:
+        _refuse_ray_options()
+        model = _load(preset, weights, checkpoint_key, quiet)
+        result = run_batch(model, indir, outdir, opts)
+    else:
+        from vidattn.batch_ray import run_batch_ray
+
+        result = run_batch_ray(_loader(preset, weights, checkpoint_key), indir, outdir, opts,
+                               ray_opts, on_model=functools.partial(_note_random, quiet=quiet))
     if not quiet:
         click.echo(format_summary(result))
     if result.interrupted:
@@ -341,3 +383,27 @@ def batch(indir, outdir, preset, weights, checkpoint_key, overwrite, quiet, **kw
                    "to continue", err=True)
     if result.exit_code:
         sys.exit(result.exit_code)
+
+
+def _refuse_ray_options():
+    """One error line when Ray's worker options are given without --ray."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    given = ["--" + f.name.replace("_", "-") for f in cli_fields(RayOptions)
+             if ctx.get_parameter_source(f.name) is ParameterSource.COMMANDLINE]
+    if given:
+        raise VidattnError(f"{', '.join(given)}: only with --ray")
+
+
+def _loader(preset, weights, checkpoint_key):
+    """``load_model`` with the command's arguments, for Ray workers to call: a zero-argument
+    function that pickles, with a local --weights path made absolute (a worker's working folder
+    is its own)."""
+    import os
+
+    from vidattn.models.api import load_model
+
+    if weights not in (None, "random") and os.path.exists(weights):
+        weights = os.path.abspath(weights)
+    return functools.partial(load_model, preset, weights=weights, checkpoint_key=checkpoint_key)

@@ -9,13 +9,15 @@ temporary name keeps the extension, for writers that choose a format by it (PyAV
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
 from pathlib import Path
 
 from vidattn.errors import VidattnError
 
-__all__ = ["PARTIAL", "atomic_path", "temporary_path", "unique_names", "write_bytes_atomic"]
+__all__ = ["PARTIAL", "atomic_path", "remove_partials", "temporary_path", "unique_names",
+           "write_bytes_atomic"]
 
 PARTIAL = ".partial-"  # the mark of a temporary file: .NAME.partial-XXXXXXXX.EXT
 
@@ -58,6 +60,23 @@ def atomic_path(path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_partials(path) -> list[Path]:
+    """Delete the temporary files that writers killed outright (SIGKILL, a lost machine) left
+    for ``path``: its ``.NAME.partial-*`` siblings and, where ``path`` is a folder (an image's
+    figures), the ``.*.partial-*`` files inside it. Only call it when no writer of ``path`` is
+    still running. Returns the paths removed."""
+    path = Path(path)
+    found = list(path.parent.glob(f".{glob.escape(path.name)}{PARTIAL}*"))
+    if path.is_dir() and not path.is_symlink():
+        found += [p for p in path.glob(f".*{PARTIAL}*") if p.is_file()]
+    removed = []
+    for partial in found:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+            removed.append(partial)
+    return removed
 
 
 def write_bytes_atomic(path, data: bytes):

@@ -10,6 +10,7 @@ sees the same tokens and plants the same attention: rollout must peak on the red
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 
@@ -64,3 +65,30 @@ def planted_model(patch=16, depth=2, heads=2, dim=32, grid=14, gain=6.0, name="p
     backbone = ViT(preset)
     load_state_dict(backbone, state, source="planted")
     return Model(preset, backbone, "planted (test weights)")
+
+
+class Dawdling:
+    """A model that dawdles on one planted file: every call on a batch ``width`` pixels wide (as
+    the model sees it) first appends a line naming the Ray actor it runs in to ``log``, then
+    sleeps ``seconds``. Anything else is the wrapped ``model``'s. A test reads the log to kill
+    the worker in the middle of that file."""
+
+    def __init__(self, model, width: int, seconds: float, log):
+        self.model, self.width, self.seconds, self.log = model, width, seconds, log
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def run(self, images, *args, **kwargs):
+        if np.shape(images)[2] == self.width:
+            import ray
+
+            with open(self.log, "a", encoding="utf-8") as log:
+                log.write(f"{ray.get_runtime_context().get_actor_name()}\n")
+            time.sleep(self.seconds)
+        return self.model.run(images, *args, **kwargs)
+
+
+def dawdling_planted_model(width: int, seconds: float, log, **planted) -> Dawdling:
+    """``planted_model(**planted)``, slow on batches ``width`` pixels wide (``Dawdling``)."""
+    return Dawdling(planted_model(**planted), width, seconds, log)
