@@ -2,7 +2,7 @@
 """Benchmark vidattn on this machine and print one table (also written as JSON).
 
     python scripts/bench.py [--quick]
-        [--only startup,model,torch,families,ceiling,e2e,memory,rollout,batch]
+        [--only startup,model,torch,families,ceiling,e2e,memory,fullres,rollout,batch]
         [--json out/bench.json] [--cache out/bench-cache]
 
 Parts (all by default, in this order):
@@ -31,6 +31,9 @@ Parts (all by default, in this order):
   model-only rate at the same size and batch; plus a serial per-stage breakdown of the mean view
   (decode, preprocess, model, render, encode).
 - ``memory``: peak RSS of a short and a 10x longer render, each in a fresh subprocess.
+- ``fullres``: ``--full-res`` renders of dino_vits16 on 1080p and dino_vits8 on 720p at the
+  default batch: the memory planner's batch, chunk and estimate against the measured peak RSS,
+  and frames per second (``part_fullres``).
 - ``rollout``: dino_vits8 at 480x848 (6361 tokens): the forward pass, the same pass with the
   in-graph rollout row (``Model.run(..., rollout=True)``), and ``cls_rollout`` alone.
 - ``batch``: ``vidattn batch`` over 8 short clips (360p, 2 s), here in this process
@@ -74,7 +77,8 @@ from vidattn.options import DEFAULT_BATCH, DEFAULT_SIZE, VIEWS, VideoOptions  # 
 from vidattn.preprocess import video_geometry  # noqa: E402
 from vidattn.runtime import keep_freed_memory  # noqa: E402
 
-PARTS = ("startup", "model", "torch", "families", "ceiling", "e2e", "memory", "rollout", "batch")
+PARTS = ("startup", "model", "torch", "families", "ceiling", "e2e", "memory", "fullres", "rollout",
+         "batch")
 FAMILY_PRESETS = ("dinov2_vits14_reg", "dinov3_vits16")
 FAMILY_HW = ((224, 224), (224, 400))  # the width is rounded down to whole patches (392 at 14)
 PRESET = "dino_vits16"
@@ -672,21 +676,38 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def memory_worker(clip, n_frames):
+def memory_worker(clip, n_frames, preset=PRESET, full_res=False):
     """In a fresh process: load the model, reset the peak-RSS mark, render ``n_frames`` of
-    ``clip`` (mean view) and print, as one JSON line, the RSS after loading and the peak RSS
-    since then (``VmHWM``: unlike ``ru_maxrss``, it starts afresh at exec, so the parent's size
-    does not leak into a child's figure)."""
-    from vidattn.video.pipeline import render_video
+    ``clip`` (mean view) and print, as one JSON line, the RSS after loading, the peak RSS since
+    then (``VmHWM``: unlike ``ru_maxrss``, it starts afresh at exec, so the parent's size does
+    not leak into a child's figure), and the memory planner's plan for the render."""
+    from vidattn.video.pipeline import _plan_batch, render_video
+    from vidattn.video.reader import probe
 
-    model = vidattn.load_model(PRESET, weights="random")
+    model = vidattn.load_model(preset, weights="random")
+    opts = VideoOptions(view="mean", progress=False, max_frames=n_frames, full_res=full_res)
+    info = probe(clip)
+    geo = video_geometry(info.height, info.width, model.preset.patch_size, opts.size, full_res)
+    batch = _plan_batch(model, opts, geo).batch_size
+    plan = model.plan(geo.input_hw, batch, "cls", extra_per_image=5 * info.height * info.width * 3)
     loaded = _status_mib("VmRSS")
     since = "model load" if reset_peak_rss() else "process start"
     with tempfile.TemporaryDirectory() as tmp:
-        result = render_video(model, clip, Path(tmp) / "out.mp4",
-                              VideoOptions(view="mean", progress=False, max_frames=n_frames))
+        result = render_video(model, clip, Path(tmp) / "out.mp4", opts)
     print(json.dumps({"frames": result.frames, "seconds": result.seconds, "loaded_mib": loaded,
-                      "peak_mib": _status_mib("VmHWM"), "peak_since": since}))
+                      "peak_mib": _status_mib("VmHWM"), "peak_since": since,
+                      "batch": plan.batch, "chunk": plan.chunk, "estimate_mib": plan.bytes / 2**20,
+                      "budget_mib": plan.budget / 2**20, "input_hw": list(geo.input_hw)}))
+
+
+def run_memory_worker(clip, n_frames, preset=PRESET, full_res=False) -> dict:
+    """``memory_worker`` in a fresh process -> its JSON."""
+    proc = subprocess.run([sys.executable, __file__, "--memory-worker", str(clip), str(n_frames),
+                           preset, str(int(full_res))], capture_output=True, text=True,
+                          check=False)
+    if proc.returncode:
+        raise RuntimeError(f"memory worker failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def part_memory(bench):
@@ -695,11 +716,7 @@ def part_memory(bench):
     size = hw_str(MEMORY_HW)
     peaks = {}
     for n in (short, long):
-        proc = subprocess.run([sys.executable, __file__, "--memory-worker", str(clip), str(n)],
-                              capture_output=True, text=True, check=False)
-        if proc.returncode:
-            raise RuntimeError(f"memory worker failed:\n{proc.stderr[-2000:]}")
-        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        got = run_memory_worker(clip, n)
         peaks[n] = got["peak_mib"]
         bench.rows.append(Row(f"peak RSS, {got['frames']}-frame render", size, DEFAULT_BATCH,
                               got["peak_mib"], "MiB", got["loaded_mib"], "RSS after model load",
@@ -708,6 +725,31 @@ def part_memory(bench):
                                    f"{got['frames'] / got['seconds']:.1f} frame/s"))
     bench.rows.append(Row(f"peak RSS {long} / {short} frames", size, DEFAULT_BATCH,
                           peaks[long] / peaks[short], "ratio", note="1.0 = flat memory"))
+
+
+# -- part: fullres --------------------------------------------------------------------------
+
+FULLRES = (("dino_vits16", (1080, 1920)), ("dino_vits8", (720, 1280)))
+
+
+def part_fullres(bench):
+    """``--full-res`` renders that once were killed for memory: dino_vits16 on 1080p frames
+    (8161 tokens) and dino_vits8 on 720p (14,401 tokens), each in a fresh process at the default
+    batch size: the planner's batch and chunk, its estimate against the measured peak RSS above
+    the RSS after loading the model, and frames per second."""
+    frames = DEFAULT_BATCH if not bench.args.quick else 2
+    for preset, hw in FULLRES:
+        clip = bench.clip(hw, frames)
+        got = run_memory_worker(clip, frames, preset, full_res=True)
+        used = got["peak_mib"] - got["loaded_mib"]
+        size = hw_str(got["input_hw"])
+        bench.rows.append(Row(f"{preset} --full-res, peak RSS", size, got["batch"],
+                              got["peak_mib"], "MiB", got["loaded_mib"], "RSS after model load",
+                              note=f"{got['frames'] / got['seconds']:.3f} frame/s; chunk "
+                                   f"{got['chunk']}; budget {got['budget_mib']:.0f} MiB"))
+        bench.rows.append(Row(f"{preset} --full-res, planner estimate", size, got["batch"],
+                              got["estimate_mib"], "MiB", used, "measured peak - loaded",
+                              got["estimate_mib"] / used, note="> 1: the planner is cautious"))
 
 
 # -- part: rollout ---------------------------------------------------------------------------
@@ -871,7 +913,7 @@ def parse_args(argv=None):
     parser.add_argument("--cache", default="out/bench-cache", help="generated clips")
     parser.add_argument("--torch-device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="the reference's device; auto: cuda when the backend runs on a GPU")
-    parser.add_argument("--memory-worker", nargs=2, metavar=("CLIP", "FRAMES"),
+    parser.add_argument("--memory-worker", nargs=4, metavar=("CLIP", "FRAMES", "PRESET", "FULL"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.parts = [p.strip() for p in args.only.split(",") if p.strip()]
@@ -885,7 +927,8 @@ def main(argv=None):
     args = parse_args(argv)
     keep_freed_memory()  # as the CLI does, so e2e and memory measure what users get
     if args.memory_worker:
-        memory_worker(args.memory_worker[0], int(args.memory_worker[1]))
+        clip, frames, preset, full = args.memory_worker
+        memory_worker(clip, int(frames), preset, bool(int(full)))
         return 0
     if {"torch", "families"} & set(args.parts) and args.torch_device == "auto":
         try:
@@ -901,7 +944,8 @@ def main(argv=None):
     errors = {}
     runners = {"startup": part_startup, "model": part_model, "torch": part_torch,
                "families": part_families, "ceiling": part_ceiling,
-               "e2e": part_e2e, "memory": part_memory, "rollout": part_rollout,
+               "e2e": part_e2e, "memory": part_memory, "fullres": part_fullres,
+               "rollout": part_rollout,
                "batch": part_batch}
     for part in PARTS:
         if part not in args.parts:

@@ -44,14 +44,19 @@ def _check(attn: np.ndarray, n_prefix: int, grid_hw) -> None:
 
 
 def cls_maps(attn: np.ndarray, n_prefix: int, grid_hw) -> np.ndarray:
-    """Per-head CLS attention maps: ``(N, heads, T, T)`` -> ``(N, heads, gh, gw)``.
+    """Per-head CLS attention maps: ``(N, heads, R, T)`` -> ``(N, heads, gh, gw)``, where the
+    ``R`` rows are the first queries' (all ``T``, or the class tokens' rows that
+    ``Model.run(..., attention="cls")`` returns).
 
     The CLS query's row (token 0) over the patch keys, laid out on the patch grid. Pass the last
-    block's attention, as DINO does: that is where the CLS token gathers the image. The class
+    block's attention, as DINO does: that is where the CLS token gathers the image. The prefix
     tokens' own columns are dropped, so a map sums to less than 1 (to 1 minus what CLS gives
     to the prefix tokens). Returns a view of ``attn``.
     """
-    _check(attn, n_prefix, grid_hw)
+    gh, gw = grid_hw
+    if attn.ndim != 4 or attn.shape[-1] != n_prefix + gh * gw or attn.shape[-2] < 1:
+        raise ValueError(f"attention rows must be (N, heads, R, {n_prefix + gh * gw}) for "
+                         f"{n_prefix} prefix token(s) and a {gh}x{gw} grid, got {attn.shape}")
     return attn[:, :, 0, n_prefix:].reshape(attn.shape[0], attn.shape[1], *grid_hw)
 
 

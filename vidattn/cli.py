@@ -7,6 +7,7 @@ instead. Ctrl-C and SIGTERM end a command the same way, cleaning up (exit 130 an
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 
@@ -15,9 +16,9 @@ import click
 from vidattn.errors import VidattnError, one_line
 from vidattn.interrupts import Interrupts, exit_status, signal_of
 from vidattn.options import (
-    DEFAULT_PRESET,
     BatchOptions,
     ImageOptions,
+    ModelOptions,
     RayOptions,
     VideoOptions,
     cli_fields,
@@ -118,28 +119,9 @@ def source_of(preset) -> str:
     return " or ".join(s for s in (preset.weights_url, hub) if s) or "none: pass --weights PATH"
 
 
-def _model_options(fn):
-    """--model, --weights and --checkpoint-key, shared by video, image and batch."""
-    fn = click.option(
-        "--checkpoint-key", default="teacher", show_default=True,
-        help="Network to load from a DINO training checkpoint (teacher or student).",
-    )(fn)
-    fn = click.option(
-        "--weights", metavar="PATH|random",
-        help="Checkpoint file (official .pth, timm or Hugging Face .safetensors, or a Hugging "
-        "Face model folder), or 'random' for untrained weights (outputs are labelled RANDOM). "
-        "Default: the preset's official weights, from a cache or downloaded once.",
-    )(fn)
-    return click.option(
-        "--model", "-m", "preset", default=DEFAULT_PRESET, show_default=True, metavar="PRESET",
-        help="Model preset; `vidattn models` lists them.",
-    )(fn)
-
-
-def _load(preset, weights, checkpoint_key, quiet=False):
-    import vidattn
-
-    model = vidattn.load_model(preset, weights=weights, checkpoint_key=checkpoint_key)
+def _load(kw, quiet=False):
+    """The model the command's ``ModelOptions`` name, with the random-weights note."""
+    model = options_from(ModelOptions, kw).load()
     _note_random(model, quiet)
     return model
 
@@ -155,11 +137,12 @@ def _click_option(f):
     meta, default = f.metadata, f.default
     flag = "--" + f.name.replace("_", "-")
     kwargs = {"default": default, "help": meta["help"], "show_default": default is not None}
+    short = [meta["short"]] if "short" in meta else []
     if isinstance(default, bool):  # --x (off by default), or --x/--no-x
         decls = [f"{flag}/--no-{flag[2:]}" if meta.get("flag") is False else flag]
         kwargs.update(is_flag=True)
     else:
-        decls = [flag]
+        decls = [flag, *short]
         kind = meta.get("type", type(default))
         if "choices" in meta:
             kind = click.Choice(meta["choices"])
@@ -206,14 +189,14 @@ def options_from(cls, kw, **extra):
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "dst", required=True, type=click.Path(dir_okay=False),
               help="Output video: .mp4 (H.264 + the input's audio), .mov, .mkv or .gif.")
-@_model_options
+@options_of(ModelOptions)
 @options_of(VideoOptions)
 @click.option("--save-maps", type=click.Path(dir_okay=False),
               help="Also write the raw per-frame maps (and their times) to this .npz.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_friendly_errors
-def video(src, dst, preset, weights, checkpoint_key, save_maps, overwrite, quiet, **kw):
+def video(src, dst, save_maps, overwrite, quiet, **kw):
     """Render what a ViT attends to in every frame of SRC into OUTPUT.
 
     \b
@@ -234,12 +217,12 @@ def video(src, dst, preset, weights, checkpoint_key, save_maps, overwrite, quiet
         raise VidattnError("output exists (use --overwrite to replace it)", dst)
     opts = options_from(VideoOptions, kw, save_maps=Path(save_maps) if save_maps else None,
                         progress=not quiet)
-    model = _load(preset, weights, checkpoint_key, quiet)
+    model = _load(kw, quiet)
     result = render_video(model, src, dst, opts)
     if not quiet:
         click.echo(
             f"wrote {result.output} ({result.frames} frames, {result.size[0]}x{result.size[1]}; "
-            f"processed at {result.frames / result.seconds:.1f} frames per second)", err=True,
+            f"processed at {result.frames / result.seconds:.3g} frames per second)", err=True,
         )
 
 
@@ -247,12 +230,12 @@ def video(src, dst, preset, weights, checkpoint_key, save_maps, overwrite, quiet
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
               help="Output folder (created if missing).")
-@_model_options
+@options_of(ModelOptions)
 @options_of(ImageOptions)
 @click.option("--overwrite", is_flag=True, help="Replace the output folders of images done before.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @_friendly_errors
-def image(images, outdir, preset, weights, checkpoint_key, overwrite, quiet, **kw):
+def image(images, outdir, overwrite, quiet, **kw):
     """Run the classic ViT probes on still IMAGES and write figures, numbers and an index page.
 
     \b
@@ -295,7 +278,7 @@ def image(images, outdir, preset, weights, checkpoint_key, overwrite, quiet, **k
         tqdm.write(one_line(f"vidattn: error: {err}"), file=sys.stderr)
 
     opts = options_from(ImageOptions, kw)
-    model = _load(preset, weights, checkpoint_key, quiet)
+    model = _load(kw, quiet)
     run = probe_images(model, images, outdir, opts, overwrite, progress=not quiet, on_error=report)
     if not quiet:
         click.echo(f"wrote {run.index} ({len(run.entries)} of {len(images)} images)", err=True)
@@ -307,7 +290,7 @@ def image(images, outdir, preset, weights, checkpoint_key, overwrite, quiet, **k
 @click.argument("indir", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
               help="Output folder: the mirror of INDIR (created if missing).")
-@_model_options
+@options_of(ModelOptions)
 @options_of(VideoOptions)
 @options_of(BatchOptions)
 @options_of(ImageOptions, only=("probes",))
@@ -317,7 +300,7 @@ def image(images, outdir, preset, weights, checkpoint_key, overwrite, quiet, **k
 @click.option("--quiet", "-q", is_flag=True,
               help="No progress bar and no summary table (failures are still listed).")
 @_friendly_errors
-def batch(indir, outdir, preset, weights, checkpoint_key, overwrite, quiet, **kw):
+def batch(indir, outdir, overwrite, quiet, **kw):
     """Render every video and probe every image under INDIR into OUTDIR, resumably.
 
     \b
@@ -369,12 +352,12 @@ def batch(indir, outdir, preset, weights, checkpoint_key, overwrite, quiet, **kw
     )
     if ray_opts.ray is None:
         _refuse_ray_options()
-        model = _load(preset, weights, checkpoint_key, quiet)
+        model = _load(kw, quiet)
         result = run_batch(model, indir, outdir, opts)
     else:
         from vidattn.batch_ray import run_batch_ray
 
-        result = run_batch_ray(_loader(preset, weights, checkpoint_key), indir, outdir, opts,
+        result = run_batch_ray(_loader(kw), indir, outdir, opts,
                                ray_opts, on_model=functools.partial(_note_random, quiet=quiet))
     if not quiet:
         click.echo(format_summary(result))
@@ -396,14 +379,13 @@ def _refuse_ray_options():
         raise VidattnError(f"{', '.join(given)}: only with --ray")
 
 
-def _loader(preset, weights, checkpoint_key):
-    """``load_model`` with the command's arguments, for Ray workers to call: a zero-argument
-    function that pickles, with a local --weights path made absolute (a worker's working folder
-    is its own)."""
+def _loader(kw):
+    """The command's ``ModelOptions.load``, for Ray workers to call: a zero-argument function
+    that pickles, with a local --weights path made absolute (a worker's working folder is its
+    own)."""
     import os
 
-    from vidattn.models.api import load_model
-
-    if weights not in (None, "random") and os.path.exists(weights):
-        weights = os.path.abspath(weights)
-    return functools.partial(load_model, preset, weights=weights, checkpoint_key=checkpoint_key)
+    opts = options_from(ModelOptions, kw)
+    if opts.weights not in (None, "random") and os.path.exists(opts.weights):
+        opts = dataclasses.replace(opts, weights=os.path.abspath(opts.weights))
+    return opts.load

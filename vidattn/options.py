@@ -18,7 +18,8 @@ from vidattn.errors import VidattnError
 __all__ = [
     "DEFAULT_BATCH", "DEFAULT_PRESET", "DEFAULT_SIZE", "DEFAULT_THRESHOLD", "FORMATS",
     "IMAGE_PROBES", "MODEL_PROBES", "PROBES", "SIDE_MAPS", "VIEWS", "X264_PRESETS", "BatchOptions",
-    "ImageOptions", "RayOptions", "VideoOptions", "check_ray_address", "parse_probes",
+    "ImageOptions", "ModelOptions", "RayOptions", "VideoOptions", "check_ray_address",
+    "parse_probes",
 ]
 
 DEFAULT_PRESET = "dino_vits16"  # the model of the commands and of vidattn.probe / vidattn.render
@@ -45,8 +46,43 @@ def option(default, help: str, **cli):  # noqa: A002 - "help" as click names it
     ``min_open``/``max_open``), ``type`` (for a None default: int, float or str), ``flag``
     (False: a bool shown as ``--x/--no-x`` rather than a bare ``--x``), ``flag_value`` (the value
     of the option given without one: ``--x [VALUE]``), ``check`` (a function that raises
-    VidattnError for a bad value, run as the command line is read)."""
+    VidattnError for a bad value, run as the command line is read), ``short`` (a one-letter
+    alias such as ``-m``)."""
     return field(default=default, metadata={"help": help, **cli})
+
+
+def _check_memory_budget(text):
+    from vidattn.models.memory import parse_bytes
+
+    return None if text is None else parse_bytes(text)
+
+
+@dataclass
+class ModelOptions:
+    """Which model the commands load and how much memory a forward pass may take."""
+
+    model: str = option(DEFAULT_PRESET, "Model preset; `vidattn models` lists them.",
+                        metavar="PRESET", short="-m")
+    weights: str | None = option(
+        None, "Checkpoint file (official .pth, timm or Hugging Face .safetensors, or a Hugging "
+        "Face model folder), or 'random' for untrained weights (outputs are labelled RANDOM). "
+        "Default: the preset's official weights, from a cache or downloaded once.", type=str,
+        metavar="PATH|random")
+    checkpoint_key: str = option(
+        "teacher", "Network to load from a DINO training checkpoint (teacher or student).")
+    memory_budget: int | None = option(
+        None, "Working memory a forward pass may take, as 8G, 512M or bytes. Default: 80% of "
+        "what is available when the run starts (free GPU memory on a GPU). Attention is "
+        "computed in query chunks and the batch lowered (said in one line) to stay within it; "
+        "a frame that cannot fit is refused at once, naming the largest --size that would.",
+        type=str, metavar="SIZE", check=_check_memory_budget)
+
+    def load(self):
+        """``vidattn.load_model`` with these options."""
+        from vidattn.models.api import load_model
+
+        return load_model(self.model, weights=self.weights, checkpoint_key=self.checkpoint_key,
+                          memory_budget=self.memory_budget)
 
 
 def cli_fields(cls):

@@ -199,7 +199,8 @@ def analyse(model, image, size: int = DEFAULT_SIZE, probes=IMAGE_PROBES) -> Anal
     """Run the model once on an image (a path or uint8 RGB ``(H, W, 3)``) for ``probes``.
 
     Only as much attention as the probes need leaves the model: every block for ``distance`` and
-    ``registers``, the last for ``heads`` and ``masks``, none otherwise (top-5 needs only
+    ``registers``, the class tokens' rows of the last for ``heads`` and ``masks``, none
+    otherwise (top-5 needs only
     logits); ``rollout`` is computed inside the model, and the patch tokens leave it only for
     ``norms``.
     """
@@ -207,7 +208,7 @@ def analyse(model, image, size: int = DEFAULT_SIZE, probes=IMAGE_PROBES) -> Anal
     pixels = image if isinstance(image, np.ndarray) else load_image(image)
     probes = set(probes)
     mode = ("all" if probes & {"distance", "registers"} else
-            "last" if probes & {"heads", "masks"} else "none")
+            "cls" if probes & {"heads", "masks"} else "none")
     out = model.run(preprocess_image(pixels, model.preset.preprocessing, size), attention=mode,
                     rollout="rollout" in probes, tokens="norms" in probes)
     attns = out["attention"]

@@ -192,7 +192,7 @@ def cls_patch_attention(model, images: np.ndarray) -> np.ndarray:
     """
     from vidattn.preprocess import normalize
 
-    out = model.run(normalize(images, model.preset.preprocessing), attention="last")
+    out = model.run(normalize(images, model.preset.preprocessing), attention="cls")
     row = out["attention"][-1].mean(axis=1)[:, 0, model.preset.num_prefix_tokens :]
     return row / row.sum(axis=1, keepdims=True)
 

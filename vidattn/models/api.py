@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from vidattn.models import hub
+from vidattn.models import hub, memory
 from vidattn.models.compile import Call, compiled
 from vidattn.models.presets import Preset, get_preset
 from vidattn.models.state_dict import read_checkpoint
@@ -35,6 +35,7 @@ class Model:
     preset: Preset
     backbone: ViT
     weights_label: str
+    memory_budget: int | None = None  # bytes; None: what is available when a call is planned
     _compiled: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -45,13 +46,18 @@ class Model:
         """Forward a preprocessed float32 batch ``(N, H, W, 3)``; H and W multiples of the patch.
 
         Returns numpy arrays: ``features`` ``(N, D)``, ``logits`` ``(N, C)`` where the preset has
-        a head, ``attention``: a list with one ``(N, heads, T, T)`` array per returned block
-        (``"last"``: one; ``"all"``: ``depth``; ``"none"``: empty), with ``rollout=True``
-        ``rollout``: the CLS row of attention rollout ``(N, T)``, computed inside the compiled
-        model (``attention.rollout_map`` turns it into maps), and with ``tokens=True``
-        ``patch_tokens``: the final-normed patch tokens ``(N, gh * gw, D)``, prefix tokens
-        removed, and ``patch_norms`` ``(N, gh * gw)``: their norms before the final norm.
-        ``T = preset.num_prefix_tokens + gh * gw``. One compiled call gives them all.
+        a head, ``attention``: a list with one array per returned block (``"all"``: every
+        block's ``(N, heads, T, T)``; ``"last"``: the last block's; ``"cls"``: the class tokens'
+        rows of the last block, ``(N, heads, num_class_tokens, T)``; ``"none"``: empty), with
+        ``rollout=True`` ``rollout``: the CLS row of attention rollout ``(N, T)``, computed
+        inside the compiled model (``attention.rollout_map`` turns it into maps), and with
+        ``tokens=True`` ``patch_tokens``: the final-normed patch tokens ``(N, gh * gw, D)``,
+        prefix tokens removed, and ``patch_norms`` ``(N, gh * gw)``: their norms before the
+        final norm. ``T = preset.num_prefix_tokens + gh * gw``. One compiled call gives them all.
+
+        Memory stays within ``memory_budget`` (``vidattn.models.memory.plan``): attention in
+        query chunks where one piece would not fit, and the batch run in smaller groups where
+        it must. Raises VidattnError, before any work, when one image cannot fit.
         """
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
@@ -61,21 +67,30 @@ class Model:
             raise ValueError(
                 f"images must be (N, H, W, 3) with H and W multiples of {p}, got {images.shape}"
             )
-        key = (attention, bool(rollout), bool(tokens))
+        plan = self.plan(images.shape[1:3], len(images), attention, rollout, tokens)
+        key = (attention, bool(rollout), bool(tokens), plan.chunk)
         if key not in self._compiled:
             self._compiled[key] = compiled(
                 Call(self.backbone, attention=attention, rollout=bool(rollout),
-                     tokens=bool(tokens)), self.backbone
+                     tokens=bool(tokens), chunk=plan.chunk), self.backbone
             )
-        out = self._compiled[key](images)
-        result = {
-            "features": keras.ops.convert_to_numpy(out["features"]),
-            "attention": [keras.ops.convert_to_numpy(a) for a in out["attention"]],
-        }
-        for name in ("logits", "rollout", "patch_tokens", "patch_norms"):
-            if name in out:
-                result[name] = keras.ops.convert_to_numpy(out[name])
+        parts = [self._compiled[key](images[i : i + plan.batch])
+                 for i in range(0, len(images), plan.batch)]
+        result = {"attention": [np.concatenate([keras.ops.convert_to_numpy(part["attention"][b])
+                                                for part in parts])
+                                for b in range(len(parts[0]["attention"]))]}
+        for name in ("features", "logits", "rollout", "patch_tokens", "patch_norms"):
+            if name in parts[0]:
+                result[name] = np.concatenate([keras.ops.convert_to_numpy(part[name])
+                                               for part in parts])
         return result
+
+    def plan(self, input_hw, batch, attention="none", rollout=False, tokens=False,
+             extra_per_image=0, sizes=None):
+        """The memory plan of ``run`` on ``batch`` images ``input_hw`` (see
+        ``vidattn.models.memory.plan``), within this model's ``memory_budget``."""
+        return memory.plan(self.preset, input_hw, batch, attention, rollout, tokens,
+                           self.memory_budget, extra_per_image, sizes)
 
     def patch_filters(self) -> np.ndarray:
         """Patch-projection filters ``(p, p, 3, D)``: the kernel that turns a patch into a token."""
@@ -90,7 +105,8 @@ class Model:
         return self.backbone.pos_embed.numpy()[0, self.preset.num_class_tokens :]
 
 
-def load_model(preset, weights=None, seed: int | None = 0, checkpoint_key="teacher") -> Model:
+def load_model(preset, weights=None, seed: int | None = 0, checkpoint_key="teacher",
+               memory_budget=None) -> Model:
     """Build a preset's model and load its weights.
 
     Args:
@@ -102,16 +118,19 @@ def load_model(preset, weights=None, seed: int | None = 0, checkpoint_key="teach
         seed: with ``weights="random"``, the seed the weights are drawn from (the same weights
             on every backend and every run).
         checkpoint_key: which network of a DINO training checkpoint to load (teacher/student).
+        memory_budget: working memory a forward pass may take, in bytes or as ``"8G"``
+            (None: what is available when each call is planned; see ``Model.run``).
     """
+    budget = None if memory_budget is None else memory.parse_bytes(memory_budget)
     preset = get_preset(preset) if isinstance(preset, str) else preset
     if weights == RANDOM:
         backbone = ViT(preset)
         randomize(backbone, seed)
-        return Model(preset, backbone, f"{RANDOM} (untrained, seed {seed})")
+        return Model(preset, backbone, f"{RANDOM} (untrained, seed {seed})", budget)
     path = hub.resolve(preset, weights)  # first: a missing file fails before any work
     state = read_checkpoint(path, preset, checkpoint_key)
     backbone = ViT(preset)
     load_state_dict(backbone, state, source=os.fspath(path))
     label = f"{preset.name} ({'bundled' if preset.packaged_weights else 'official'})"
     label = label if weights is None else Path(path).name
-    return Model(preset, backbone, label)
+    return Model(preset, backbone, label, budget)

@@ -12,7 +12,8 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["MLP", "Attention", "Block", "LayerScale", "PatchEmbed", "SwiGLU", "apply_rope"]
+__all__ = ["MLP", "Attention", "Block", "LayerScale", "PatchEmbed", "SwiGLU", "apply_rope",
+           "attention_probs", "chunked_attention", "query_chunks"]
 
 
 class PatchEmbed(keras.layers.Layer):
@@ -44,15 +45,47 @@ class PatchEmbed(keras.layers.Layer):
 
 
 def apply_rope(x, sin, cos, num_prefix):
-    """Rotate the patch tokens of ``x`` ``(N, heads, T, head_dim)`` by RoPE angles ``sin``,
+    """Rotate the patch tokens of ``x`` ``(N, T, heads, head_dim)`` by RoPE angles ``sin``,
     ``cos`` ``(T - num_prefix, head_dim)``; the first ``num_prefix`` tokens (class and storage
     tokens) pass unchanged. The rotate-half form of DINOv3: ``x cos + [-x2, x1] sin`` with
     ``x1, x2`` the two halves of the head dimension. Computed in float32."""
-    prefix, patches = x[:, :, :num_prefix], ops.cast(x[:, :, num_prefix:], "float32")
+    prefix, patches = x[:, :num_prefix], ops.cast(x[:, num_prefix:], "float32")
     half = patches.shape[-1] // 2
     rotated = ops.concatenate([-patches[..., half:], patches[..., :half]], axis=-1)
-    patches = ops.cast(patches * cos + rotated * sin, x.dtype)
-    return ops.concatenate([prefix, patches], axis=2)
+    patches = ops.cast(patches * cos[:, None] + rotated * sin[:, None], x.dtype)
+    return ops.concatenate([prefix, patches], axis=1)
+
+
+def attention_probs(q, k, scale):
+    """Softmax attention of queries ``q`` ``(N, Tq, heads, d)`` over keys ``k`` ``(N, T, heads,
+    d)``: ``(N, heads, Tq, T)``, each row ``softmax(q . k * scale)``."""
+    return ops.softmax(ops.einsum("nqhd,nkhd->nhqk", q * scale, k), axis=-1)
+
+
+def query_chunks(x, chunk):
+    """``x`` ``(N, T, ...)`` padded with zeros to whole chunks of ``chunk`` queries and split:
+    ``(T_pad // chunk, N, chunk, ...)``, chunks first (to map over)."""
+    t = x.shape[1]
+    pad = -t % chunk
+    if pad:
+        x = ops.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (len(x.shape) - 2))
+    x = ops.reshape(x, (x.shape[0], (t + pad) // chunk, chunk, *x.shape[2:]))
+    return ops.moveaxis(x, 1, 0)
+
+
+def chunked_attention(q, k, v, scale, chunk):
+    """Exact attention output ``(N, T, heads, d)`` with the queries tiled in chunks of ``chunk``:
+    each chunk's rows are the same softmax as in one piece, but only ``heads * chunk * T`` scores
+    exist at a time (per image) instead of ``heads * T * T``. Any chunk size; a last, shorter
+    chunk is padded and its padding dropped."""
+    t = q.shape[1]
+
+    def one_chunk(q_chunk):
+        return ops.einsum("nhqk,nkhd->nqhd", attention_probs(q_chunk, k, scale), v)
+
+    out = ops.map(one_chunk, query_chunks(q, chunk))  # (chunks, N, chunk, heads, d)
+    out = ops.moveaxis(out, 0, 1)
+    return ops.reshape(out, (out.shape[0], -1, *out.shape[3:]))[:, :t]
 
 
 class Attention(keras.layers.Layer):
@@ -61,10 +94,16 @@ class Attention(keras.layers.Layer):
     ``mask_k_bias``: the qkv bias is multiplied by a stored ``bias_mask`` ``(3 dim,)`` (DINOv3's
     ``LinearKMaskedBias``, whose mask zeroes the key bias), as the official code does each call.
 
-    ``call(x, rope=None, num_prefix=0, return_probs=False)`` with x ``(N, T, D)`` returns
-    ``(out (N, T, D), probs)``: probs is the softmax attention ``(N, heads, T, T)`` when
-    ``return_probs``, else None. ``rope``: ``(sin, cos)`` to rotate the queries and keys of the
-    tokens after the first ``num_prefix`` (``apply_rope``).
+    ``call(x, rope=None, num_prefix=0, probs=None, chunk=None)`` with x ``(N, T, D)`` returns
+    ``(out (N, T, D), probabilities)``:
+
+    - ``probs``: None (no probabilities), ``"all"``: ``(N, heads, T, T)``, or an int ``R``: the
+      rows of the first ``R`` queries, ``(N, heads, R, T)`` (the class tokens' rows);
+    - ``chunk``: None for the backend's own attention (``keras.ops.dot_product_attention``: a
+      fused kernel, flash attention on GPUs), or a query chunk size (``chunked_attention``) that
+      bounds the scores held at once; both exact.
+    - ``rope``: ``(sin, cos)`` to rotate the queries and keys of the tokens after the first
+      ``num_prefix`` (``apply_rope``).
     """
 
     def __init__(self, dim, num_heads, mask_k_bias=False, **kwargs):
@@ -86,21 +125,34 @@ class Attention(keras.layers.Layer):
         self.qkv.build(input_shape)
         self.proj.build(input_shape)
 
-    def call(self, x, rope=None, num_prefix=0, return_probs=False):
-        n, t, d = ops.shape(x)
+    def heads(self, x, rope=None, num_prefix=0):
+        """Queries, keys and values of ``x`` ``(N, T, D)``, each ``(N, T, heads, head_dim)``,
+        the queries' and keys' patch tokens rotated by ``rope``."""
+        n, t, _ = ops.shape(x)
         if self.bias_mask is None:
             qkv = self.qkv(x)
         else:
             qkv = ops.matmul(x, self.qkv.kernel) + self.qkv.bias * self.bias_mask
         qkv = ops.reshape(qkv, (n, t, 3, self.num_heads, self.head_dim))
-        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, N, heads, T, head_dim)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if rope is not None:
             q, k = apply_rope(q, *rope, num_prefix), apply_rope(k, *rope, num_prefix)
-        probs = ops.softmax(ops.matmul(q * self.scale, ops.transpose(k, (0, 1, 3, 2))), axis=-1)
-        out = ops.transpose(ops.matmul(probs, v), (0, 2, 1, 3))
-        out = self.proj(ops.reshape(out, (n, t, d)))
-        return out, (probs if return_probs else None)
+        return q, k, v
+
+    def call(self, x, rope=None, num_prefix=0, probs=None, chunk=None):
+        n, t, d = ops.shape(x)
+        q, k, v = self.heads(x, rope, num_prefix)
+        if probs == "all":
+            probabilities = attention_probs(q, k, self.scale)
+            out = ops.einsum("nhqk,nkhd->nqhd", probabilities, v)
+        else:
+            if chunk is None:
+                out = ops.dot_product_attention(q, k, v, scale=self.scale)
+            else:
+                out = chunked_attention(q, k, v, self.scale, chunk)
+            probabilities = None if probs is None else attention_probs(q[:, :probs], k,
+                                                                       self.scale)
+        return self.proj(ops.reshape(out, (n, t, d))), probabilities
 
 
 class MLP(keras.layers.Layer):
@@ -169,9 +221,9 @@ class Block(keras.layers.Layer):
         for layer in (self.norm1, self.attn, self.norm2, self.mlp):
             layer.build(input_shape)
 
-    def call(self, x, rope=None, num_prefix=0, return_probs=False):
-        y, probs = self.attn(self.norm1(x), rope=rope, num_prefix=num_prefix,
-                             return_probs=return_probs)
+    def call(self, x, rope=None, num_prefix=0, probs=None, chunk=None):
+        y, probs = self.attn(self.norm1(x), rope=rope, num_prefix=num_prefix, probs=probs,
+                             chunk=chunk)
         x = x + (y if self.ls1 is None else self.ls1(y))
         y = self.mlp(self.norm2(x))
         return x + (y if self.ls2 is None else self.ls2(y)), probs

@@ -28,14 +28,14 @@ import numpy as np
 from keras import ops
 
 from vidattn.errors import VidattnError
-from vidattn.models.layers import Block, PatchEmbed
+from vidattn.models.layers import Block, PatchEmbed, attention_probs, query_chunks
 from vidattn.models.position import resize_matrix, rope_periods, rope_sin_cos
 from vidattn.models.presets import Preset
 
 __all__ = ["ATTENTION_MODES", "Slot", "ViT", "cls_rollout", "export_state_dict",
-           "load_state_dict", "randomize"]
+           "load_state_dict", "randomize", "rollout_step"]
 
-ATTENTION_MODES = ("none", "last", "all")
+ATTENTION_MODES = ("none", "cls", "last", "all")
 
 
 def cls_rollout(mean_attns):
@@ -63,6 +63,25 @@ def cls_rollout(mean_attns):
     return row[:, 0]
 
 
+def rollout_step(row, q, k, scale, chunk):
+    """One block of :func:`cls_rollout` without the block's ``T x T`` attention: ``row``
+    ``(N, T)`` -> ``row @ R``, ``R`` the head-mean attention of queries ``q`` over keys ``k``
+    (``(N, T, heads, d)``) plus the identity, rows renormalised. The attention is recomputed in
+    chunks of ``chunk`` query rows, so only ``heads * chunk * T`` scores exist at a time:
+    ``row @ R = sum over query rows i of (row_i / d_i) (A_i + e_i)``, ``d_i`` row i's sum."""
+    t = row.shape[1]
+
+    def one_chunk(rows_and_queries):
+        part, queries = rows_and_queries  # (N, chunk), (N, chunk, heads, d)
+        mean = ops.mean(attention_probs(queries, k, scale), axis=1)  # (N, chunk, T)
+        scaled = part / (ops.sum(mean, axis=-1) + 1)
+        return ops.einsum("nc,nct->nt", scaled, mean), scaled
+
+    spread, scaled = ops.map(one_chunk, (query_chunks(row, chunk), query_chunks(q, chunk)))
+    scaled = ops.reshape(ops.moveaxis(scaled, 0, 1), (row.shape[0], -1))[:, :t]
+    return ops.sum(spread, axis=0) + scaled
+
+
 def _identity(x):
     return x
 
@@ -88,9 +107,11 @@ class ViT(keras.Model):
     - ``features``: ``(N, D)``, the final-normed CLS token;
     - ``logits``: ``(N, num_classes)`` where the preset has a head (distilled DeiT averages the
       CLS and distillation heads, as timm does at inference);
-    - ``attention``: list of ``(N, heads, T, T)`` softmax probabilities, one per returned block
-      (``attention="last"``: the last block only; ``"all"``: every block; ``"none"``: empty),
-      where ``T = num_prefix_tokens + (H/p) * (W/p)``, prefix tokens first, patches row by row;
+    - ``attention``: list of softmax probabilities, one per returned block (``attention="last"``:
+      ``(N, heads, T, T)`` of the last block; ``"all"``: every block; ``"cls"``: the class
+      tokens' rows of the last block, ``(N, heads, num_class_tokens, T)``, all that a map of
+      CLS attention needs; ``"none"``: empty), where ``T = num_prefix_tokens + (H/p) * (W/p)``,
+      prefix tokens first, patches row by row;
     - ``rollout``: ``(N, T)``, the CLS row of attention rollout through every block
       (:func:`cls_rollout`), only with ``rollout=True``;
     - ``patch_tokens``: ``(N, (H/p) * (W/p), D)``, the final-normed patch tokens (DINOv2's
@@ -98,6 +119,12 @@ class ViT(keras.Model):
       patch tokens before the final norm (the residual stream, DINOv2's ``x_prenorm``, where the
       high-norm artifact tokens of "Vision Transformers Need Registers" show), only with
       ``tokens=True``.
+
+    ``chunk``: None, or a query chunk size: every block's attention is then computed in chunks
+    of queries (``layers.chunked_attention``) and rollout recomputes each block's attention in
+    chunks walking the blocks last first (:func:`rollout_step`, from each block's input kept on
+    the way: ``O(depth * T * D)`` memory instead of ``O(depth * T**2)``). Exact either way;
+    ``vidattn.models.memory`` chooses it.
     """
 
     def __init__(self, preset: Preset, seed: int | None = None, **kwargs):
@@ -159,7 +186,7 @@ class ViT(keras.Model):
         return ops.concatenate(
             [self.pos_embed[:, :n_cls], ops.reshape(resampled, (1, gh * gw, -1))], axis=1)
 
-    def call(self, images, attention="none", rollout=False, tokens=False):
+    def call(self, images, attention="none", rollout=False, tokens=False, chunk=None):
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
         p = self.preset
@@ -178,22 +205,31 @@ class ViT(keras.Model):
             n_cls = p.num_class_tokens
             x = ops.concatenate([x[:, :n_cls], per_image(self.register_tokens), x[:, n_cls:]], 1)
         rope = None if self.periods is None else rope_sin_cos(self.periods, grid)
-        kept, means = [], []
+        kept, means, inputs = [], [], []
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            want = attention == "all" or (attention == "last" and i == last)
-            x, probs = block(x, rope=rope, num_prefix=p.num_prefix_tokens,
-                             return_probs=want or rollout)
-            if want:
-                kept.append(probs)
-            if rollout:
-                means.append(ops.mean(probs, axis=1))
+            keep = attention == "all" or (attention in ("last", "cls") and i == last)
+            probs = None
+            if attention == "all" or (attention == "last" and i == last) or (rollout and not chunk):
+                probs = "all"
+            elif keep:
+                probs = p.num_class_tokens
+            if rollout and chunk:
+                inputs.append(x)
+            x, probabilities = block(x, rope=rope, num_prefix=p.num_prefix_tokens, probs=probs,
+                                     chunk=chunk)
+            if keep:
+                kept.append(probabilities if probs != "all" or attention != "cls"
+                            else probabilities[:, :, : p.num_class_tokens])
+            if rollout and not chunk:
+                means.append(ops.mean(probabilities, axis=1))
         if tokens:
             prenorm = x[:, p.num_prefix_tokens :]
         x = self.norm(x)
         out = {"features": x[:, 0], "attention": kept}
         if rollout:
-            out["rollout"] = cls_rollout(means)
+            out["rollout"] = cls_rollout(means) if not chunk else self._chunked_rollout(
+                inputs, rope, chunk)
         if tokens:
             out["patch_tokens"] = x[:, p.num_prefix_tokens :]
             out["patch_norms"] = ops.sqrt(ops.sum(ops.square(prenorm), axis=-1))
@@ -201,6 +237,15 @@ class ViT(keras.Model):
             logits = [head(x[:, i]) for i, head in enumerate(self.heads)]
             out["logits"] = logits[0] if len(logits) == 1 else (logits[0] + logits[1]) / 2
         return out
+
+    def _chunked_rollout(self, inputs, rope, chunk):
+        """:func:`cls_rollout` from each block's input, the attention recomputed in chunks."""
+        row = ops.cast(ops.arange(inputs[0].shape[1]) == 0, "float32")
+        row = ops.zeros_like(inputs[0][:, :, 0]) + row  # (N, T): e_0 for each image
+        for block, x in zip(reversed(self.blocks), reversed(inputs)):
+            q, k, _ = block.attn.heads(block.norm1(x), rope, self.preset.num_prefix_tokens)
+            row = rollout_step(row, q, k, block.attn.scale, chunk)
+        return row
 
     # -- checkpoint mapping -------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from vidattn import attention as am
 from vidattn import draw
 from vidattn.errors import VidattnError
+from vidattn.models.memory import format_bytes
 from vidattn.options import VideoOptions
 from vidattn.preprocess import prepare_frames, resize_frame, video_geometry
 from vidattn.video.reader import DEFAULT_FPS, Prefetcher, probe, read_frames
@@ -125,7 +127,7 @@ class MapMaker:
             out = self.model.run(inputs, rollout=True)
             maps = am.rollout_map(out["rollout"][:n], self.n_prefix, self.grid_hw)[:, None]
         else:
-            out = self.model.run(inputs, attention="last")
+            out = self.model.run(inputs, attention="cls")
             maps = am.cls_maps(out["attention"][-1][:n], self.n_prefix, self.grid_hw)
             if o.view in ("mean", "side-by-side"):
                 maps = am.head_mean(maps)[:, None]
@@ -206,6 +208,7 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
     geometry = video_geometry(
         info.height, info.width, model.preset.patch_size, opts.size, opts.full_res
     )
+    opts = _plan_batch(model, opts, geometry)
     kind = model.preset.preprocessing
     make_maps = MapMaker(model, opts, geometry.grid_hw)
     draw = FrameRenderer(model, opts, geometry)
@@ -266,6 +269,26 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
         bar.close()
     return VideoResult(written, time.perf_counter() - started, Path(dst), writer.size,
                        tuple(np.concatenate(saved_maps).shape) if saved_maps else ())
+
+
+def _plan_batch(model, opts: VideoOptions, geometry) -> VideoOptions:
+    """``opts`` with the batch size the memory planner allows (``Model.plan``), said in one line
+    when it is lower than asked; raises VidattnError, naming the largest ``--size`` that fits,
+    when one frame cannot fit. Besides the model's working memory, each frame of a batch is held
+    about five times as decoded pixels in the pipeline's queues."""
+    (fh, fw), p = geometry.frame_hw, model.preset.patch_size
+    plan = model.plan(
+        geometry.input_hw, opts.batch_size, *(("none", True) if opts.needs_rollout else ("cls",)),
+        extra_per_image=5 * fh * fw * 3,
+        sizes=(min(geometry.resized_hw), lambda s: video_geometry(fh, fw, p, s).input_hw))
+    if plan.batch < opts.batch_size:
+        if opts.progress:
+            tqdm.write(f"vidattn: note: batch size {plan.batch} instead of {opts.batch_size}: "
+                       f"{geometry.input_hw[1]}x{geometry.input_hw[0]} frames need about "
+                       f"{format_bytes(plan.bytes / plan.batch)} each and the memory budget is "
+                       f"{format_bytes(plan.budget)}", file=sys.stderr)
+        opts = dataclasses.replace(opts, batch_size=plan.batch)
+    return opts
 
 
 def _expected_frames(info, opts):

@@ -1,0 +1,195 @@
+"""The memory planner: before any work, how much a forward pass will take, and the batch size and
+attention tiling that keep it within a budget.
+
+A ViT's attention holds ``heads x T x T`` scores per image and block: 1.6 GB for one 1080p frame
+through ViT-S/16 (8160 tokens), 25 GB through ViT-S/8 (32,400 tokens). So the planner estimates a
+call's working memory from the preset, the input size, the batch and what the caller asks for
+(``estimate``), and ``plan`` picks, in this order of preference, the backend's own attention in
+one piece (fastest, for up to ``DIRECT_MAX_TOKENS`` tokens), then query chunks of ``CHUNKS`` rows
+(exact, and bounded: ``heads x chunk x T``), then a smaller batch. When one image cannot fit even
+so, it says which input size would.
+
+The budget is the memory available when the plan is made (``available_memory``: free device
+memory on a GPU, else the RAM the system says is available), times ``HEADROOM``, unless the user
+sets one (``--memory-budget``, ``parse_bytes``). Working memory only: the model's weights are
+already loaded when a plan is made.
+
+Nothing here imports Keras or numpy: the command line reads ``parse_bytes`` at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+
+from vidattn.errors import VidattnError
+
+__all__ = ["CHUNKS", "DIRECT_MAX_TOKENS", "Plan", "available_memory", "estimate", "format_bytes",
+           "parse_bytes", "plan"]
+
+CHUNKS = (1024, 256, 64)  # query rows per chunk, largest first
+DIRECT_MAX_TOKENS = 4096  # beyond this, chunks run as fast and hold far less
+HEADROOM = 0.8  # of the available memory: the estimate is not exact, and others need some
+FLOAT = 4  # bytes
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_bytes(text) -> int:
+    """``"8G"``, ``"512M"``, ``"1.5GB"``, ``"800MiB"`` or a plain number of bytes -> bytes
+    (powers of 1024). Raises VidattnError for anything else."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
+    if m is None or float(m[1]) <= 0:
+        raise VidattnError(f"not a memory size: {text!r} (say 8G, 512M or a number of bytes)")
+    return int(float(m[1]) * _UNITS[m[2].upper()])
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes for people: ``"1.6 GB"``, ``"512 MB"`` (powers of 1024)."""
+    for unit, size in (("TB", 2**40), ("GB", 2**30), ("MB", 2**20)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n / 2**10:.0f} KB"
+
+
+def available_memory() -> int:
+    """Bytes free for a forward pass: the free memory of the GPU the Keras backend computes on,
+    else the RAM available without swapping (``MemAvailable``)."""
+    device = _device_free_memory()
+    if device is not None:
+        return device
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def _device_free_memory() -> int | None:
+    """Free memory of the backend's first GPU, or None when it computes on the CPU."""
+    import keras
+
+    backend = keras.backend.backend()
+    try:
+        if backend == "torch":
+            import torch
+
+            return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
+        if backend == "jax":
+            import jax
+
+            device = jax.devices()[0]
+            if device.platform == "cpu":
+                return None
+            stats = device.memory_stats() or {}
+            return stats.get("bytes_limit", 0) - stats.get("bytes_in_use", 0) or None
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            if not tf.config.list_physical_devices("GPU"):
+                return None
+            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.free",
+                                  "--format=csv,noheader,nounits"], capture_output=True,
+                                 text=True, timeout=10, check=True).stdout
+            return int(out.split()[0]) * 2**20
+    except (OSError, RuntimeError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A call's plan: images per model call, the query chunk size (None: attention in one
+    piece), the estimated working memory of one call, and the budget it was planned for."""
+
+    batch: int
+    chunk: int | None
+    bytes: int
+    budget: int
+
+
+def estimate(preset, input_hw, batch: int, attention="none", rollout=False, tokens=False,
+             chunk=None, extra_per_image: int = 0) -> int:
+    """Working memory in bytes of one forward pass of ``batch`` images ``input_hw`` (multiples of
+    the patch) that returns ``attention`` ("none", "cls", "last", "all"), the rollout row and
+    the patch tokens, with attention in query chunks of ``chunk`` (None: in one piece), plus
+    ``extra_per_image`` bytes the caller holds per image (frames in its queues).
+
+    Per image: a block's activations (tokens, their norm, q/k/v, the attention output, the
+    feed-forward's hidden layer), the attention scores of one block three times over (scores,
+    exponentials, probabilities; ``heads x T x T``, or ``heads x chunk x T`` in chunks), what is
+    returned (every block's ``T x T`` for "all", the last for "last", twice: in the graph and
+    copied out), rollout's per-block means (``depth x T x T``; in chunks, each block's input,
+    ``depth x T x D``), and the input image."""
+    p = preset
+    t = p.num_prefix_tokens + (input_hw[0] // p.patch_size) * (input_hw[1] // p.patch_size)
+    d, h, depth = p.embed_dim, p.num_heads, p.depth
+    full = attention in ("last", "all") or (rollout and chunk is None)
+    per_image = t * (8 * d + 2 * p.hidden) + 3 * h * (t if full or chunk is None else chunk) * t
+    per_image += 2 * h * t * t * {"all": depth, "last": 1}.get(attention, 0)
+    if rollout:
+        per_image += depth * t * (t if chunk is None else d)
+    if tokens:
+        per_image += 2 * t * d
+    per_image += 3 * input_hw[0] * input_hw[1]
+    return batch * (FLOAT * per_image + extra_per_image)
+
+
+def plan(preset, input_hw, batch: int, attention="none", rollout=False, tokens=False,
+         budget: int | None = None, extra_per_image: int = 0, sizes=None) -> Plan:
+    """The plan for up to ``batch`` images ``input_hw``: the largest batch (never above
+    ``batch``) and, for it, attention in one piece where it is the fast way and fits, else the
+    largest chunk that fits. ``budget``: bytes (None: ``available_memory() * HEADROOM``).
+
+    Raises VidattnError when one image cannot fit. The message names the largest input that
+    would: given ``sizes = (size, size_to_input_hw)`` (the caller's ``--size`` and how it turns
+    a size into an input size), the largest ``--size`` that fits; else the largest square input
+    (a multiple of the patch).
+    """
+    budget = int(budget if budget is not None else available_memory() * HEADROOM)
+    p = preset
+    tokens_n = p.num_prefix_tokens + (input_hw[0] // p.patch_size) * (input_hw[1] // p.patch_size)
+    chunks = ((None,) if tokens_n <= DIRECT_MAX_TOKENS else ()) + tuple(
+        c for c in CHUNKS if c < tokens_n)
+    chunks = chunks or (None,)
+    for n in range(batch, 0, -1):
+        for chunk in chunks:
+            need = estimate(p, input_hw, n, attention, rollout, tokens, chunk, extra_per_image)
+            if need <= budget:
+                return Plan(n, chunk, need, budget)
+    need = estimate(p, input_hw, 1, attention, rollout, tokens, chunks[-1], extra_per_image)
+    what = {"all": "every block's attention", "last": "the last block's attention"}.get(
+        attention, "the attention maps")
+    fits = _what_fits(p, (attention, rollout, tokens), budget, extra_per_image, input_hw, sizes)
+    raise VidattnError(
+        f"{what} of one {input_hw[0]}x{input_hw[1]} input ({tokens_n} tokens) through "
+        f"{p.name} needs about {format_bytes(need)}, over the memory budget of "
+        f"{format_bytes(budget)}; {fits} (or raise --memory-budget)")
+
+
+def _what_fits(preset, wants, budget, extra, input_hw, sizes) -> str:
+    """The largest ``--size`` (or square side) whose one-image plan fits ``budget``; ``wants``:
+    ``(attention, rollout, tokens)``."""
+    p = preset
+
+    def fits(hw):
+        t = p.num_prefix_tokens + (hw[0] // p.patch_size) * (hw[1] // p.patch_size)
+        chunk = None if t <= DIRECT_MAX_TOKENS else CHUNKS[-1]
+        return estimate(p, hw, 1, *wants, chunk, extra) <= budget
+
+    size, to_hw = sizes or (max(input_hw), lambda s: (s, s))
+    lo, hi = p.patch_size, max(p.patch_size, size)
+    if not fits(to_hw(lo)):
+        return f"even the smallest input ({lo} pixels) does not fit"
+    while hi - lo > 1:  # the largest size that fits, by bisection (memory grows with size)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(to_hw(mid)) else (lo, mid)
+    if sizes is None:
+        lo = lo // p.patch_size * p.patch_size
+        return f"the largest square input that fits is {lo}x{lo}"
+    return f"the largest --size that fits is {lo}"
+
