@@ -252,6 +252,7 @@ def header(args) -> dict:
         "device_kind": kind,
         "torch_device": args.torch_device,
         "quick": args.quick,
+        "precision": args.precision,
         "parts": args.parts,
         "versions": versions(),
     }
@@ -277,7 +278,8 @@ class Bench:
 
     def model(self, name):
         if name not in self._models:
-            self._models[name] = vidattn.load_model(name, weights="random")
+            self._models[name] = vidattn.load_model(name, weights="random",
+                                                    precision=self.args.precision)
         return self._models[name]
 
     def ours_rate(self, name, hw, batch, mode) -> float:
@@ -875,7 +877,8 @@ def table(head: dict, rows: list[Row]) -> str:
         + (f"; reference: torch {v.get('torch')} + transformers {v.get('transformers')} on "
            f"{head['torch_device']} ({os.cpu_count()} threads)") * ("torch" in head["parts"]),
         "versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-        f"model: {PRESET}, random weights; video size {DEFAULT_SIZE}, batch {DEFAULT_BATCH}; "
+        f"model: {PRESET}, random weights, {head['precision']}; video size {DEFAULT_SIZE}, "
+        f"batch {DEFAULT_BATCH}; "
         f"ran {head['seconds']:.0f} s, load average at end {head['load_average_at_end']:.2f}",
     ]
     cols = ("measure", "size", "batch", "value", "unit", "reference", "vs", "ratio", "note")
@@ -907,6 +910,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: few iterations")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                        help="the models' precision (vidattn's --precision)")
     parser.add_argument("--only", default=",".join(PARTS),
                         help=f"comma-separated parts to run, from {','.join(PARTS)}")
     parser.add_argument("--json", default="out/bench.json", help="where to write the table")

@@ -164,3 +164,19 @@ def test_no_frames_in_range_is_an_error(planted, clip, tmp_path):
     with pytest.raises(VidattnError, match="no frames"):
         render_video(planted, clip.path, tmp_path / "o.mp4", VideoOptions(start=50, **QUIET))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_worker_threads_change_nothing_but_speed(planted, clip, tmp_path, monkeypatch):
+    """On a machine with more cores, threads share each batch's preprocessing and drawing
+    (``pipeline.WORKERS``): the frames written are the same as with one."""
+    from vidattn.video import pipeline
+
+    outputs = {}
+    for workers in (1, 3):
+        monkeypatch.setattr(pipeline, "WORKERS", workers)
+        out = tmp_path / f"w{workers}.mp4"
+        render_video(planted, clip.path, out, VideoOptions(view="heads", batch_size=4, **QUIET))
+        outputs[workers] = [image for _, image in _read(out)[0]]
+    assert len(outputs[1]) == 30
+    for a, b in zip(outputs[1], outputs[3]):
+        np.testing.assert_array_equal(a, b)

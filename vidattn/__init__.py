@@ -10,7 +10,7 @@ imported only when a model is loaded (``vidattn.load_model``, ``vidattn.probe``,
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # XLA logs its slow compiles as errors
 # TensorFlow 2.21 logs "oneDNN custom operations are on" before its log level applies; its
 # oneDNN rewrites do not change our speed (the model runs under XLA), so they are off by default.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")

@@ -16,6 +16,7 @@ import click
 from vidattn.errors import VidattnError, one_line
 from vidattn.interrupts import Interrupts, exit_status, signal_of
 from vidattn.options import (
+    PRECISIONS,
     BatchOptions,
     ImageOptions,
     ModelOptions,
@@ -82,14 +83,24 @@ def main(debug):
 
 
 @main.command()
+@click.option("--env", is_flag=True,
+              help="Instead: what a run here computes on (backend, devices, precision support, "
+              "memory budget). Imports the backend, so it takes a few seconds.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="With --env: the precision to report on.")
 @_friendly_errors
-def models():
+def models(env, precision):
     """List the model presets: shape, preprocessing, weights, licence, and whether they are here.
 
     The "here" column says where a preset's own weights already are: bundled, torch hub's
     cache, vidattn's cache ($VIDATTN_HOME) or Hugging Face's; "-" means the first run downloads
     them (or, for gated weights, that you must request them and pass --weights PATH).
     """
+    if env:
+        from vidattn.models.device import describe
+
+        click.echo("\n".join(describe(precision)))
+        return
     from vidattn.models.hub import cached_weights
     from vidattn.models.presets import PRESETS
 
@@ -120,10 +131,21 @@ def source_of(preset) -> str:
 
 
 def _load(kw, quiet=False):
-    """The model the command's ``ModelOptions`` name, with the random-weights note."""
-    model = options_from(ModelOptions, kw).load()
+    """The model the command's ``ModelOptions`` name, with the random-weights note and, for a
+    reduced precision without native support here, the note that it will be slow."""
+    opts = options_from(ModelOptions, kw)
+    model = opts.load()
     _note_random(model, quiet)
+    _note_precision(opts.precision, quiet)
     return model
+
+
+def _note_precision(precision, quiet=False):
+    from vidattn.models.device import precision_note
+
+    note = precision_note(precision)
+    if note and not quiet:
+        click.echo(f"vidattn: note: {note}", err=True)
 
 
 def _note_random(model, quiet=False):

@@ -17,7 +17,8 @@ from vidattn.errors import VidattnError
 
 __all__ = [
     "DEFAULT_BATCH", "DEFAULT_PRESET", "DEFAULT_SIZE", "DEFAULT_THRESHOLD", "FORMATS",
-    "IMAGE_PROBES", "MODEL_PROBES", "PROBES", "SIDE_MAPS", "VIEWS", "X264_PRESETS", "BatchOptions",
+    "IMAGE_PROBES", "MODEL_PROBES", "PRECISIONS", "PROBES", "SIDE_MAPS", "VIEWS", "X264_PRESETS",
+    "BatchOptions",
     "ImageOptions", "ModelOptions", "RayOptions", "VideoOptions", "check_ray_address",
     "parse_probes",
 ]
@@ -32,6 +33,7 @@ FORMATS = ("mp4", "gif")
 IMAGE_PROBES = ("distance", "rollout", "heads", "masks", "registers", "norms")
 MODEL_PROBES = ("filters", "posembed")
 PROBES = IMAGE_PROBES + MODEL_PROBES
+PRECISIONS = ("fp32", "bf16", "fp16")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
                 "slower", "veryslow")
 # Encoding shares the cores with the model, so the default is the fastest preset. CPU time per
@@ -76,13 +78,17 @@ class ModelOptions:
         "computed in query chunks and the batch lowered (said in one line) to stay within it; "
         "a frame that cannot fit is refused at once, naming the largest --size that would.",
         type=str, metavar="SIZE", check=_check_memory_budget)
+    precision: str = option(
+        "fp32", "Arithmetic of the model's matmuls: fp32 (exact), or bf16 / fp16 (faster on GPUs "
+        "and CPUs that have them; the softmax and the maps stay float32). Everything a reduced "
+        "precision makes is labelled with it.", choices=PRECISIONS)
 
     def load(self):
         """``vidattn.load_model`` with these options."""
         from vidattn.models.api import load_model
 
         return load_model(self.model, weights=self.weights, checkpoint_key=self.checkpoint_key,
-                          memory_budget=self.memory_budget)
+                          memory_budget=self.memory_budget, precision=self.precision)
 
 
 def cli_fields(cls):

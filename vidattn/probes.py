@@ -518,7 +518,7 @@ def probe_record(model, m: ImageProbes) -> dict:
             "preset": model.preset.name, "weights": model.weights_label,
             "random_weights": model.is_random, "patch_size": p, "depth": model.preset.depth,
             "heads": model.preset.num_heads, "class_tokens": model.preset.num_class_tokens,
-            "register_tokens": model.preset.num_register_tokens,
+            "register_tokens": model.preset.num_register_tokens, "precision": model.precision,
         },
         "shapes": {
             "input": [1, size, size, 3], "grid": list(a.grid_hw), "tokens": a.tokens,

@@ -14,13 +14,13 @@ import time
 
 import numpy as np
 
-from vidattn.models.api import Model
+from vidattn.models.api import Model, build_backbone, labelled
 from vidattn.models.presets import get_preset
-from vidattn.models.vit import ViT, load_state_dict
+from vidattn.models.vit import load_state_dict
 
 
 def planted_model(patch=16, depth=2, heads=2, dim=32, grid=14, gain=6.0, name="planted",
-                  registers=0) -> Model:
+                  registers=0, precision="fp32") -> Model:
     """The planted model; with ``registers``, that many register tokens after CLS (as DINOv2's)
     that look redder than any patch, so they draw most of the attention: maps must still peak on
     the red patches, since registers never appear in them."""
@@ -62,9 +62,10 @@ def planted_model(patch=16, depth=2, heads=2, dim=32, grid=14, gain=6.0, name="p
             b + "mlp.fc2.weight": np.zeros((dim, hidden), np.float32),
             b + "mlp.fc2.bias": np.zeros(dim, np.float32),
         })
-    backbone = ViT(preset)
+    backbone = build_backbone(preset, precision)
     load_state_dict(backbone, state, source="planted")
-    return Model(preset, backbone, "planted (test weights)")
+    return Model(preset, backbone, labelled("planted (test weights)", precision),
+                 precision=precision)
 
 
 class Dawdling:

@@ -15,6 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from vidattn.errors import VidattnError
 from vidattn.models import hub, memory
 from vidattn.models.compile import Call, compiled
 from vidattn.models.presets import Preset, get_preset
@@ -36,6 +37,7 @@ class Model:
     backbone: ViT
     weights_label: str
     memory_budget: int | None = None  # bytes; None: what is available when a call is planned
+    precision: str = "fp32"  # the matmuls' arithmetic (load_model)
     _compiled: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -105,8 +107,30 @@ class Model:
         return self.backbone.pos_embed.numpy()[0, self.preset.num_class_tokens :]
 
 
+# precision -> Keras dtype policy: variables stay float32, matmuls run in the reduced type
+DTYPE_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+
+def labelled(weights_label: str, precision: str) -> str:
+    """A model's label: where its weights came from, and a reduced precision after a comma."""
+    return weights_label if precision == "fp32" else f"{weights_label}, {precision}"
+
+
+def build_backbone(preset, precision: str = "fp32") -> ViT:
+    """The backbone of ``preset``, its layers made under ``precision``'s dtype policy (Keras
+    layers take the global policy when they are created; it is restored at once)."""
+    if precision not in DTYPE_POLICIES:
+        raise VidattnError(f"unknown precision {precision!r}; choose {', '.join(DTYPE_POLICIES)}")
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(DTYPE_POLICIES[precision])
+    try:
+        return ViT(preset)
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
 def load_model(preset, weights=None, seed: int | None = 0, checkpoint_key="teacher",
-               memory_budget=None) -> Model:
+               memory_budget=None, precision: str = "fp32") -> Model:
     """Build a preset's model and load its weights.
 
     Args:
@@ -120,17 +144,21 @@ def load_model(preset, weights=None, seed: int | None = 0, checkpoint_key="teach
         checkpoint_key: which network of a DINO training checkpoint to load (teacher/student).
         memory_budget: working memory a forward pass may take, in bytes or as ``"8G"``
             (None: what is available when each call is planned; see ``Model.run``).
+        precision: "fp32" (exact), "bf16" or "fp16": the matmuls' arithmetic; the softmax and
+            what ``run`` returns stay float32. A reduced precision is part of the label
+            (``weights_label``), so everything the model makes says so.
     """
     budget = None if memory_budget is None else memory.parse_bytes(memory_budget)
     preset = get_preset(preset) if isinstance(preset, str) else preset
     if weights == RANDOM:
-        backbone = ViT(preset)
+        backbone = build_backbone(preset, precision)
         randomize(backbone, seed)
-        return Model(preset, backbone, f"{RANDOM} (untrained, seed {seed})", budget)
+        return Model(preset, backbone, labelled(f"{RANDOM} (untrained, seed {seed})", precision),
+                     budget, precision)
     path = hub.resolve(preset, weights)  # first: a missing file fails before any work
     state = read_checkpoint(path, preset, checkpoint_key)
-    backbone = ViT(preset)
+    backbone = build_backbone(preset, precision)
     load_state_dict(backbone, state, source=os.fspath(path))
     label = f"{preset.name} ({'bundled' if preset.packaged_weights else 'official'})"
     label = label if weights is None else Path(path).name
-    return Model(preset, backbone, label, budget)
+    return Model(preset, backbone, labelled(label, precision), budget, precision)

@@ -58,8 +58,10 @@ def apply_rope(x, sin, cos, num_prefix):
 
 def attention_probs(q, k, scale):
     """Softmax attention of queries ``q`` ``(N, Tq, heads, d)`` over keys ``k`` ``(N, T, heads,
-    d)``: ``(N, heads, Tq, T)``, each row ``softmax(q . k * scale)``."""
-    return ops.softmax(ops.einsum("nqhd,nkhd->nhqk", q * scale, k), axis=-1)
+    d)``: ``(N, heads, Tq, T)`` float32, each row ``softmax(q . k * scale)``. The product runs in
+    the inputs' type (a reduced precision's), the softmax in float32."""
+    scores = ops.einsum("nqhd,nkhd->nhqk", q * ops.cast(scale, q.dtype), k)
+    return ops.softmax(ops.cast(scores, "float32"), axis=-1)
 
 
 def query_chunks(x, chunk):
@@ -81,7 +83,8 @@ def chunked_attention(q, k, v, scale, chunk):
     t = q.shape[1]
 
     def one_chunk(q_chunk):
-        return ops.einsum("nhqk,nkhd->nqhd", attention_probs(q_chunk, k, scale), v)
+        probs = ops.cast(attention_probs(q_chunk, k, scale), v.dtype)
+        return ops.einsum("nhqk,nkhd->nqhd", probs, v)
 
     out = ops.map(one_chunk, query_chunks(q, chunk))  # (chunks, N, chunk, heads, d)
     out = ops.moveaxis(out, 0, 1)
@@ -107,7 +110,7 @@ class Attention(keras.layers.Layer):
     """
 
     def __init__(self, dim, num_heads, mask_k_bias=False, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(autocast=False, **kwargs)  # RoPE's angles stay float32
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
@@ -144,7 +147,7 @@ class Attention(keras.layers.Layer):
         q, k, v = self.heads(x, rope, num_prefix)
         if probs == "all":
             probabilities = attention_probs(q, k, self.scale)
-            out = ops.einsum("nhqk,nkhd->nqhd", probabilities, v)
+            out = ops.einsum("nhqk,nkhd->nqhd", ops.cast(probabilities, v.dtype), v)
         else:
             if chunk is None:
                 out = ops.dot_product_attention(q, k, v, scale=self.scale)
@@ -209,7 +212,7 @@ class Block(keras.layers.Layer):
 
     def __init__(self, dim, num_heads, hidden, eps, mlp="gelu", layer_scale=False,
                  mask_k_bias=False, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(autocast=False, **kwargs)  # RoPE's angles pass through as float32
         self.norm1 = keras.layers.LayerNormalization(epsilon=eps, name="norm1")
         self.attn = Attention(dim, num_heads, mask_k_bias, name="attn")
         self.norm2 = keras.layers.LayerNormalization(epsilon=eps, name="norm2")

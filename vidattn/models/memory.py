@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 
 from vidattn.errors import VidattnError
@@ -54,11 +53,13 @@ def format_bytes(n: float) -> str:
 
 
 def available_memory() -> int:
-    """Bytes free for a forward pass: the free memory of the GPU the Keras backend computes on,
-    else the RAM available without swapping (``MemAvailable``)."""
-    device = _device_free_memory()
-    if device is not None:
-        return device
+    """Bytes free for a forward pass: the free memory of the GPU the Keras backend computes on
+    (``device.free_memory``), else the RAM available without swapping (``MemAvailable``)."""
+    from vidattn.models.device import free_memory
+
+    gpu = free_memory()
+    if gpu is not None:
+        return gpu
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
             for line in f:
@@ -67,38 +68,6 @@ def available_memory() -> int:
     except OSError:
         pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
-
-def _device_free_memory() -> int | None:
-    """Free memory of the backend's first GPU, or None when it computes on the CPU."""
-    import keras
-
-    backend = keras.backend.backend()
-    try:
-        if backend == "torch":
-            import torch
-
-            return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
-        if backend == "jax":
-            import jax
-
-            device = jax.devices()[0]
-            if device.platform == "cpu":
-                return None
-            stats = device.memory_stats() or {}
-            return stats.get("bytes_limit", 0) - stats.get("bytes_in_use", 0) or None
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            if not tf.config.list_physical_devices("GPU"):
-                return None
-            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.free",
-                                  "--format=csv,noheader,nounits"], capture_output=True,
-                                 text=True, timeout=10, check=True).stdout
-            return int(out.split()[0]) * 2**20
-    except (OSError, RuntimeError, ValueError, IndexError, subprocess.SubprocessError):
-        return None
-    return None
 
 
 @dataclass(frozen=True)

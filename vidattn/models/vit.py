@@ -153,8 +153,8 @@ class ViT(keras.Model):
                 shape=(1, p.num_class_tokens + p.grid_size**2, d), initializer=init,
                 name="pos_embed")
         else:
-            self.periods = self.add_weight(
-                shape=(p.head_dim // 4,), trainable=False, name="periods",
+            self.periods = self.add_weight(  # float32 at any precision, as DINOv3's rope dtype
+                shape=(p.head_dim // 4,), trainable=False, name="periods", autocast=False,
                 initializer=keras.initializers.Constant(rope_periods(p.head_dim, p.rope_base)))
         self.heads = [
             keras.layers.Dense(p.num_classes, name=name)
@@ -180,11 +180,12 @@ class ViT(keras.Model):
         if tuple(grid_hw) == (g, g):
             return self.pos_embed
         (gh, gw), mode = grid_hw, self.preset.pos_resize
-        patch_pos = ops.reshape(self.pos_embed[:, n_cls:], (g, g, self.preset.embed_dim))
+        patch_pos = ops.reshape(ops.cast(self.pos_embed[:, n_cls:], "float32"),
+                                (g, g, self.preset.embed_dim))
         resampled = ops.einsum("hi,ijd,wj->hwd", resize_matrix(g, gh, mode), patch_pos,
                                resize_matrix(g, gw, mode))
-        return ops.concatenate(
-            [self.pos_embed[:, :n_cls], ops.reshape(resampled, (1, gh * gw, -1))], axis=1)
+        return ops.concatenate([ops.cast(self.pos_embed[:, :n_cls], "float32"),
+                                ops.reshape(resampled, (1, gh * gw, -1))], axis=1)
 
     def call(self, images, attention="none", rollout=False, tokens=False, chunk=None):
         if attention not in ATTENTION_MODES:
@@ -200,7 +201,7 @@ class ViT(keras.Model):
 
         x = ops.concatenate([per_image(t) for t in self.class_tokens] + [x], axis=1)
         if self.pos_embed is not None:
-            x = x + self.position_embeddings(grid)
+            x = x + ops.cast(self.position_embeddings(grid), x.dtype)
         if self.register_tokens is not None:
             n_cls = p.num_class_tokens
             x = ops.concatenate([x[:, :n_cls], per_image(self.register_tokens), x[:, n_cls:]], 1)
@@ -226,22 +227,23 @@ class ViT(keras.Model):
         if tokens:
             prenorm = x[:, p.num_prefix_tokens :]
         x = self.norm(x)
+        x = ops.cast(x, "float32")  # what leaves the model is float32, whatever its precision
         out = {"features": x[:, 0], "attention": kept}
         if rollout:
             out["rollout"] = cls_rollout(means) if not chunk else self._chunked_rollout(
                 inputs, rope, chunk)
         if tokens:
             out["patch_tokens"] = x[:, p.num_prefix_tokens :]
-            out["patch_norms"] = ops.sqrt(ops.sum(ops.square(prenorm), axis=-1))
+            out["patch_norms"] = ops.norm(ops.cast(prenorm, "float32"), axis=-1)
         if self.heads:
-            logits = [head(x[:, i]) for i, head in enumerate(self.heads)]
+            logits = [ops.cast(head(x[:, i]), "float32") for i, head in enumerate(self.heads)]
             out["logits"] = logits[0] if len(logits) == 1 else (logits[0] + logits[1]) / 2
         return out
 
     def _chunked_rollout(self, inputs, rope, chunk):
         """:func:`cls_rollout` from each block's input, the attention recomputed in chunks."""
         row = ops.cast(ops.arange(inputs[0].shape[1]) == 0, "float32")
-        row = ops.zeros_like(inputs[0][:, :, 0]) + row  # (N, T): e_0 for each image
+        row = ops.zeros_like(ops.cast(inputs[0][:, :, 0], "float32")) + row  # (N, T): e_0 each
         for block, x in zip(reversed(self.blocks), reversed(inputs)):
             q, k, _ = block.attn.heads(block.norm1(x), rope, self.preset.num_prefix_tokens)
             row = rollout_step(row, q, k, block.attn.scale, chunk)

@@ -1,18 +1,22 @@
 """``vidattn video``: reader -> preprocess -> model -> attention maths -> render -> writer.
 
 Three threads overlap the work: one decodes and preprocesses frames into batches, the caller's
-thread runs the model (TensorFlow and XLA release the GIL), and one renders and encodes. Bounded
-queues between them keep memory flat however long the video is.
+thread runs the model (TensorFlow and XLA release the GIL), and one renders and encodes; on a
+machine with more cores, ``WORKERS`` threads share each batch's preprocessing and drawing, so the
+model (on a GPU, say) does not wait on one core. Bounded queues between them keep memory flat
+however long the video is.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import queue
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +33,9 @@ from vidattn.video.reader import DEFAULT_FPS, Prefetcher, probe, read_frames
 from vidattn.video.writer import VideoWriter
 
 HEAD_PANEL_MIN = 240  # heads view: panels are the frame scaled by 1/cols, but not below this
+# Threads that resize and normalise a batch's frames, and that draw them: the cores beside the
+# model's (decoding and encoding are FFmpeg's and x264's own threads); one on a 2-core machine.
+WORKERS = max(1, min(8, (os.cpu_count() or 1) // 2))
 
 
 @dataclass
@@ -150,15 +157,17 @@ class FrameRenderer:
     grid (``draw.grid_shape``, ``cols = ceil(sqrt(heads))``) of panels, each the frame scaled by
     ``max(1 / cols, min(1, 240 / min(H, W)))``. The writer pads an odd side by one pixel.
     Captions: head numbers, the frame time (bottom right) and, always, for random weights, a
-    RANDOM WEIGHTS label (bottom left), so an untrained model's maps are never mistaken for a real
-    one's.
+    RANDOM WEIGHTS label (bottom left), and a reduced precision's name beside it, so neither an
+    untrained model's maps nor a bf16/fp16 model's are mistaken for a trained fp32 model's.
     """
 
     def __init__(self, model, opts: VideoOptions, geometry):
         self.opts, self.geometry = opts, geometry
         self.patch = model.preset.patch_size
         self.lut = draw.colormap_lut(opts.colormap)
-        self.random_label = "RANDOM WEIGHTS (untrained)" if model.is_random else None
+        labels = ["RANDOM WEIGHTS (untrained)"] * model.is_random + [model.precision] * (
+            model.precision != "fp32")
+        self.model_label = " · ".join(labels) or None
         heads = model.preset.num_heads
         self.cols = math.ceil(math.sqrt(heads))
         self.mask_colors = draw.head_colors(heads)
@@ -189,8 +198,8 @@ class FrameRenderer:
                 out = draw.side_by_side(image, out)
         if o.captions:
             out = draw.caption(out, f"t={pts_s:.2f}s", corner="br")
-        if self.random_label:
-            out = draw.caption(out, self.random_label, corner="bl")
+        if self.model_label:
+            out = draw.caption(out, self.model_label, corner="bl")
         return out
 
 
@@ -211,17 +220,21 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
     opts = _plan_batch(model, opts, geometry)
     kind = model.preset.preprocessing
     make_maps = MapMaker(model, opts, geometry.grid_hw)
-    draw = FrameRenderer(model, opts, geometry)
+    render_frame = FrameRenderer(model, opts, geometry)
     saved_maps, saved_pts = [], []
     started = time.perf_counter()
     written = 0
+    pool = ThreadPoolExecutor(WORKERS, "vidattn-work") if WORKERS > 1 else None
+
+    def prepare(images):
+        return prepare_frames(images, geometry, kind)
 
     def prepared():
         frames = read_frames(src, opts.start, opts.end, opts.every, opts.max_frames)
         with Prefetcher(frames, maxsize=2 * opts.batch_size, name="vidattn-decode") as decoded:
             for batch in _batches(decoded, opts.batch_size):
-                images = [f.image for f in batch]
-                yield batch, prepare_frames(images, geometry, kind)
+                parts = _in_parallel(pool, prepare, _split([f.image for f in batch], WORKERS))
+                yield batch, np.concatenate(parts)
 
     bar = tqdm(total=total, unit="frame", disable=not opts.progress, dynamic_ncols=True,
                desc=Path(src).name, leave=True)
@@ -231,8 +244,9 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
     def consume(item):
         nonlocal writer, written
         batch, maps = item
-        for frame, frame_maps in zip(batch, maps):
-            image = draw(frame.image, frame_maps, frame.pts_s)
+        images = _in_parallel(pool, lambda args: render_frame(*args),
+                              [(f.image, m, f.pts_s) for f, m in zip(batch, maps)])
+        for frame, image in zip(batch, images):
             if writer is None:
                 first["pts"] = frame.pts_s
                 writer = VideoWriter(
@@ -267,8 +281,23 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
         raise
     finally:
         bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return VideoResult(written, time.perf_counter() - started, Path(dst), writer.size,
                        tuple(np.concatenate(saved_maps).shape) if saved_maps else ())
+
+
+def _split(items, parts: int) -> list[list]:
+    """``items`` in at most ``parts`` consecutive groups of nearly equal size, none empty."""
+    size = -(-len(items) // max(1, parts))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _in_parallel(pool, fn, items) -> list:
+    """``[fn(x) for x in items]``, on ``pool``'s threads when there is one (the work is OpenCV's
+    and numpy's, which release the GIL), in order."""
+    return list(pool.map(fn, items)) if pool is not None and len(items) > 1 else [
+        fn(x) for x in items]
 
 
 def _plan_batch(model, opts: VideoOptions, geometry) -> VideoOptions:
