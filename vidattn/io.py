@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 from pathlib import Path
 
 from vidattn.errors import VidattnError
 
-__all__ = ["PARTIAL", "atomic_path", "temporary_path", "unique_names", "write_bytes_atomic"]
+__all__ = ["PARTIAL", "atomic_path", "discard_folder", "publish_folder", "temporary_folder",
+           "temporary_path", "unique_names", "write_bytes_atomic"]
 
 PARTIAL = ".partial-"  # the mark of a temporary file: .NAME.partial-XXXXXXXX.EXT
 
@@ -64,6 +66,61 @@ def write_bytes_atomic(path, data: bytes):
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
+
+
+def temporary_folder(path) -> Path:
+    """Create a new, empty hidden folder beside ``path`` (``.NAME.partial-XXXXXXXX``) and return it.
+
+    The folder form of ``temporary_path``, for outputs that are folders (the browser viewer):
+    fill it, then ``publish_folder`` it into place, or ``discard_folder`` it. Raises VidattnError
+    naming ``path`` when its parent is missing or not writable.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise VidattnError("output directory does not exist", path)
+    for _ in range(8):
+        temp = path.with_name(f".{path.name}{PARTIAL}{secrets.token_hex(4)}")
+        try:
+            temp.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise VidattnError(f"cannot write here ({error.strerror})", path) from None
+        return temp
+    raise VidattnError("cannot create a temporary folder beside it", path)
+
+
+def publish_folder(temp, path) -> Path:
+    """Move the complete folder ``temp`` (from ``temporary_folder``) to ``path``.
+
+    A folder already at ``path`` is first renamed aside and removed once ``temp`` is in place, so
+    ``path`` holds either the old folder or the whole new one, never a mixture. A file at ``path``
+    is refused (VidattnError), and ``temp`` is then discarded.
+    """
+    temp, path = Path(temp), Path(path)
+    old = None
+    try:
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise VidattnError("output path exists and is not a folder", path)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{secrets.token_hex(4)}")
+            os.replace(path, old)
+        os.replace(temp, path)
+    except BaseException:
+        if old is not None and not path.exists():
+            os.replace(old, path)
+            old = None
+        discard_folder(temp)
+        raise
+    finally:
+        if old is not None:
+            discard_folder(old)
+    return path
+
+
+def discard_folder(temp) -> None:
+    """Remove a temporary folder and everything in it; a missing one is fine."""
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def unique_names(candidates, reserved=(), order=None) -> list[str]:

@@ -1,6 +1,6 @@
 """The HTML index of a ``vidattn image`` run: every image's figures and numbers on one page.
 
-``OUTDIR/index.html`` is self-contained (inline CSS, no scripts, nothing fetched) and links only
+``OUTDIR/index.html`` (``OUTDIR/probes.html`` in a batch, whose index is the gallery) is self-contained (inline CSS, no scripts, nothing fetched) and links only
 relative paths, so the folder can be moved, zipped or served as it is.
 """
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from vidattn.io import atomic_path
+from vidattn.viewer.image import PAGE as VIEWER_PAGE
 
 _CSS = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em;
@@ -65,14 +66,16 @@ def _distance_table(dist: dict) -> str:
             f"<tr><th></th>{head}<th>mean</th></tr>{rows}</table>")
 
 
-def _image_section(folder: str, record: dict) -> str:
+def _image_section(outdir: Path, folder: str, record: dict) -> str:
     h, w = record["image_size"]
     size = record["input_size"][0]
     parts = [
         f'<h2 id="{escape(folder)}">{escape(Path(record["image"]).name)}</h2>',
         f'<p class="meta">{escape(record["image"])} · {w}x{h} px · model input {size}x{size}, '
         f'{record["shapes"]["tokens"]} tokens · <a href="{_href(folder, "probes.json")}">'
-        "probes.json</a></p>",
+        "probes.json</a>"
+        + (f' · <a href="{_href(folder, VIEWER_PAGE)}">viewer</a>'
+           if (outdir / folder / VIEWER_PAGE).is_file() else "") + "</p>",
     ]
     if "top5" in record:
         parts.append(_top5_table(record["top5"]))
@@ -86,13 +89,15 @@ def _image_section(folder: str, record: dict) -> str:
     return "\n".join(parts)
 
 
-def write_index(outdir, model, entries, model_files, model_folder, failures=()):
-    """Write ``outdir/index.html`` atomically -> its path.
+def write_index(outdir, model, entries, model_files, model_folder, failures=(),
+                name="index.html"):
+    """Write ``outdir/name`` atomically -> its path.
 
     entries:     ``[(folder, record), ...]``, each image's folder name under ``outdir`` and its
                  ``probes.json`` record (``probes.probe_image``), in input order.
     model_files: ``{probe: file name}`` of the model-level figures in ``outdir/model_folder``.
     failures:    one-line errors (``"path: problem"``) of the images that could not be done.
+    Each image's interactive viewer (``vidattn image --viewer``) is linked where it exists.
     """
     p = model.preset
     title = f"vidattn probes · {p.name} · {model.weights_label}"
@@ -111,11 +116,11 @@ def write_index(outdir, model, entries, model_files, model_folder, failures=()):
         body.append(f"<p>Images: {links}</p>")
     if model_files:
         body.append(f"<h2>Model</h2>{_figures(model_folder, model_files)}")
-    body.extend(_image_section(folder, record) for folder, record in entries)
+    body.extend(_image_section(Path(outdir), folder, record) for folder, record in entries)
     html = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>\n"
             + "\n".join(body) + "\n</body></html>\n")
-    path = Path(outdir) / "index.html"
+    path = Path(outdir) / name
     with atomic_path(path) as tmp:
         Path(tmp).write_text(html, encoding="utf-8")
     return path

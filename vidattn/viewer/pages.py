@@ -1,0 +1,107 @@
+"""What the viewer pages share: compact map data in script chunks, the colour tables, and a page
+filled from its template in ``static/`` (CSS and scripts inlined, so a page is one file beside its
+data)."""
+
+from __future__ import annotations
+
+import base64
+import importlib.resources
+import json
+import math
+import re
+from html import escape
+from pathlib import Path
+
+import numpy as np
+
+from vidattn import render
+from vidattn.io import atomic_path
+
+__all__ = [
+    "CHUNK_FUNCTION", "COLORMAPS", "chunk_bytes", "colormap_tables", "page_meta", "quantize",
+    "write_chunk", "write_page",
+]
+
+CHUNK_FUNCTION = "vidattnChunk"  # what a chunk script calls: vidattnChunk("KEY", "BASE64")
+COLORMAPS = ("inferno", "viridis", "magma", "plasma", "turbo", "jet", "gray")  # the pages' choice
+_STATIC = importlib.resources.files("vidattn.viewer") / "static"
+
+
+def quantize(values) -> tuple[np.ndarray, np.ndarray]:
+    """Non-negative float ``(..., n)`` -> ``(uint8 (..., n), float32 (...))``: each vector along the
+    last axis as bytes of its own maximum, ``byte = round(255 * v / max)``, and that maximum as
+    its scale (an all-zero vector: bytes 0, scale 0). ``byte / 255 * scale`` gives ``v`` back
+    within half a step, ``scale / 510``."""
+    values = np.maximum(np.asarray(values, np.float32), 0)
+    scale = values.max(axis=-1, keepdims=True)
+    ratio = np.divide(values, scale, out=np.zeros_like(values), where=scale > 0)
+    return np.rint(ratio * 255).astype(np.uint8), scale[..., 0]
+
+
+def chunk_bytes(raw: int, key: str = "x" * 12) -> int:
+    """Size on disk of a chunk script holding ``raw`` bytes under a key of ``key``'s length."""
+    return len(f'{CHUNK_FUNCTION}("{key}","");\n') + 4 * math.ceil(raw / 3)
+
+
+def write_chunk(folder, key: str, *arrays) -> int:
+    """Write ``folder/KEY.js``, a script handing the pages the bytes of ``arrays`` one after the
+    other (float arrays as little-endian float32, others as uint8) -> bytes written. ``key`` is
+    letters, digits and ``-`` only. The folder is a temporary one, published whole, so the file is
+    written directly."""
+    raw = b"".join(
+        np.ascontiguousarray(a, "<f4" if np.asarray(a).dtype.kind == "f" else np.uint8).tobytes()
+        for a in arrays
+    )
+    text = f'{CHUNK_FUNCTION}("{key}","{base64.b64encode(raw).decode("ascii")}");\n'
+    Path(folder, f"{key}.js").write_text(text, encoding="ascii")
+    return len(text)
+
+
+def colormap_tables(extra: str | None = None) -> dict[str, str]:
+    """``{name: base64 of its (256, 3) uint8 LUT}`` for ``COLORMAPS`` and ``extra`` (the one the
+    run was asked for, any matplotlib name): the pages colour exactly as the rendered videos."""
+    names = COLORMAPS if extra in (None, *COLORMAPS) else (extra, *COLORMAPS)
+    return {n: base64.b64encode(render.colormap_lut(n).tobytes()).decode("ascii") for n in names}
+
+
+def page_meta(model, **fields) -> dict:
+    """What every viewer page says about the model: preset, weights, RANDOM flag, geometry of its
+    tokens, the colour tables and one colour per head, then ``fields``."""
+    p = model.preset
+    return {
+        "model": p.name, "weights": model.weights_label, "random": model.is_random,
+        "patch": p.patch_size, "depth": p.depth, "heads": p.num_heads,
+        "class_tokens": p.num_class_tokens, "head_colors": render.head_colors(p.num_heads),
+        **fields,
+    }
+
+
+def _asset(name: str) -> str:
+    return (_STATIC / name).read_text(encoding="utf-8")
+
+
+def _json_for_html(meta: dict) -> str:
+    """JSON that is inert inside ``<script type="application/json">`` whatever strings it holds
+    (file names are the user's): ``<``, ``>`` and ``&`` escaped, so no ``</script>`` can end it."""
+    text = json.dumps(meta, ensure_ascii=True, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def write_page(path, template: str, title: str, meta: dict | None = None, script: str | None = None,
+               body: str = "") -> Path:
+    """Write ``static/TEMPLATE`` filled in to ``path``, atomically: ``title`` (escaped here),
+    ``meta`` as JSON for the script, the shared CSS, ``common.js`` then ``static/SCRIPT``, and
+    ``body``, HTML the caller has escaped."""
+    html = _asset(template)
+    fills = {
+        "@@TITLE@@": escape(title),
+        "@@STYLE@@": _asset("viewer.css"),
+        "@@META@@": _json_for_html(meta or {}),
+        "@@SCRIPT@@": _asset("common.js") + "\n" + _asset(script) if script else "",
+        "@@BODY@@": body,
+    }
+    # one pass: text filled in is never searched for marks again (a file name may hold one)
+    html = re.sub("|".join(fills), lambda match: fills[match.group(0)], html)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(html, encoding="utf-8")
+    return Path(path)
