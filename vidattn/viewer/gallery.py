@@ -69,14 +69,13 @@ def _thumb_path(outdir: Path, out: str) -> Path:
 
 
 def make_thumbnail(outdir, kind: str, out: str, source) -> Path | None:
-    """Write ``OUTDIR/_thumbs/<out>.jpg``, ``THUMB_WIDTH`` wide: a video output's first frame, or an
+    """Write ``OUTDIR/_thumbs/<out>.jpg``, ``THUMB_WIDTH`` wide: a video output's middle frame, or an
     image's first probe figure (its input when it has none). A thumbnail is a nicety: one that
     cannot be made is left out (None) and the card says "no preview"."""
     outdir = Path(outdir)
     try:
         if kind == "video":
-            with av.open(str(outdir / out)) as container:
-                picture = next(container.decode(video=0)).to_ndarray(format="rgb24")
+            picture = _middle_frame(outdir / out)
         else:
             figures = [outdir / out / f"{p}.png" for p in IMAGE_PROBES]
             found = [f for f in figures if f.is_file()]
@@ -91,6 +90,20 @@ def make_thumbnail(outdir, kind: str, out: str, source) -> Path | None:
         return thumb
     except (VidattnError, OSError, ValueError, StopIteration, av.FFmpegError):
         return None
+
+
+def _middle_frame(path) -> np.ndarray:
+    """The frame shown halfway through the video at ``path`` (the first one at or after it; its
+    start is often a black fade-in or a title), uint8 RGB."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        middle = (container.duration or 0) / av.time_base / 2
+        if middle > 0:
+            container.seek(int(middle * av.time_base))
+        for frame in container.decode(stream):
+            if frame.time is None or frame.time >= middle:
+                return frame.to_ndarray(format="rgb24")
+    raise ValueError("no frame")
 
 
 @dataclass
