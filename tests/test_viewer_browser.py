@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import shutil
+
 import vidattn
 from tests.support.browser import (
     Browser,
@@ -21,6 +23,7 @@ from tests.support.browser import (
     video_maps,
 )
 from tests.support.planted import planted_model
+from tests.support.reliability import reliability
 from tests.support.videos import make_truncated_copy, make_video
 from vidattn import attention as am
 from vidattn.batch import run_batch
@@ -239,6 +242,31 @@ def test_random_weights_are_labelled(browser, tmp_path):
     assert page.errors == []
 
 
+@reliability(("a video viewer whose map data file is cut short, or missing",
+              "the page names the damaged or missing file in its status line; the browser logs "
+              "only that file's load or syntax error"))
+@pytest.mark.parametrize("damage", ["cut", "missing"])
+def test_damaged_data_is_named_on_the_page(browser, square, tmp_path, damage):
+    made, folder = square
+    copy = tmp_path / "viewer"
+    shutil.copytree(folder, copy)
+    chunk = copy / "data" / "maps-00000.js"
+    if damage == "cut":
+        chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+    else:
+        chunk.unlink()
+    page = browser.open(copy / "index.html")
+    page.wait_for("() => document.getElementById('status').textContent !== ''")
+    status = page.evaluate("document.getElementById('status').textContent")
+    assert "maps-00000.js" in status
+    assert ("damaged" if damage == "cut" else "cannot load") in status
+    if damage == "cut":
+        assert len(page.errors) == 1 and "SyntaxError" in page.errors[0], page.errors
+    else:
+        assert page.errors and all("maps-00000.js" in e or "ERR_FILE_NOT_FOUND" in e
+                                   for e in page.errors), page.errors
+
+
 # -- the image viewer --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -318,6 +346,10 @@ def _files_linked(page, html: Path) -> list[Path]:
     return [Path(unquote(urlparse(u).path)) for u in urls]
 
 
+@reliability(("`vidattn batch` over a video, an image, a cut video and a text file named .jpg, "
+              "then again with one more video (a resume)",
+              "OUTDIR/index.html: one card per input in walk order, each failure with its error "
+              "line, and every link and thumbnail an existing file"))
 def test_gallery_links_resolve_after_a_resume(browser, planted, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     (src / "sub").mkdir(parents=True)

@@ -4,6 +4,8 @@ Every file vidattn writes is first written to a hidden temporary file beside its
 ``.NAME.partial-XXXXXXXX.EXT`` (``temporary_path``), and renamed into place only when complete,
 so a reader never sees half a file and a failed or interrupted run leaves nothing behind. The
 temporary name keeps the extension, for writers that choose a format by it (PyAV, Pillow).
+Outputs that are folders are built the same way in a hidden temporary folder
+(``temporary_folder``) and moved into place whole (``publish_folder``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,21 @@ __all__ = ["PARTIAL", "atomic_path", "discard_folder", "publish_folder", "tempor
 PARTIAL = ".partial-"  # the mark of a temporary file: .NAME.partial-XXXXXXXX.EXT
 
 
+def _create_beside(path: Path, suffix: str, create, what: str) -> Path:
+    """A new ``.NAME.partial-XXXXXXXX<suffix>`` beside ``path``, made by ``create(temp)``, which
+    must fail with FileExistsError when it exists."""
+    for _ in range(8):  # a clash of 32 random bits is rare; a few tries make it impossible
+        temp = path.with_name(f".{path.name}{PARTIAL}{secrets.token_hex(4)}{suffix}")
+        try:
+            create(temp)
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise VidattnError(f"cannot write here ({error.strerror})", path) from None
+        return temp
+    raise VidattnError(f"cannot create a temporary {what} beside it", path)
+
+
 def temporary_path(path) -> Path:
     """Create an empty, new temporary file beside ``path`` and return its path.
 
@@ -33,16 +50,8 @@ def temporary_path(path) -> Path:
         raise VidattnError("output path is a directory", path)
     if not path.parent.is_dir():
         raise VidattnError("output directory does not exist", path)
-    for _ in range(8):  # a clash of 32 random bits is rare; a few tries make it impossible
-        temp = path.with_name(f".{path.name}{PARTIAL}{secrets.token_hex(4)}{path.suffix}")
-        try:
-            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except FileExistsError:
-            continue
-        except OSError as error:
-            raise VidattnError(f"cannot write here ({error.strerror})", path) from None
-        return temp
-    raise VidattnError("cannot create a temporary file beside it", path)
+    return _create_beside(path, path.suffix, lambda temp: os.close(
+        os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)), "file")
 
 
 @contextlib.contextmanager
@@ -78,16 +87,7 @@ def temporary_folder(path) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         raise VidattnError("output directory does not exist", path)
-    for _ in range(8):
-        temp = path.with_name(f".{path.name}{PARTIAL}{secrets.token_hex(4)}")
-        try:
-            temp.mkdir()
-        except FileExistsError:
-            continue
-        except OSError as error:
-            raise VidattnError(f"cannot write here ({error.strerror})", path) from None
-        return temp
-    raise VidattnError("cannot create a temporary folder beside it", path)
+    return _create_beside(path, "", Path.mkdir, "folder")
 
 
 def publish_folder(temp, path) -> Path:
@@ -103,7 +103,7 @@ def publish_folder(temp, path) -> Path:
         if path.is_symlink() or (path.exists() and not path.is_dir()):
             raise VidattnError("output path exists and is not a folder", path)
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{secrets.token_hex(4)}")
+            old = path.with_name(f".{path.name}{PARTIAL}{secrets.token_hex(4)}-old")
             os.replace(path, old)
         os.replace(temp, path)
     except BaseException:

@@ -39,7 +39,7 @@ class Page:
         self.page = page
         self.errors: list[str] = []
         page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
-        page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+        page.on("pageerror", lambda e: self.errors.append(f"uncaught {e.name}: {e.message}"))
         page.on("requestfailed", lambda r: self.errors.append(f"failed to load {r.url}"))
 
     def evaluate(self, script, arg=None):

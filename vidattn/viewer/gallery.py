@@ -194,4 +194,4 @@ def write_gallery(outdir, model, items, latest: dict, finished: bool, manifest: 
         + "</p></header>",
         f'<main><div class="cards">{"".join(_card_html(c) for c in found)}</div></main>',
     ]
-    return write_page(outdir / GALLERY, "gallery.html", title, body="\n".join(body))
+    return write_page(outdir / GALLERY, title, "\n".join(body))

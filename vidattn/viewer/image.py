@@ -29,7 +29,13 @@ from vidattn import attention as am
 from vidattn.io import discard_folder, publish_folder, temporary_folder
 from vidattn.options import DEFAULT_SIZE, DEFAULT_THRESHOLD
 from vidattn.preprocess import display_image, load_image, preprocess_image
-from vidattn.viewer.pages import colormap_tables, page_meta, quantize, write_chunk, write_page
+from vidattn.viewer.pages import (
+    colormap_tables,
+    page_meta,
+    quantize,
+    write_chunk,
+    write_viewer_page,
+)
 
 __all__ = ["PAGE", "write_image_viewer"]
 
@@ -75,5 +81,4 @@ def write_image_viewer(model, image, outdir, size: int = DEFAULT_SIZE,
         defaults={"colormap": "inferno", "alpha": ALPHA, "threshold": threshold, "mode": "heat"},
     )
     label = "RANDOM WEIGHTS · " if model.is_random else ""
-    return write_page(outdir / PAGE, "image.html", f"{label}{name} · {p.name} · vidattn", meta,
-                      "image.js")
+    return write_viewer_page(outdir / PAGE, "image", f"{label}{name} · {p.name} · vidattn", meta)

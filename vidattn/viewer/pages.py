@@ -19,7 +19,7 @@ from vidattn.io import atomic_path
 
 __all__ = [
     "CHUNK_FUNCTION", "COLORMAPS", "chunk_bytes", "colormap_tables", "page_meta", "quantize",
-    "write_chunk", "write_page",
+    "write_chunk", "write_page", "write_viewer_page",
 ]
 
 CHUNK_FUNCTION = "vidattnChunk"  # what a chunk script calls: vidattnChunk("KEY", "BASE64")
@@ -87,21 +87,26 @@ def _json_for_html(meta: dict) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def write_page(path, template: str, title: str, meta: dict | None = None, script: str | None = None,
-               body: str = "") -> Path:
-    """Write ``static/TEMPLATE`` filled in to ``path``, atomically: ``title`` (escaped here),
-    ``meta`` as JSON for the script, the shared CSS, ``common.js`` then ``static/SCRIPT``, and
-    ``body``, HTML the caller has escaped."""
-    html = _asset(template)
-    fills = {
-        "@@TITLE@@": escape(title),
-        "@@STYLE@@": _asset("viewer.css"),
-        "@@META@@": _json_for_html(meta or {}),
-        "@@SCRIPT@@": _asset("common.js") + "\n" + _asset(script) if script else "",
-        "@@BODY@@": body,
-    }
+def write_page(path, title: str, body: str, meta: dict | None = None,
+               script: str | None = None) -> Path:
+    """Write a page to ``path``, atomically: ``static/page.html`` with ``title`` (escaped here),
+    the shared CSS and ``body`` (HTML the caller has escaped); with a ``script``, ``meta`` as
+    JSON for it, then ``common.js`` and ``static/SCRIPT``."""
+    scripts = ""
+    if script:
+        scripts = (f'<script type="application/json" id="vidattn-meta">{_json_for_html(meta or {})}'
+                   f'</script>\n<script>{_asset("common.js")}\n{_asset(script)}</script>')
+    fills = {"@@TITLE@@": escape(title), "@@STYLE@@": _asset("viewer.css"), "@@BODY@@": body,
+             "@@SCRIPTS@@": scripts}
     # one pass: text filled in is never searched for marks again (a file name may hold one)
-    html = re.sub("|".join(fills), lambda match: fills[match.group(0)], html)
+    html = re.sub("|".join(fills), lambda match: fills[match.group(0)], _asset("page.html"))
     with atomic_path(path) as tmp:
         Path(tmp).write_text(html, encoding="utf-8")
     return Path(path)
+
+
+def write_viewer_page(path, kind: str, title: str, meta: dict) -> Path:
+    """A viewer page: the shared header (title, model, RANDOM banner, status line), then
+    ``static/KIND.html`` run by ``static/KIND.js`` (kind: video or image)."""
+    return write_page(path, title, _asset("header.html") + _asset(f"{kind}.html"), meta,
+                      f"{kind}.js")

@@ -25,7 +25,13 @@ import numpy as np
 
 from vidattn.io import discard_folder, publish_folder, temporary_folder
 from vidattn.preprocess import resize_frame
-from vidattn.viewer.pages import colormap_tables, page_meta, quantize, write_chunk, write_page
+from vidattn.viewer.pages import (
+    colormap_tables,
+    page_meta,
+    quantize,
+    write_chunk,
+    write_viewer_page,
+)
 
 __all__ = ["VideoViewer", "viewer_video_size"]
 
@@ -120,8 +126,8 @@ class VideoViewer:
             colormaps=colormap_tables(self._defaults.get("colormap")), defaults=self._defaults,
         )
         label = "RANDOM WEIGHTS · " if self._model.is_random else ""
-        write_page(self._temp / PAGE, "video.html",
-                   f"{label}{self._source} · {self._model.preset.name} · vidattn", meta, "video.js")
+        write_viewer_page(self._temp / PAGE, "video",
+                          f"{label}{self._source} · {self._model.preset.name} · vidattn", meta)
 
     def publish(self) -> Path:
         """Move the finished folder into place (replacing an older one)."""

@@ -30,8 +30,7 @@ const VA = (() => {
       script.onerror = () => fail("cannot load the data file (missing or unreadable)");
       document.head.appendChild(script);
     });
-    loaded.set(key, promise);
-    promise.catch(() => loaded.delete(key));
+    loaded.set(key, promise);  // a failed load stays failed: its error is shown once
     return promise;
   }
 
