@@ -7,7 +7,7 @@ Why the data travels as JavaScript: a page opened from ``file://`` may not ``fet
 as its own origin), and images drawn into a canvas from ``file://`` taint it. A
 ``<script src="...">`` loads from anywhere, so each data chunk is a small script,
 ``vidattnChunk("KEY", "BASE64")``, that the page adds when it needs the chunk. Base64 costs a third
-more than the raw bytes; ``pages.chunk_bytes`` says how much, for the size figures.
+more than the raw bytes.
 
 Maps are stored as uint8 per map (or per attention row) with one float32 scale each, its maximum:
 value = byte / 255 * scale. Displays scale every map to its own peak anyway (as

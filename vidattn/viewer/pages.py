@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import importlib.resources
 import json
-import math
 import re
 from html import escape
 from pathlib import Path
@@ -18,7 +17,7 @@ from vidattn import render
 from vidattn.io import atomic_path
 
 __all__ = [
-    "CHUNK_FUNCTION", "COLORMAPS", "chunk_bytes", "colormap_tables", "page_meta", "quantize",
+    "CHUNK_FUNCTION", "COLORMAPS", "colormap_tables", "page_meta", "quantize",
     "write_chunk", "write_page", "write_viewer_page",
 ]
 
@@ -38,23 +37,17 @@ def quantize(values) -> tuple[np.ndarray, np.ndarray]:
     return np.rint(ratio * 255).astype(np.uint8), scale[..., 0]
 
 
-def chunk_bytes(raw: int, key: str = "x" * 12) -> int:
-    """Size on disk of a chunk script holding ``raw`` bytes under a key of ``key``'s length."""
-    return len(f'{CHUNK_FUNCTION}("{key}","");\n') + 4 * math.ceil(raw / 3)
-
-
-def write_chunk(folder, key: str, *arrays) -> int:
+def write_chunk(folder, key: str, *arrays) -> None:
     """Write ``folder/KEY.js``, a script handing the pages the bytes of ``arrays`` one after the
-    other (float arrays as little-endian float32, others as uint8) -> bytes written. ``key`` is
-    letters, digits and ``-`` only. The folder is a temporary one, published whole, so the file is
-    written directly."""
+    other (float arrays as little-endian float32, others as uint8). ``key`` is letters, digits
+    and ``-`` only. The folder is a temporary one, published whole, so the file is written
+    directly."""
     raw = b"".join(
         np.ascontiguousarray(a, "<f4" if np.asarray(a).dtype.kind == "f" else np.uint8).tobytes()
         for a in arrays
     )
     text = f'{CHUNK_FUNCTION}("{key}","{base64.b64encode(raw).decode("ascii")}");\n'
     Path(folder, f"{key}.js").write_text(text, encoding="ascii")
-    return len(text)
 
 
 def colormap_tables(extra: str | None = None) -> dict[str, str]:

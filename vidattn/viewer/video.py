@@ -75,11 +75,6 @@ class VideoViewer:
         self._times: list[float] = []
         self._video_hw = viewer_video_size(geometry.frame_hw)
         self._writer = None
-        self.data_bytes = 0  # the chunk scripts written so far
-
-    @property
-    def frames(self) -> int:
-        return len(self._times)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -103,8 +98,7 @@ class VideoViewer:
             return
         key = f"maps-{len(self._keys):05d}"
         scales, data = zip(*self._pending)
-        self.data_bytes += write_chunk(self._temp / DATA_FOLDER, key, np.stack(scales),
-                                       np.stack(data))
+        write_chunk(self._temp / DATA_FOLDER, key, np.stack(scales), np.stack(data))
         self._keys.append(key)
         self._pending.clear()
 
