@@ -101,7 +101,7 @@
   /** Seek the video into frame j (a little past its start, never into the next frame). */
   function seekFrame(j) {
     j = Math.min(Math.max(j, 0), count - 1);
-    const next = j + 1 < count ? times[j + 1] : times[j] + 0.04;
+    const next = j + 1 < count ? times[j + 1] : times[j] + 1 / (info.fps || 25);
     video.currentTime = times[j] + Math.min((next - times[j]) / 2, 0.001);
     show(j);
   }
