@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Render the bundled sample video into out/ (every head, the head mean, DINO's masks, a browser
-# viewer) and probe
-# the sample photos. Creates (or reuses) the virtualenv and installs vidattn first; needs only Python.
+# viewer) and probe the sample photos. Creates (or reuses) the virtualenv and installs vidattn
+# first; needs only Python.
 #
 #   bash scripts/demo.sh
 set -euo pipefail
