@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Benchmark vidattn on this machine and print one table (also written as JSON).
 
-    python scripts/bench.py [--quick] [--only startup,model,torch,ceiling,e2e,memory,rollout,viewer]
-                            [--json out/bench.json] [--cache out/bench-cache]
+    python scripts/bench.py [--quick]
+        [--only startup,model,torch,families,ceiling,e2e,memory,rollout,batch,viewer]
+        [--json out/bench.json] [--cache out/bench-cache]
 
 Parts (all by default, in this order):
 
@@ -19,6 +20,10 @@ Parts (all by default, in this order):
   ``output_attentions`` for "last", sdpa without attentions for "none"), each timed in
   alternation with ours on the same pixels: the "ours vs torch" rows' ratio (> 1: ours is
   faster) compares calls made in the same seconds.
+- ``families``: ``Model.run(attention="last")`` of dinov2_vits14_reg and dinov3_vits16 (random
+  weights) against Hugging Face's ``Dinov2WithRegistersModel`` and ``DINOv3ViTModel`` with eager
+  attention returning every block's attention (the only way it gives attention), at 224x224 and
+  224x400 (224x392 for patch 14), batch 8, timed in alternation.
 - ``ceiling``: float32 matmul GFLOP/s on the active Keras backend (2048^3 and the model's largest
   matmul) and in numpy (OpenBLAS); the fastest of them is the ceiling, and the ``model`` rates
   turned into GFLOP/s (analytic FLOPs) are shown as % of it.
@@ -28,6 +33,11 @@ Parts (all by default, in this order):
 - ``memory``: peak RSS of a short and a 10x longer render, each in a fresh subprocess.
 - ``rollout``: dino_vits8 at 480x848 (6361 tokens): the forward pass, the same pass with the
   in-graph rollout row (``Model.run(..., rollout=True)``), and ``cls_rollout`` alone.
+- ``batch``: ``vidattn batch`` over 8 short clips (360p, 2 s), here in this process
+  (``run_batch``, the model loaded before) and on Ray with 2 workers (``run_batch_ray``: a local
+  Ray instance started for it, each worker loading the model): both throughputs, Ray's start-up,
+  the Ray run's throughput once its workers are up, and Ray's overhead per file (from handing a
+  file out to its record on the driver, less the worker's own time on it). Needs vidattn[ray].
 - ``viewer``: ``vidattn video --viewer`` on a one-minute 640x360 clip at 30 fps (render rate,
   the size of its map data and video), the page's load time in headless Chromium (navigation
   timing, and the mark the page sets when it has drawn its first overlay), and the image
@@ -68,13 +78,17 @@ from vidattn.options import DEFAULT_BATCH, DEFAULT_SIZE, VIEWS, VideoOptions  # 
 from vidattn.preprocess import video_geometry  # noqa: E402
 from vidattn.runtime import keep_freed_memory  # noqa: E402
 
-PARTS = ("startup", "model", "torch", "ceiling", "e2e", "memory", "rollout", "viewer")
+PARTS = ("startup", "model", "torch", "families", "ceiling", "e2e", "memory", "rollout", "batch",
+         "viewer")
+FAMILY_PRESETS = ("dinov2_vits14_reg", "dinov3_vits16")
+FAMILY_HW = ((224, 224), (224, 400))  # the width is rounded down to whole patches (392 at 14)
 PRESET = "dino_vits16"
 ROLLOUT_PRESET = "dino_vits8"
 ROLLOUT_HW, ROLLOUT_QUICK_HW = (480, 848), (240, 424)  # 6361 and 1591 tokens with patch 8
 VIDEO_HW = (720, 1280)  # the e2e clip (H, W): 5 s at 30 fps
 VIDEO_FRAMES = 150
 MEMORY_HW = (360, 640)  # the memory clip: 20 s, and the same model input size as 720p
+BATCH_CLIPS, BATCH_FRAMES, BATCH_WORKERS = 8, 60, 2  # the batch part: 8 clips of 2 s at MEMORY_HW
 MEMORY_FRAMES = 600
 FPS = 30
 VIEWER_HW, VIEWER_FRAMES = MEMORY_HW, 60 * FPS  # the viewer's clip: one minute
@@ -169,9 +183,9 @@ def vit_flops(preset: Preset, input_hw) -> float:
     GELU (O(T * D) and O(heads * T^2) elementwise work) are left out."""
     p, d = preset.patch_size, preset.embed_dim
     patches = (input_hw[0] // p) * (input_hw[1] // p)
-    t = preset.num_class_tokens + patches
-    hidden = int(d * preset.mlp_ratio)
-    per_block = t * d * 3 * d + 2 * t * t * d + t * d * d + 2 * t * d * hidden
+    t = preset.num_prefix_tokens + patches
+    mlp = (3 if preset.mlp == "swiglu" else 2) * t * d * preset.hidden
+    per_block = t * d * 3 * d + 2 * t * t * d + t * d * d + mlp
     return 2.0 * (patches * p * p * 3 * d + preset.depth * per_block)
 
 
@@ -410,6 +424,46 @@ def part_torch(bench):
                                   note=f"{my_spread}; calls alternate with torch's"))
 
 
+# -- part: families --------------------------------------------------------------------------
+
+
+def part_families(bench):
+    import torch
+
+    from tests.support.families import hf_dinov2, hf_dinov3
+
+    torch.set_num_threads(os.cpu_count())
+    device = bench.args.torch_device
+    for name in FAMILY_PRESETS:
+        preset = get_preset(name)
+        reference = (hf_dinov2 if preset.family == "dinov2" else hf_dinov3)(preset)
+        reference = reference.eval().to(device)
+        ours = bench.model(name)
+        p = preset.patch_size
+        for hw in FAMILY_HW:
+            hw = (hw[0] // p * p, hw[1] // p * p)
+            x = torch.randn(DEFAULT_BATCH, 3, *hw, device=device)
+            x_ours = x.permute(0, 2, 3, 1).cpu().numpy()
+
+            def call(x=x):
+                with torch.inference_mode():
+                    out = reference(pixel_values=x, output_attentions=True)
+                    out.last_hidden_state[:, 0].cpu().numpy()
+                    out.attentions[-1].cpu().numpy()
+
+            def call_ours(x=x_ours):
+                ours.run(x, attention="last")
+
+            (theirs, spread), (mine, my_spread) = paired_seconds(call, call_ours, bench.effort)
+            bench.rows.append(Row(f"{name}: HF eager +attentions", hw_str(hw), DEFAULT_BATCH,
+                                  DEFAULT_BATCH / theirs, "img/s",
+                                  note=f"{spread}; {type(reference).__name__} on {device}"))
+            bench.rows.append(Row(f"{name}: ours, attention=last", hw_str(hw), DEFAULT_BATCH,
+                                  DEFAULT_BATCH / mine, "img/s", DEFAULT_BATCH / theirs,
+                                  "HF eager", theirs / mine,
+                                  note=f"{my_spread}; calls alternate with HF's"))
+
+
 # -- part: ceiling ---------------------------------------------------------------------------
 
 
@@ -444,8 +498,8 @@ def part_ceiling(bench):
     import keras
 
     preset = get_preset(PRESET)
-    tokens = preset.num_class_tokens + math.prod(bench.video_geo.grid_hw)
-    fc1 = (DEFAULT_BATCH * tokens, preset.embed_dim, int(preset.embed_dim * preset.mlp_ratio))
+    tokens = preset.num_prefix_tokens + math.prod(bench.video_geo.grid_hw)
+    fc1 = (DEFAULT_BATCH * tokens, preset.embed_dim, preset.hidden)
     backend = keras.backend.backend()
     ceiling = 0.0
     for label, mkn, use_numpy in (("2048^3", (2048,) * 3, False),
@@ -682,7 +736,7 @@ def part_rollout(bench):
     x = rng.standard_normal((1, *hw, 3), np.float32)
     k = bench.effort.rollout_iters
     once = replace(bench.effort, warmup=1, min_iters=k, max_iters=k, budget_s=0.0)
-    tokens = preset.num_class_tokens + (hw[0] // preset.patch_size) * (hw[1] // preset.patch_size)
+    tokens = preset.num_prefix_tokens + (hw[0] // preset.patch_size) * (hw[1] // preset.patch_size)
     means = rng.random((preset.depth, 1, tokens, tokens), np.float32)
     means = [keras.ops.convert_to_tensor(m / m.sum(-1, keepdims=True)) for m in means]
     alone = compiled(cls_rollout)
@@ -707,6 +761,62 @@ def part_rollout(bench):
     bench.rows.append(Row("cls_rollout alone (compiled)", size, 1, roll, "s/frame", fwd,
                           "forward", 100 * roll / fwd, "%",
                           note=f"{roll_spread}; {preset.depth} blocks of (1, T, T)"))
+
+
+# -- part: batch -----------------------------------------------------------------------------
+
+
+def part_batch(bench):
+    import functools
+    import shutil
+
+    from vidattn.batch import run_batch
+    from vidattn.batch_ray import run_batch_ray
+    from vidattn.models.api import load_model
+    from vidattn.options import BatchOptions, RayOptions
+
+    n_frames = 16 if bench.args.quick else BATCH_FRAMES
+    clip = bench.clip(MEMORY_HW, n_frames)
+    load = functools.partial(load_model, PRESET, weights="random")
+    opts = BatchOptions(progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "clips"
+        src.mkdir()
+        for i in range(BATCH_CLIPS):
+            shutil.copyfile(clip, src / f"clip{i}.mp4")
+        model = load()  # a fresh model: its compile is timed, as each Ray worker's is
+        start = time.perf_counter()
+        local = run_batch(model, src, Path(tmp) / "local", opts)
+        local_s = time.perf_counter() - start
+        start = time.perf_counter()
+        remote = run_batch_ray(load, src, Path(tmp) / "ray", opts,
+                               RayOptions(ray="", workers=BATCH_WORKERS))
+        ray_s = time.perf_counter() - start
+    if len(local.done) != BATCH_CLIPS or len(remote.done) != BATCH_CLIPS:
+        raise RuntimeError(f"batch failures: local {local.failed}, ray {remote.failed}")
+    frames = BATCH_CLIPS * n_frames
+    local_rate, steady_s = frames / local_s, ray_s - remote.startup_seconds
+    size, quick = hw_str(MEMORY_HW), "; quick run" * bench.args.quick
+    overheads = [1000 * (trip - worker) for _, trip, worker in remote.round_trips]
+    bench.rows += [
+        Row(f"batch here: {BATCH_CLIPS} clips of {n_frames} frames", size, DEFAULT_BATCH,
+            local_rate, "frames/s",
+            note=f"{BATCH_CLIPS / local_s:.2f} files/s, {local_s:.1f} s; model loaded before, its "
+                 f"compile timed{quick}"),
+        Row(f"batch --ray, {BATCH_WORKERS} workers", size, DEFAULT_BATCH, frames / ray_s,
+            "frames/s", local_rate, "here", local_s / ray_s,
+            note=f"{BATCH_CLIPS / ray_s:.2f} files/s, {ray_s:.1f} s with the start-up{quick}"),
+        Row("batch --ray start-up", "", None, remote.startup_seconds, "s", local_s, "here",
+            100 * remote.startup_seconds / local_s, "%",
+            note=f"ray.init + {BATCH_WORKERS} workers importing Keras and loading the model; "
+                 f"{remote.startup_seconds / BATCH_CLIPS:.2f} s per file of this batch"),
+        Row(f"batch --ray once started, {BATCH_WORKERS} workers", size, DEFAULT_BATCH,
+            frames / steady_s, "frames/s", local_rate, "here", local_s / steady_s,
+            note=f"{BATCH_CLIPS / steady_s:.2f} files/s over {steady_s:.1f} s{quick}"),
+        Row("batch --ray overhead per file", "", None, statistics.mean(overheads), "ms",
+            note=f"hand-out to record on the driver less the worker's time; max "
+                 f"{max(overheads):.0f} ms, n={len(overheads)}"),
+    ]
 
 
 # -- part: viewer ----------------------------------------------------------------------------
@@ -772,8 +882,8 @@ def part_viewer(bench):
             html = write_image_viewer(model, pixels, Path(tmp) / name, DEFAULT_SIZE)
             seconds = time.perf_counter() - start
             q = model.preset
-            tokens = q.num_class_tokens + (DEFAULT_SIZE // q.patch_size) ** 2
-            patches = tokens - q.num_class_tokens
+            tokens = q.num_prefix_tokens + (DEFAULT_SIZE // q.patch_size) ** 2
+            patches = tokens - q.num_prefix_tokens
             raw = (q.depth * q.num_heads + 1) * tokens * (patches + 4) / 1e6
             data = _megabytes((html.parent / "viewer").glob("*.js"))
             bench.rows.append(Row(f"image viewer data: {name}", hw_str((DEFAULT_SIZE,) * 2), 1,
@@ -856,7 +966,7 @@ def main(argv=None):
     if args.memory_worker:
         memory_worker(args.memory_worker[0], int(args.memory_worker[1]))
         return 0
-    if "torch" in args.parts and args.torch_device == "auto":
+    if {"torch", "families"} & set(args.parts) and args.torch_device == "auto":
         try:
             import torch
         except ImportError:
@@ -868,9 +978,10 @@ def main(argv=None):
     bench = Bench(args)
     head = header(args)
     errors = {}
-    runners = {"startup": part_startup, "model": part_model, "torch": part_torch, "ceiling": part_ceiling,
+    runners = {"startup": part_startup, "model": part_model, "torch": part_torch,
+               "families": part_families, "ceiling": part_ceiling,
                "e2e": part_e2e, "memory": part_memory, "rollout": part_rollout,
-               "viewer": part_viewer}
+               "batch": part_batch, "viewer": part_viewer}
     for part in PARTS:
         if part not in args.parts:
             continue

@@ -17,7 +17,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vidattn.render import grid  # noqa: E402
+from vidattn.draw import grid  # noqa: E402
 from vidattn.video.reader import read_frames  # noqa: E402
 
 VIDEOS = ("demo_heads.mp4", "demo_masks.mp4", "demo_mean.mp4")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run the test suite: creates (or reuses) a virtualenv, installs vidattn with its test extras,
-# runs pytest. Works on a machine that has only Python 3.10+.
+# Run the test suite: creates (or reuses) a virtualenv, installs vidattn with its test and ray
+# extras (Ray for the `batch --ray` tests), runs pytest. Works on a machine that has only
+# Python 3.10+.
 #
 #   bash scripts/test.sh [pytest args...]
 #
@@ -21,5 +22,5 @@ if [ -z "${VIDATTN_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 "$PY" -m pip install --quiet --disable-pip-version-check "torch==${VIDATTN_TORCH:-2.13.0}"
-"$PY" -m pip install --quiet --disable-pip-version-check -e ".[test]"
+"$PY" -m pip install --quiet --disable-pip-version-check -e ".[test,ray]"
 exec "$PY" -m pytest "$@"

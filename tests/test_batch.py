@@ -6,15 +6,12 @@ import json
 import os
 import signal
 
-import av
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
+from tests.support.batchtree import FRAMES, frames, image, make_tree, manifest, video
 from tests.support.planted import planted_model
 from tests.support.reliability import reliability
-from tests.support.videos import make_truncated_copy, make_video
 from vidattn import batch as vb
 from vidattn import cli
 from vidattn.batch import output_names, run_batch
@@ -22,7 +19,6 @@ from vidattn.options import BatchOptions, ImageOptions, VideoOptions
 
 ROLLOUT_64 = ImageOptions(probes=("rollout",), size=64)
 
-FRAMES = 10
 ARGS = ["--size", "64", "--probes", "rollout", "--quiet"]
 
 
@@ -40,36 +36,6 @@ def _planted_cli(monkeypatch, planted):
 def _opts(**kw):
     return BatchOptions(**{"video": VideoOptions(size=64), "image": ROLLOUT_64, "progress": False,
                            **kw})
-
-
-def _image(path, seed=0):
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 255, (48, 80, 3), np.uint8)
-    pixels[8:24, 40:60] = (255, 0, 0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
-    return path
-
-
-def _video(path, seed=0):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return make_video(path, n_frames=FRAMES, size=(96, 64), seed=seed).path
-
-
-def _frames(path):
-    with av.open(str(path)) as c:
-        return sum(1 for _ in c.decode(c.streams.video[0]))
-
-
-def _manifest(outdir):
-    """Every parseable line of the manifest, in order."""
-    lines = []
-    for line in (outdir / vb.MANIFEST).read_text().splitlines():
-        try:
-            lines.append(json.loads(line))
-        except ValueError:
-            continue
-    return lines
 
 
 def _mtimes(outdir):
@@ -95,24 +61,17 @@ def test_output_names_mirror_and_never_clash():
 
 def test_tree_failures_resume_and_touch(tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
-    videos = [_video(src / "a.mp4", 1), _video(src / "sub" / "b.mp4", 2),
-              _video(src / "sub" / "deep" / "c.mov", 3)]
-    images = [_image(src / name, i) for i, name in enumerate(
-        ["p1.png", "p2.jpg", "sub/p3.png", "sub/deep/p4.jpg", "sub/deep/p5.bmp"])]
-    make_truncated_copy(videos[0], src / "sub" / "broken.mp4", 0.5)
-    (src / "sub" / "notes.jpg").write_text("not an image")
-    (src / "readme.txt").write_text("ignored")
-    _video(src / ".hidden" / "h.mp4")
+    _, images = make_tree(src)
 
     first = _run(src, "-o", out, *ARGS[:-1])
     assert first.exit_code == 1, first.output
     for rel in ("a.mp4", "sub/b.mp4", "sub/deep/c.mp4"):
-        assert _frames(out / rel) == FRAMES
+        assert frames(out / rel) == FRAMES
     for rel in ("p1", "p2", "sub/p3", "sub/deep/p4", "sub/deep/p5"):
         record = json.loads((out / rel / "probes.json").read_text())
         assert record["probes"] == ["rollout"] and (out / rel / "rollout.png").is_file()
     assert not (out / ".hidden").exists() and not (out / "sub" / "broken.mp4").exists()
-    lines = _manifest(out)
+    lines = manifest(out)
     assert len(lines) == 10
     failed = {r["input"]: r["error"] for r in lines if r["status"] == "failed"}
     assert set(failed) == {"sub/broken.mp4", "sub/notes.jpg"}
@@ -128,14 +87,14 @@ def test_tree_failures_resume_and_touch(tmp_path):
     before = _mtimes(out)
     second = _run(src, "-o", out, *ARGS)
     assert second.exit_code == 1
-    again = _manifest(out)[10:]
+    again = manifest(out)[10:]
     assert sorted(r["input"] for r in again) == ["sub/broken.mp4", "sub/notes.jpg"]
     assert _mtimes(out) == before
 
     os.utime(images[2], ns=(images[2].stat().st_atime_ns, images[2].stat().st_mtime_ns + 10**9))
     third = _run(src, "-o", out, *ARGS)
     assert third.exit_code == 1
-    redone = [r["input"] for r in _manifest(out)[12:] if r["status"] == "ok"]
+    redone = [r["input"] for r in manifest(out)[12:] if r["status"] == "ok"]
     assert redone == ["sub/p3.png"]
     changed = {k for k, v in _mtimes(out).items() if before.get(k) != v}
     assert changed == {"sub/p3/probes.json", "sub/p3/rollout.png", "_thumbs/sub/p3.jpg"}
@@ -172,10 +131,10 @@ def test_fingerprint_follows_each_kinds_options(planted):
               "--overwrite replaces it"))
 def test_options_deleted_outputs_and_foreign_files(tmp_path, planted):
     src, out = tmp_path / "in", tmp_path / "out"
-    _video(src / "v.mp4")
-    _image(src / "i.png")
+    video(src / "v.mp4")
+    image(src / "i.png")
     (out / "w.mp4").parent.mkdir(parents=True)
-    _video(src / "w.mp4")
+    video(src / "w.mp4")
     (out / "w.mp4").write_bytes(b"someone else's file")
     result = run_batch(planted, src, out, _opts())
     assert result.done == ["i.png", "v.mp4"] and [f for f, _ in result.failed] == ["w.mp4"]
@@ -185,7 +144,7 @@ def test_options_deleted_outputs_and_foreign_files(tmp_path, planted):
     (out / "v.mp4").unlink()
     result = run_batch(planted, src, out, _opts(overwrite=True))
     assert result.done == ["v.mp4", "w.mp4"] and result.up_to_date == ["i.png"]
-    assert _frames(out / "w.mp4") == FRAMES
+    assert frames(out / "w.mp4") == FRAMES
 
     heads = ImageOptions(probes=("heads",), size=64)
     result = run_batch(planted, src, out, _opts(image=heads))
@@ -194,7 +153,7 @@ def test_options_deleted_outputs_and_foreign_files(tmp_path, planted):
 
     result = run_batch(planted, src, out, _opts(image=heads, format="gif"))
     assert result.done == ["v.mp4", "w.mp4"] and result.up_to_date == ["i.png"]
-    assert _frames(out / "v.gif") > 0
+    assert frames(out / "v.gif") > 0
 
 
 @reliability(("`vidattn batch` with links out of INDIR, a link to a folder, a link inside OUTDIR "
@@ -207,9 +166,9 @@ def test_outputs_never_land_outside_outdir(tmp_path, planted):
     out = src / "results"  # OUTDIR inside INDIR: passed over by the walk
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    outside = _image(tmp_path / "outside.png")
-    _image(src / "a" / "b" / "c" / "deep.png")
-    _image(src / "x" / "y.png")
+    outside = image(tmp_path / "outside.png")
+    image(src / "a" / "b" / "c" / "deep.png")
+    image(src / "x" / "y.png")
     (src / "link.png").symlink_to(outside)
     (src / "dirlink").symlink_to(src / "a", target_is_directory=True)
     (src / "inner.png").symlink_to(src / "a" / "b" / "c" / "deep.png")
@@ -236,8 +195,8 @@ def test_outputs_never_land_outside_outdir(tmp_path, planted):
               "is redone"))
 def test_torn_manifest_line_is_ignored(tmp_path, planted):
     src, out = tmp_path / "in", tmp_path / "out"
-    _image(src / "one.png")
-    _image(src / "two.png", 1)
+    image(src / "one.png")
+    image(src / "two.png", 1)
     run_batch(planted, src, out, _opts())
     with open(out / vb.MANIFEST, "a") as f:
         f.write('{"input": "one.png", "status": "fai')  # a run killed mid-line
@@ -245,7 +204,7 @@ def test_torn_manifest_line_is_ignored(tmp_path, planted):
     assert result.up_to_date == ["one.png", "two.png"] and not result.done
 
     (src / "two.png").unlink()
-    _image(src / "two.png", 2)
+    image(src / "two.png", 2)
     os.utime(src / "two.png", ns=(0, 10**18))
     assert run_batch(planted, src, out, _opts()).done == ["two.png"]
     lines = (out / vb.MANIFEST).read_text().splitlines()
@@ -255,7 +214,7 @@ def test_torn_manifest_line_is_ignored(tmp_path, planted):
 def test_sigterm_stops_after_the_current_file_and_resumes(tmp_path, monkeypatch):
     src, out = tmp_path / "in", tmp_path / "out"
     for i, name in enumerate(["a.mp4", "b.mp4", "c.mp4"]):
-        _video(src / name, i)
+        video(src / name, i)
     real = vb.render_video
     calls = []
 
@@ -271,7 +230,7 @@ def test_sigterm_stops_after_the_current_file_and_resumes(tmp_path, monkeypatch)
     assert result.exit_code == 143  # 128 + SIGTERM
     assert "interrupted: 1 done, 2 left; re-run to continue" in result.output
     assert signal.getsignal(signal.SIGTERM) == handler
-    assert [(r["input"], r["status"]) for r in _manifest(out)] == \
+    assert [(r["input"], r["status"]) for r in manifest(out)] == \
         [("a.mp4", "ok"), ("b.mp4", "interrupted")]
     assert sorted(p.name for p in out.iterdir()) == \
         sorted(["a.mp4", vb.MANIFEST, vb.INDEX, vb.gallery.THUMBS_FOLDER])  # no partial b
@@ -280,13 +239,13 @@ def test_sigterm_stops_after_the_current_file_and_resumes(tmp_path, monkeypatch)
     resumed = _run(src, "-o", out, *ARGS[:-1])
     assert resumed.exit_code == 0 and calls == ["a.mp4", "b.mp4", "b.mp4", "c.mp4"]
     assert "done            2" in resumed.output and "up to date      1" in resumed.output
-    assert all(_frames(out / n) == FRAMES for n in ("a.mp4", "b.mp4", "c.mp4"))
+    assert all(frames(out / n) == FRAMES for n in ("a.mp4", "b.mp4", "c.mp4"))
 
 
 def test_unexpected_errors_are_one_line_unless_debug(tmp_path, monkeypatch):
     src, out = tmp_path / "in", tmp_path / "out"
-    _image(src / "good.png")
-    _image(src / "bad.png", 1)
+    image(src / "good.png")
+    image(src / "bad.png", 1)
     real = vb.pr.probe_image
 
     def flaky(model, path, *args, **kwargs):
@@ -298,7 +257,7 @@ def test_unexpected_errors_are_one_line_unless_debug(tmp_path, monkeypatch):
     result = _run(src, "-o", out, *ARGS)
     assert result.exit_code == 1
     assert "vidattn: error: bad.png: RuntimeError: boom second line" in result.output
-    assert [r["status"] for r in _manifest(out)] == ["failed", "ok"]
+    assert [r["status"] for r in manifest(out)] == ["failed", "ok"]
 
     debug = CliRunner().invoke(cli.main, ["--debug", "batch", str(src), "-o", str(out), *ARGS])
     assert isinstance(debug.exception, RuntimeError)
@@ -306,7 +265,7 @@ def test_unexpected_errors_are_one_line_unless_debug(tmp_path, monkeypatch):
 
 def test_bad_folders_fail_before_anything_is_written(tmp_path, planted):
     src = tmp_path / "in"
-    _image(src / "i.png")
+    image(src / "i.png")
     for outdir in (src, tmp_path):
         result = _run(src, "-o", outdir, *ARGS)
         assert result.exit_code == 1 and "must not be the input folder" in result.output

@@ -12,13 +12,14 @@ from tests.support.study import study_rollout
 from vidattn.attention import rollout_map
 from vidattn.models.presets import get_preset
 
-SMALL = dataclasses.replace(
-    get_preset("dino_vits16"), name="tiny", embed_dim=64, depth=3, num_heads=4
-)
+# ViT-S/16 shapes that resize their positions as Hugging Face's ViTModel does (by size; the DINO
+# presets resize as the official DINO code does: tests/test_families.py checks each family's way)
+VIT_S16 = dataclasses.replace(get_preset("dino_vits16"), name="vit_s16", pos_resize="size")
+SMALL = dataclasses.replace(VIT_S16, name="tiny", embed_dim=64, depth=3, num_heads=4)
 SIZES = [(224, 224), (160, 288)]  # square, and a non-square grid (10 x 18) with interpolation
 
 
-@pytest.fixture(scope="module", params=[SMALL, get_preset("dino_vits16")], ids=lambda p: p.name)
+@pytest.fixture(scope="module", params=[SMALL, VIT_S16], ids=lambda p: p.name)
 def pair(request, tmp_path_factory):
     preset = request.param
     reference = peaky_hf_vit(preset)

@@ -6,6 +6,7 @@ cache keeps it, and ``vidattn models`` lists it."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import urllib.request
 
 import numpy as np
@@ -21,6 +22,7 @@ from transformers.image_utils import (
 
 import vidattn
 from tests.support.checkpoints import canonical_from_hf, hf_config
+from tests.support.families import hf_dinov2, hf_dinov3, official_dinov2, official_dinov3
 from vidattn import cli
 from vidattn.errors import VidattnError
 from vidattn.models import hub
@@ -40,10 +42,17 @@ EXPECTED_NORMALIZATION = {name: "imagenet" for name in PRESETS} | {"vit_b16": "m
 
 def hf_shapes(preset) -> dict[str, tuple]:
     """Canonical names -> shapes of the same model built by ``transformers`` (on the meta device:
-    no memory), with the classifier heads the preset has."""
+    no memory), with the classifier heads the preset has, mapped onto the official names by the
+    tests' own mapping (tests/support)."""
     from transformers import ViTModel
 
     with torch.device("meta"):
+        if preset.family == "dinov2":
+            official = official_dinov2(hf_dinov2(preset))
+            return {k: tuple(v.shape) for k, v in official.items() if k != "mask_token"}
+        if preset.family == "dinov3":
+            official = official_dinov3(hf_dinov3(preset))
+            return _dinov3_canonical({k: tuple(v.shape) for k, v in official.items()})
         model = ViTModel(hf_config(preset), add_pooling_layer=False)
     shapes = {k: tuple(v.shape) for k, v in canonical_from_hf(model).items()}
     if preset.num_class_tokens == 2:
@@ -55,6 +64,19 @@ def hf_shapes(preset) -> dict[str, tuple]:
     return shapes
 
 
+def _dinov3_canonical(shapes):
+    """Official DINOv3 names -> canonical: storage tokens are registers, SwiGLU's w1 and w2 are
+    fused into w12 (doubled rows), the mask token is not used."""
+    out = {}
+    for key, shape in shapes.items():
+        if key == "mask_token" or ".mlp.w2." in key:
+            continue
+        if ".mlp.w1." in key:
+            key, shape = key.replace(".w1.", ".w12."), (2 * shape[0], *shape[1:])
+        out["register_tokens" if key == "storage_tokens" else key] = shape
+    return out
+
+
 @pytest.fixture(scope="module")
 def listing():
     result = CliRunner().invoke(cli.main, ["models"])
@@ -64,18 +86,22 @@ def listing():
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_preset_builds_with_the_reference_layout(name):
+    """Built with random weights (the giants too: the layout is the whole model's), its layout
+    has the reference's names and shapes, and it runs (eagerly: compiling a giant takes a
+    minute) on a small non-square input (positions resized, or RoPE on a 2x3 grid)."""
     preset = get_preset(name)
     model = vidattn.load_model(name, weights="random")
     state = export_state_dict(model.backbone)
     assert {k: v.shape for k, v in state.items()} == hf_shapes(preset)
     assert model.is_random and model.preset is preset
-    grid = preset.image_size // preset.patch_size
-    out = model.run(np.zeros((1, preset.image_size, preset.image_size, 3), np.float32),
-                    attention="last")
-    tokens = preset.num_class_tokens + grid * grid
+    p = preset.patch_size
+    out = model.backbone(np.zeros((1, 2 * p, 3 * p, 3), np.float32), attention="last")  # eager
+    tokens = preset.num_prefix_tokens + 6
     assert out["features"].shape == (1, preset.embed_dim)
     assert out["attention"][0].shape == (1, preset.num_heads, tokens, tokens)
     assert ("logits" in out) == bool(preset.num_classes)
+    del model, state, out
+    gc.collect()  # the giants hold gigabytes
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

@@ -76,15 +76,19 @@ def assert_peak_in(heat, box):
 # -- numbers -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n_cls,grid,patch", [(1, 4, 16), (2, 5, 8), (1, 7, 14), (2, 3, 16)])
-def test_mean_distances_match_the_study_loop_per_block(n_cls, grid, patch):
+@pytest.mark.parametrize("n_prefix,grid,patch", [(1, 4, 16), (2, 5, 8), (1, 7, 14), (2, 3, 16),
+                                                 (5, 4, 14)])
+def test_mean_distances_match_the_study_loop_per_block(n_prefix, grid, patch):
+    """Prefix tokens (class tokens, and registers: 5 = CLS + 4) are dropped as the study drops
+    its class token."""
     rng = np.random.default_rng(grid)
-    model = SimpleNamespace(preset=SimpleNamespace(patch_size=patch, num_class_tokens=n_cls))
-    attns = [softmax_attention(rng, 2, 3, n_cls + grid * grid) for _ in range(4)]
+    model = SimpleNamespace(preset=SimpleNamespace(patch_size=patch, num_prefix_tokens=n_prefix))
+    attns = [softmax_attention(rng, 2, 3, n_prefix + grid * grid) for _ in range(4)]
     got = pr.mean_distances(model, attns, (grid, grid))
     assert got.shape == (2, 4, 3)  # (N, depth, heads)
     for b, attn in enumerate(attns):
-        np.testing.assert_allclose(got[:, b], study_mean_distance(patch, attn, n_cls), atol=1e-6)
+        np.testing.assert_allclose(got[:, b], study_mean_distance(patch, attn, n_prefix),
+                                   atol=1e-6)
 
 
 def test_average_mean_distance_is_the_mean_of_the_study_per_image():
@@ -166,16 +170,20 @@ def test_planted_peaks_land_on_the_red_square_of_the_display_image():
     assert_peak_in(glow, box)
 
 
+@pytest.mark.parametrize("registers", [0, 4], ids=["cls", "cls+4reg"])
 @pytest.mark.parametrize("hw,box", [((160, 256), (slice(96, 144), slice(16, 64))),
                                     ((256, 128), (slice(32, 80), slice(80, 128)))])
-def test_planted_peaks_on_non_square_inputs(hw, box):
-    """The maths under the probes on a non-square input: grid (rows, cols) never swapped."""
-    model = planted_model()
+def test_planted_peaks_on_non_square_inputs(hw, box, registers):
+    """The maths under the probes on a non-square input: grid (rows, cols) never swapped; with
+    registers that draw most of the attention, the maps still peak on the red square."""
+    model = planted_model(registers=registers)
     img = np.full((*hw, 3), 90, np.uint8)
     img[box] = (255, 0, 0)
     grid = (hw[0] // 16, hw[1] // 16)
-    out = model.run(normalize(img[None], "imagenet"), attention="last", rollout=True)
+    out = model.run(normalize(img[None], "imagenet"), attention="all", rollout=True)
     heads = pr.head_maps(model, out["attention"], grid)[0]
+    shares = pr.register_shares(model, out["attention"])[0]
+    assert shares.shape == (2, 2) and ((shares > 0.5) if registers else (shares == 0)).all()
     rollout = pr.rollout_maps(model, out["rollout"], grid)[0]
     assert heads.shape == (2, *grid) and rollout.shape == grid
     bounds = (box[0].start, box[0].stop - 1, box[1].start, box[1].stop - 1)
@@ -194,7 +202,7 @@ def test_planted_peaks_on_non_square_inputs(hw, box):
 def test_probe_image_writes_every_probe(tmp_path):
     import matplotlib.pyplot as plt
 
-    model = planted_model()
+    model = planted_model(registers=4)  # so that every probe applies
     src = tmp_path / "photo.png"
     Image.fromarray(red_photo()).save(src)
     record = pr.probe_image(model, src, tmp_path / "out" / "photo")
@@ -203,7 +211,12 @@ def test_probe_image_writes_every_probe(tmp_path):
     saved = json.loads((tmp_path / "out" / "photo" / "probes.json").read_text())
     assert saved == record
     assert record["probes"] == list(pr.IMAGE_PROBES) and set(files) == set(pr.MODEL_PROBES)
-    assert record["image_size"] == [300, 400] and record["shapes"]["tokens"] == 197
+    assert record["image_size"] == [300, 400] and record["shapes"]["tokens"] == 201
+    assert "skipped" not in record and record["model"]["register_tokens"] == 4
+    shares = np.array(record["register_attention"]["per_block_head"])
+    assert shares.shape == (2, 2) and (shares > 0.5).all()
+    norms = record["patch_token_norms"]
+    assert 0 < norms["median"] <= norms["max"] and len(norms["top5"]) == 5
     assert np.array(record["mean_attention_distance"]["per_block_head"]).shape == (2, 2)
     peak = record["rollout_peak"]
     top, bottom, left, right = red_box(display_image(red_photo(), 224))
@@ -212,7 +225,8 @@ def test_probe_image_writes_every_probe(tmp_path):
     # (least width, height): 3 inches (300 px) per image panel, 2 panels of heads, 2 + 1 of
     # masks, 2 rows of 16 filters; a long title may widen a figure, never shrink it
     expected = {"distance": (900, 700), "rollout": (900, 400), "heads": (600, 400),
-                "masks": (600, 700), "filters": (1300, 255), "posembed": (750, 700)}
+                "masks": (600, 700), "filters": (1300, 255), "posembed": (750, 700),
+                "registers": (600, 500), "norms": (1300, 460)}
     paths = {p: tmp_path / "out" / "photo" / f"{p}.png" for p in pr.IMAGE_PROBES}
     paths.update({p: tmp_path / "out" / "model" / f for p, f in files.items()})
     for probe, path in paths.items():
@@ -275,3 +289,13 @@ def test_parse_probes_and_folder_names():
     reserved = pr.MODEL_FOLDER  # the model's figures' folder
     names = pr.folder_names(["a/cat.jpg", "b/cat.png", "CAT.gif", f"{reserved}.jpg", "cat-2.jpg"])
     assert names == ["cat", "cat-2", "CAT-3", f"{reserved}-2", "cat-2-2"]
+
+
+def test_probes_a_model_cannot_have_are_skipped_and_said(tmp_path):
+    """No registers, no registers probe: the record says why, and no figure is written."""
+    model = planted_model()
+    src = tmp_path / "photo.png"
+    Image.fromarray(red_photo()).save(src)
+    record = pr.probe_image(model, src, tmp_path / "photo", ImageOptions(probes="registers,norms"))
+    assert record["probes"] == ["norms"] and "no register tokens" in record["skipped"]["registers"]
+    assert sorted(p.name for p in (tmp_path / "photo").iterdir()) == ["norms.png", "probes.json"]

@@ -18,10 +18,11 @@ from tests.support.videos import (
     make_video,
     make_zero_frame_video,
 )
+from vidattn.draw import map_to_frame
 from vidattn.errors import VidattnError
+from vidattn.models.presets import get_preset
 from vidattn.options import VideoOptions
 from vidattn.preprocess import video_geometry
-from vidattn.render import map_to_frame
 from vidattn.video.pipeline import render_video
 
 QUIET = dict(progress=False)
@@ -83,8 +84,13 @@ def test_gif_frame_count(planted, clip, tmp_path):
     assert frames[0][1].shape[1] == 80
 
 
-@pytest.mark.parametrize("size,rotation", [((192, 112), 0), ((176, 96), 90)])
-def test_planted_peak_follows_the_square(planted, tmp_path, size, rotation):
+@pytest.mark.parametrize("size,rotation,registers", [((192, 112), 0, 0), ((176, 96), 90, 0),
+                                                     ((192, 112), 0, 4)])
+def test_planted_peak_follows_the_square(planted, tmp_path, size, rotation, registers):
+    """The map of each frame peaks on the moving square; also with 4 registers that take most of
+    the attention (they never appear in a map)."""
+    if registers:
+        planted = planted_model(patch=16, depth=2, heads=2, dim=32, grid=14, registers=registers)
     made = make_video(tmp_path / "sq.mp4", n_frames=20, fps=20, size=size, rotation=rotation,
                       square_size=28)
     maps_file = tmp_path / "maps.npz"
@@ -104,16 +110,19 @@ def test_planted_peak_follows_the_square(planted, tmp_path, size, rotation):
 
 def test_side_maps_are_labelled_when_weights_are_random(clip, tmp_path):
     tiny = dataclasses.replace(
-        vidattn.models.presets.get_preset("dino_vits16"), embed_dim=32, depth=1, num_heads=2
+        get_preset("dino_vits16"), embed_dim=32, depth=1, num_heads=2
     )
     model = vidattn.load_model(tiny, weights="random")
-    plain = tmp_path / "plain.mp4"
-    render_video(model, clip.path, plain, VideoOptions(captions=False, **QUIET))
-    frames, *_ = _read(plain)
-    first = frames[0][1]
-    # the label sits bottom left even without captions: a dark box with light text
-    corner = first[-14:, :60].astype(int)
-    assert (corner < 40).mean() > 0.3 and (corner > 200).any()
+    same = dataclasses.replace(model, weights_label="same weights, not random", _compiled={})
+    corners = {}
+    for label, m in (("random", model), ("named", same)):
+        out = tmp_path / f"{label}.mp4"
+        render_video(m, clip.path, out, VideoOptions(captions=False, **QUIET))
+        frames, *_ = _read(out)
+        corners[label] = frames[0][1][-14:, :60].astype(int)
+    # the label sits bottom left even without captions: a box a third as bright, light text
+    assert np.median(corners["random"]) < 0.5 * np.median(corners["named"])
+    assert (corners["random"] > 200).any() and not (corners["named"] > 200).any()
 
 
 def _cli(*args):

@@ -2,8 +2,9 @@
 
 Keras 3 runs on the TensorFlow backend unless ``KERAS_BACKEND`` says otherwise; the backend must be
 chosen before Keras is first imported, hence the environment defaults here. Keras itself is
-imported only when a model is loaded (``vidattn.load_model``), so the command line's ``--help``
-and ``vidattn models`` start instantly.
+imported only when a model is loaded (``vidattn.load_model``, ``vidattn.probe``,
+``vidattn.render``: attributes imported on first use), so the command line's ``--help`` and
+``vidattn models`` start instantly.
 """
 
 import os
@@ -18,13 +19,22 @@ __version__ = "0.1.0"
 
 from vidattn.errors import VidattnError  # noqa: E402
 
-__all__ = ["VidattnError", "load_model", "__version__"]
+# name -> the module that holds it, imported on first use (each imports Keras and its backend)
+_LAZY = {
+    "load_model": "vidattn.models.api",
+    "probe": "vidattn.notebook",
+    "render": "vidattn.notebook",
+    "ProbeResult": "vidattn.notebook",
+    "RenderResult": "vidattn.notebook",
+}
+
+__all__ = ["VidattnError", "__version__", *_LAZY]
 
 
 def __getattr__(name):
-    """``vidattn.load_model``, imported on first use (it imports Keras and its backend)."""
-    if name == "load_model":
-        from vidattn.models.api import load_model
+    """``vidattn.load_model``, ``probe``, ``render`` and their results, imported on first use."""
+    if name in _LAZY:
+        import importlib
 
-        return load_model
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'vidattn' has no attribute {name!r}")

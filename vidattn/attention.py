@@ -1,10 +1,12 @@
 """Attention maths on the model's per-block attention probabilities, in plain numpy.
 
 Every block's attention is a float array ``(N, heads, T, T)``: N images, each query row a softmax
-over T keys, with ``T = n_cls + gh * gw``. The ``n_cls`` class tokens come first (1; 2 for
-distilled DeiT: CLS, then distillation), then the patches row by row over a ``gh x gw`` grid
-(``gh`` rows, ``gw`` columns; grids need not be square). Patch ``k`` sits at grid row ``k // gw``,
-column ``k % gw``.
+over T keys, with ``T = n_prefix + gh * gw``. The ``n_prefix`` prefix tokens come first: the class
+tokens (CLS; then the distillation token of distilled DeiT), then any registers (DINOv2) or storage
+tokens (DINOv3); then the patches row by row over a ``gh x gw`` grid (``gh`` rows, ``gw``
+columns; grids need not be square). Patch ``k`` sits at grid row ``k // gw``, column ``k % gw``.
+Prefix tokens take part in attention but never appear in a map: maps, masks, rollout and mean
+distance keep the patches' rows and columns only.
 
 Nothing here loops over tokens or pixels, and nothing builds a temporary as large as a block:
 videos at full resolution give thousands of tokens, and a block is then ``heads * T**2`` floats.
@@ -20,6 +22,7 @@ from vidattn.options import DEFAULT_THRESHOLD
 __all__ = [
     "RunningMean",
     "cls_maps",
+    "cls_share",
     "head_mean",
     "mean_attention_distance",
     "normalize_maps",
@@ -30,27 +33,35 @@ __all__ = [
 ]
 
 
-def _check(attn: np.ndarray, n_cls: int, grid_hw) -> None:
-    """Raise ValueError unless ``attn`` is ``(N, heads, T, T)`` with ``T = n_cls + gh * gw``."""
+def _check(attn: np.ndarray, n_prefix: int, grid_hw) -> None:
+    """Raise ValueError unless ``attn`` is ``(N, heads, T, T)`` with ``T = n_prefix + gh * gw``."""
     gh, gw = grid_hw
-    t = n_cls + gh * gw
+    t = n_prefix + gh * gw
     if attn.ndim != 4 or attn.shape[-2:] != (t, t):
         raise ValueError(
-            f"attention must be (N, heads, {t}, {t}) for {n_cls} class token(s) and a {gh}x{gw} "
+            f"attention must be (N, heads, {t}, {t}) for {n_prefix} prefix token(s) and a {gh}x{gw} "
             f"grid, got {attn.shape}"
         )
 
 
-def cls_maps(attn: np.ndarray, n_cls: int, grid_hw) -> np.ndarray:
+def cls_maps(attn: np.ndarray, n_prefix: int, grid_hw) -> np.ndarray:
     """Per-head CLS attention maps: ``(N, heads, T, T)`` -> ``(N, heads, gh, gw)``.
 
     The CLS query's row (token 0) over the patch keys, laid out on the patch grid. Pass the last
     block's attention, as DINO does: that is where the CLS token gathers the image. The class
     tokens' own columns are dropped, so a map sums to less than 1 (to 1 minus what CLS gives
-    to the class tokens). Returns a view of ``attn``.
+    to the prefix tokens). Returns a view of ``attn``.
     """
-    _check(attn, n_cls, grid_hw)
-    return attn[:, :, 0, n_cls:].reshape(attn.shape[0], attn.shape[1], *grid_hw)
+    _check(attn, n_prefix, grid_hw)
+    return attn[:, :, 0, n_prefix:].reshape(attn.shape[0], attn.shape[1], *grid_hw)
+
+
+def cls_share(attn: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Share of the CLS query's attention that goes to tokens ``start:stop``, per image and head:
+    ``(N, heads, T, T)`` -> ``(N, heads)``. With the registers' range (after the class tokens)
+    it is how much the CLS token reads from the registers (Darcet et al., "Vision Transformers
+    Need Registers")."""
+    return attn[:, :, 0, start:stop].sum(axis=-1)
 
 
 def head_mean(maps: np.ndarray) -> np.ndarray:
@@ -95,7 +106,7 @@ def threshold_masks(maps: np.ndarray, keep: float = DEFAULT_THRESHOLD) -> np.nda
     return kept.reshape(maps.shape)
 
 
-def rollout_map(row: np.ndarray, n_cls: int, grid_hw) -> np.ndarray:
+def rollout_map(row: np.ndarray, n_prefix: int, grid_hw) -> np.ndarray:
     """Attention rollout maps from the model's rollout rows: ``(N, T)`` -> ``(N, gh, gw)``.
 
     ``row`` is ``model.run(..., rollout=True)["rollout"]``, the CLS row of the rollout product
@@ -104,12 +115,12 @@ def rollout_map(row: np.ndarray, n_cls: int, grid_hw) -> np.ndarray:
     """
     gh, gw = grid_hw
     row = np.asarray(row)
-    if row.ndim != 2 or row.shape[1] != n_cls + gh * gw:
+    if row.ndim != 2 or row.shape[1] != n_prefix + gh * gw:
         raise ValueError(
-            f"rollout rows must be (N, {n_cls + gh * gw}) for {n_cls} class token(s) and a "
+            f"rollout rows must be (N, {n_prefix + gh * gw}) for {n_prefix} prefix token(s) and a "
             f"{gh}x{gw} grid, got {row.shape}"
         )
-    maps = row[:, n_cls:].reshape(len(row), gh, gw)
+    maps = row[:, n_prefix:].reshape(len(row), gh, gw)
     return maps / maps.max(axis=(-2, -1), keepdims=True)
 
 
@@ -143,19 +154,19 @@ def _grid_distances(grid_hw) -> np.ndarray:
     return sliding_window_view(np.hypot(dr, dc), (gh, gw))[::-1, ::-1]
 
 
-def mean_attention_distance(attn: np.ndarray, n_cls: int, grid_hw, patch_size: int) -> np.ndarray:
+def mean_attention_distance(attn: np.ndarray, n_prefix: int, grid_hw, patch_size: int) -> np.ndarray:
     """Mean attention distance per image and head in pixels: ``(N, heads, T, T)`` -> ``(N, heads)``.
 
-    The study's definition: drop the class tokens (rows and columns); for each query patch, sum
+    The study's definition: drop the prefix tokens (rows and columns); for each query patch, sum
     over key patches attention x the Euclidean distance between the two patches' grid positions
     x ``patch_size``; then average over query patches. (The rows are not renormalised after the
     class columns are dropped, as in the study.) One einsum over a reshaped view of the input and
     a view of the distances (see ``_grid_distances``): no temporary of the input's size, and any
     grid shape. Returns float64.
     """
-    _check(attn, n_cls, grid_hw)
+    _check(attn, n_prefix, grid_hw)
     gh, gw = grid_hw
-    patches = attn[:, :, n_cls:, n_cls:].reshape(*attn.shape[:2], gh, gw, gh, gw)
+    patches = attn[:, :, n_prefix:, n_prefix:].reshape(*attn.shape[:2], gh, gw, gh, gw)
     total = np.einsum("nhabcd,abcd->nh", patches, _grid_distances(grid_hw), dtype=np.float64)
     return total * (patch_size / (gh * gw))
 

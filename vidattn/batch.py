@@ -26,6 +26,9 @@ redone. Outputs are only ever replaced where the manifest shows this batch wrote
 Ctrl-C or SIGTERM stop the run within the current file: its partial output is discarded by the
 writers, it gets an ``interrupted`` line, and the manifest is never torn (signals wait while a line
 is written; a torn last line from a harder kill is ignored on reading).
+
+``BatchRun`` holds the plan and the bookkeeping; ``run_batch`` renders its files one by one here,
+``vidattn.batch_ray`` hands them to Ray workers that call the same ``_attempt``.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from tqdm import tqdm
 
 from vidattn import probes as pr
 from vidattn.errors import VidattnError, one_line
-from vidattn.interrupts import Interrupts, exit_status, signal_of
+from vidattn.interrupts import Interrupts, exit_status
 from vidattn.io import unique_names
 from vidattn.options import BatchOptions
 from vidattn.report import write_index
@@ -181,6 +184,21 @@ def check_folders(indir, outdir) -> tuple[Path, Path]:
         raise VidattnError(f"output folder must not be the input folder {indir} or contain it",
                            outdir)
     return indir, outdir
+
+
+def make_output_folder(outdir: Path):
+    """Create OUTDIR (and its parents) if missing; VidattnError when it cannot be."""
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise VidattnError(f"cannot create the output folder: {err.strerror}", outdir) from None
+
+
+def work_options(opts: BatchOptions) -> BatchOptions:
+    """The options each file is rendered with: ``opts`` without a bar or saved maps of its own
+    (the batch shows one bar over the files)."""
+    return dataclasses.replace(
+        opts, video=dataclasses.replace(opts.video, progress=False, save_maps=None))
 
 
 class Manifest:
@@ -369,13 +387,14 @@ def _attempt(model, item: Item, outdir: Path, opts: BatchOptions, fp: str, claim
                    seconds=round(time.perf_counter() - started, 3), **extra)
 
 
-def _finish_images(model, outdir: Path, items, manifest: Manifest, fp: str, opts: BatchOptions,
+def _finish_images(model, outdir: Path, items, latest: dict, fp: str, opts: BatchOptions,
                    refresh_model: bool):
     """Write the per-model figures (if asked for and this run probed images, or they are missing)
-    and ``OUTDIR/probes.html`` with every up-to-date image of the tree and the images that failed."""
+    and ``OUTDIR/probes.html`` with every up-to-date image of the tree and the images that failed.
+    ``latest``: the manifest's last line of each input (``Manifest.latest``)."""
     entries, failures = [], []
     for item in items:
-        record = manifest.latest.get(item.rel) or {}
+        record = latest.get(item.rel) or {}
         if record.get("status") == "failed":
             failures.append(f"{item.rel}: {record.get('error')}")
         elif _is_current(record, item, outdir, fp, opts.viewer):
@@ -394,6 +413,119 @@ def _finish_images(model, outdir: Path, items, manifest: Manifest, fp: str, opts
                 gallery.PROBES_REPORT)
 
 
+class BatchRun:
+    """One run's plan and bookkeeping, shared by the local loop (``run_batch``) and the Ray driver
+    (``vidattn.batch_ray``), which differ only in who renders the files.
+
+    The plan, made on construction: the scan (or ``found``, a ``Scan`` made before), the options
+    fingerprint of each kind (``fps``), the files not up to date (``todo``, in walk order), the
+    images (for the index). ``model`` is the loaded model or anything with its ``preset`` and
+    ``weights_label`` (the Ray driver's ``ModelInfo``). ``work_opts``: the options each file is
+    rendered with (no bar or saved maps of its own).
+
+    The bookkeeping, as files are handed out (``begin``) and finish (``settle``): each file's
+    manifest line, the ``result``, one error line on stderr per failure, the bar over the files.
+    Used as a context manager around the work: inside, Ctrl-C and SIGTERM raise
+    KeyboardInterrupt (``signals``; held while a line is written); on the way out the files still
+    in flight get an ``interrupted`` line, the interruption is swallowed into ``result``, and the
+    bar and the manifest are closed.
+    """
+
+    def __init__(self, model, indir, outdir, opts: BatchOptions, found: Scan | None = None):
+        self.model, self.opts = model, opts
+        self.indir, self.outdir = check_folders(indir, outdir)
+        if found is None:
+            found = scan(self.indir, self.outdir, opts.format)
+        self.fps = {kind: fingerprint(model, kind, opts) for kind in KINDS}
+        self.images = [item for item in found.items if item.kind == "image"]
+        if self.images:
+            pr.check_size(model, opts.image.size)
+        make_output_folder(self.outdir)
+        self.manifest = Manifest(self.outdir / MANIFEST)
+        self.result = BatchResult(failed=list(found.unreadable), ignored=found.ignored)
+        self.items = found.items
+        self.todo: list[Item] = []
+        for item in found.items:
+            if _is_current(self.manifest.latest.get(item.rel), item, self.outdir,
+                           self.fps[item.kind], opts.viewer):
+                self.result.up_to_date.append(item.rel)
+            else:
+                self.todo.append(item)
+        self.work_opts = work_options(opts)
+        self.probed = False  # whether this run probed an image (the model figures are redone)
+        self.signals = Interrupts()
+        self._in_flight: dict[Item, float] = {}  # item -> when it was handed out
+        self._bar = None
+        self._shown = 0.0  # when the gallery was last written
+
+    def show(self, finished: bool = False):
+        """Rewrite the gallery ``OUTDIR/index.html`` from the manifest: at the start, after a file
+        at most every ``GALLERY_EVERY_S`` seconds, and at the end (``finished``)."""
+        if finished or time.monotonic() - self._shown >= GALLERY_EVERY_S:
+            gallery.write_gallery(self.outdir, self.model, self.items, self.manifest.latest,
+                                  finished, MANIFEST)
+            self._shown = time.monotonic()
+
+    def claimed(self, item: Item) -> bool:
+        """Whether a manifest line claims ``item``'s output (this batch may replace it)."""
+        return item.out in self.manifest.outputs
+
+    def record(self, item: Item, **fields) -> dict:
+        """A manifest line for ``item`` with ``fields`` (status, error, seconds...)."""
+        return _record(self.model, item, self.fps[item.kind], **fields)
+
+    def begin(self, item: Item):
+        """``item`` is handed out: it gets an ``interrupted`` line if the run stops before it
+        settles."""
+        self._in_flight[item] = time.perf_counter()
+        self._bar.set_postfix_str(item.rel, refresh=True)
+
+    def drop(self, item: Item):
+        """``item`` is no longer in flight without a line of its own (it goes back in a queue)."""
+        self._in_flight.pop(item, None)
+
+    def settle(self, item: Item, record: dict):
+        """Write ``item``'s finished ``record`` (status ok or failed) and count it."""
+        with self.signals.deferred():
+            self.manifest.append(record)
+            self._in_flight.pop(item, None)
+            self.result.finished += 1
+            self._bar.update(1)
+            if record["status"] == "ok":
+                self.result.done.append(item.rel)
+                self.probed |= item.kind == "image"
+            else:
+                self.result.failed.append((item.rel, record["error"]))
+                tqdm.write(one_line(f"vidattn: error: {item.rel}: {record['error']}"),
+                           file=sys.stderr)
+        self.show()
+
+    def __enter__(self):
+        self._bar = tqdm(total=len(self.todo), unit="file", disable=not self.opts.progress,
+                         dynamic_ncols=True, desc="batch")
+        self.signals.__enter__()
+        self.show()
+        return self
+
+    def __exit__(self, kind, err, tb):
+        try:
+            if isinstance(err, KeyboardInterrupt):
+                self.result.interrupted = True
+                self.result.signum = self.signals.signum_of(err)
+                self.result.left = len(self.todo) - self.result.finished
+                with self.signals.deferred():
+                    for item, started in list(self._in_flight.items()):
+                        self.manifest.append(self.record(
+                            item, size=None, mtime_ns=None, status="interrupted",
+                            error="interrupted", seconds=round(time.perf_counter() - started, 3)))
+                        del self._in_flight[item]
+        finally:
+            self.signals.__exit__(kind, err, tb)
+            self._bar.close()
+            self.manifest.close()
+        return isinstance(err, KeyboardInterrupt)
+
+
 def run_batch(model, indir, outdir, opts: BatchOptions | None = None) -> BatchResult:
     """Render every video and probe every image under ``indir`` into the mirror ``outdir`` with
     the loaded ``model``, skipping what the manifest shows up to date.
@@ -402,75 +534,17 @@ def run_batch(model, indir, outdir, opts: BatchOptions | None = None) -> BatchRe
     Ctrl-C or SIGTERM end it early with ``interrupted`` set. Raises VidattnError only for the run
     as a whole: bad folders, a ``--size`` the model cannot take, an unwritable manifest.
     """
-    opts = opts or BatchOptions()
-    indir, outdir = check_folders(indir, outdir)
-    found = scan(indir, outdir, opts.format)
-    fps = {kind: fingerprint(model, kind, opts) for kind in KINDS}
-    images = [item for item in found.items if item.kind == "image"]
-    if images:
-        pr.check_size(model, opts.image.size)
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise VidattnError(f"cannot create the output folder: {err.strerror}", outdir) from None
-    manifest = Manifest(outdir / MANIFEST)
-    result = BatchResult(failed=list(found.unreadable), ignored=found.ignored)
-    todo = []
-    for item in found.items:
-        if _is_current(manifest.latest.get(item.rel), item, outdir, fps[item.kind], opts.viewer):
-            result.up_to_date.append(item.rel)
-        else:
-            todo.append(item)
-    opts = dataclasses.replace(opts, video=dataclasses.replace(opts.video, progress=False,
-                                                                save_maps=None))
-    shown = 0.0  # when the gallery was last written
-
-    def show(finished=False):
-        nonlocal shown
-        if finished or time.monotonic() - shown >= GALLERY_EVERY_S:
-            gallery.write_gallery(outdir, model, found.items, manifest.latest, finished, MANIFEST)
-            shown = time.monotonic()
-
-    show()
-    probed, current, started = False, None, 0.0
-    bar = tqdm(todo, unit="file", disable=not opts.progress, dynamic_ncols=True, desc="batch")
-    try:
-        with Interrupts() as signals:
-            try:
-                for item in bar:
-                    current, started = item, time.perf_counter()
-                    bar.set_postfix_str(item.rel, refresh=True)
-                    record = _attempt(model, item, outdir, opts, fps[item.kind],
-                                      item.out in manifest.outputs)
-                    with signals.deferred():
-                        manifest.append(record)
-                        current = None
-                        result.finished += 1
-                        if record["status"] == "ok":
-                            result.done.append(item.rel)
-                            probed |= item.kind == "image"
-                        else:
-                            result.failed.append((item.rel, record["error"]))
-                            tqdm.write(one_line(f"vidattn: error: {item.rel}: {record['error']}"),
-                                       file=sys.stderr)
-                    show()
-            except KeyboardInterrupt as err:
-                result.interrupted = True
-                result.signum = signal_of(err)
-                result.left = len(todo) - result.finished
-                if current is not None:
-                    with signals.deferred():
-                        manifest.append(_record(
-                            model, current, fps[current.kind], size=None, mtime_ns=None,
-                            status="interrupted", error="interrupted",
-                            seconds=round(time.perf_counter() - started, 3)))
-    finally:
-        bar.close()
-        manifest.close()
-    if images and not result.interrupted:
-        _finish_images(model, outdir, images, manifest, fps["image"], opts, probed)
-    show(finished=True)
-    return result
+    run = BatchRun(model, indir, outdir, opts or BatchOptions())
+    with run:
+        for item in run.todo:
+            run.begin(item)
+            run.settle(item, _attempt(model, item, run.outdir, run.work_opts,
+                                      run.fps[item.kind], run.claimed(item)))
+    if run.images and not run.result.interrupted:
+        _finish_images(model, run.outdir, run.images, run.manifest.latest, run.fps["image"],
+                       run.opts, run.probed)
+    run.show(finished=True)
+    return run.result
 
 
 def format_summary(result: BatchResult) -> str:

@@ -14,7 +14,14 @@ import click
 
 from vidattn.errors import VidattnError, one_line
 from vidattn.interrupts import Interrupts, exit_status, signal_of
-from vidattn.options import BatchOptions, ImageOptions, VideoOptions, cli_fields
+from vidattn.options import (
+    DEFAULT_PRESET,
+    BatchOptions,
+    ImageOptions,
+    RayOptions,
+    VideoOptions,
+    cli_fields,
+)
 
 
 def _friendly_errors(fn):
@@ -88,7 +95,8 @@ def models():
     rows = [("preset", "patch", "width", "depth", "heads", "tokens", "input", "weights", "licence",
              "here")]
     for p in PRESETS.values():
-        tokens = "cls" if p.num_class_tokens == 1 else "cls+dist"
+        tokens = "+".join(["cls", "dist"][: p.num_class_tokens]
+                          + [f"{p.num_register_tokens}reg"] * bool(p.num_register_tokens))
         rows.append((p.name, p.patch_size, p.embed_dim, p.depth, p.num_heads, tokens,
                      p.preprocessing, p.weights_format or "-", p.licence,
                      cached_weights(p) or "-"))
@@ -104,11 +112,10 @@ def source_of(preset) -> str:
     """Where a preset's weights come from, in one line."""
     if preset.packaged_weights:
         return f"vidattn/data/{preset.packaged_weights}"
-    if preset.weights_url:
-        return preset.weights_url
-    if preset.hf_repo:
-        return f"https://huggingface.co/{preset.hf_repo} ({preset.hf_file})"
-    return f"gated: request at {preset.gated}" if preset.gated else "none: pass --weights PATH"
+    hub = f"https://huggingface.co/{preset.hf_repo}" if preset.hf_repo else None
+    if preset.gated:
+        return f"gated by its licence: request at {preset.gated}" + f" or {hub}" * bool(hub)
+    return " or ".join(s for s in (preset.weights_url, hub) if s) or "none: pass --weights PATH"
 
 
 def _model_options(fn):
@@ -124,7 +131,7 @@ def _model_options(fn):
         "Default: the preset's official weights, from a cache or downloaded once.",
     )(fn)
     return click.option(
-        "--model", "-m", "preset", default="dino_vits16", show_default=True, metavar="PRESET",
+        "--model", "-m", "preset", default=DEFAULT_PRESET, show_default=True, metavar="PRESET",
         help="Model preset; `vidattn models` lists them.",
     )(fn)
 
@@ -133,9 +140,14 @@ def _load(preset, weights, checkpoint_key, quiet=False):
     import vidattn
 
     model = vidattn.load_model(preset, weights=weights, checkpoint_key=checkpoint_key)
+    _note_random(model, quiet)
+    return model
+
+
+def _note_random(model, quiet=False):
+    """One note on stderr when ``model`` (or a Ray worker's ``ModelInfo``) has random weights."""
     if model.is_random and not quiet:
         click.echo("vidattn: note: random (untrained) weights; outputs are labelled so", err=True)
-    return model
 
 
 def _click_option(f):
@@ -156,7 +168,19 @@ def _click_option(f):
             kind = bounded(meta.get("min"), meta.get("max"),
                            min_open=meta.get("min_open", False), max_open=meta.get("max_open", False))
         kwargs.update(type=kind, metavar=meta.get("metavar"))
+        if "flag_value" in meta:  # --x [VALUE]
+            kwargs.update(is_flag=False, flag_value=meta["flag_value"])
+    if "check" in meta:
+        kwargs["callback"] = functools.partial(_checked, meta["check"])
     return click.option(*decls, f.name, **kwargs)
+
+
+def _checked(check, ctx, param, value):
+    """A click callback: ``check(value)``, its VidattnError as click's own usage error."""
+    try:
+        return check(value)
+    except VidattnError as err:
+        raise click.BadParameter(str(err), ctx, param) from None
 
 
 def options_of(cls, only=None):
@@ -263,9 +287,13 @@ def image(images, outdir, preset, weights, checkpoint_key, overwrite, quiet, **k
       rollout   attention rollout through all blocks: input | map x image | overlay
       heads     the last block's CLS attention, one overlay per head
       masks     DINO's masks: the fewest patches holding --threshold of each head's attention
+      registers share of the CLS attention on the registers, per block and head (DINOv2 *_reg,
+                DINOv3: "Vision Transformers Need Registers")
+      norms     norms of the output patch tokens before the final norm: high-norm artifacts
       filters   the first 128 patch-projection filters (per model)
       posembed  dot-product similarity of the position embeddings (per model)
-    Presets with an ImageNet-1k head (vit_b16, deit_*) also get their top-5 classes.
+    Presets with an ImageNet-1k head (vit_b16, deit_*) also get their top-5 classes. Register
+    and storage tokens take part in attention but never appear in a map.
 
     \b
     Output:
@@ -280,39 +308,19 @@ def image(images, outdir, preset, weights, checkpoint_key, overwrite, quiet, **k
     that crop. An image that cannot be read (or whose folder exists, without --overwrite) gets
     one error line; the others are still done, and the exit status is 1.
     """
-    from pathlib import Path
+    from tqdm.auto import tqdm
 
-    from tqdm import tqdm
+    from vidattn.probes import probe_images
 
-    from vidattn import probes as pr
-    from vidattn.report import write_index
-    from vidattn.viewer.image import write_image_viewer
+    def report(err):
+        tqdm.write(one_line(f"vidattn: error: {err}"), file=sys.stderr)
 
     opts = options_from(ImageOptions, kw)
     model = _load(preset, weights, checkpoint_key, quiet)
-    pr.check_size(model, opts.size)
-    out = Path(outdir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise VidattnError("output path exists and is not a folder", out) from None
-    model_files = pr.write_model_probes(model, out / pr.MODEL_FOLDER, opts.model_probes)
-    entries, failures = [], []
-    names = pr.folder_names(images)
-    for path, name in zip(tqdm(images, unit="image", disable=quiet, dynamic_ncols=True), names):
-        try:
-            record = pr.probe_image(model, path, out / name, opts, overwrite)
-            if opts.viewer:
-                write_image_viewer(model, path, out / name, opts.size, opts.threshold)
-        except VidattnError as err:
-            tqdm.write(one_line(f"vidattn: error: {err}"), file=sys.stderr)
-            failures.append(str(err))
-            continue
-        entries.append((name, record))
-    index = write_index(out, model, entries, model_files, pr.MODEL_FOLDER, failures)
+    run = probe_images(model, images, outdir, opts, overwrite, progress=not quiet, on_error=report)
     if not quiet:
-        click.echo(f"wrote {index} ({len(entries)} of {len(images)} images)", err=True)
-    if failures:
+        click.echo(f"wrote {run.index} ({len(run.entries)} of {len(images)} images)", err=True)
+    if run.failures:
         sys.exit(1)
 
 
@@ -324,6 +332,7 @@ def image(images, outdir, preset, weights, checkpoint_key, overwrite, quiet, **k
 @options_of(VideoOptions)
 @options_of(BatchOptions)
 @options_of(ImageOptions, only=("probes",))
+@options_of(RayOptions)
 @click.option("--overwrite", is_flag=True,
               help="Also replace outputs the manifest does not know (files in OUTDIR before).")
 @click.option("--quiet", "-q", is_flag=True,
@@ -363,18 +372,35 @@ def batch(indir, outdir, preset, weights, checkpoint_key, overwrite, quiet, **kw
     failed. Ctrl-C (or SIGTERM) stops within the current file, keeps no partial output and
     exits 130 (143 for SIGTERM); the manifest stays intact, so run again to continue. Outputs
     already in OUTDIR that the manifest does not show are never replaced without --overwrite.
+
+    \b
+    Many machines (pip install 'vidattn[ray]'):
+      vidattn batch clips/ -o attn/ --ray                  # Ray workers on this machine
+      vidattn batch /nfs/clips -o /nfs/attn --ray auto --gpus-per-worker 0.5
+    With --ray the files are spread over Ray workers, each loading the model once; the
+    manifest, the resume rules and the outputs are the same. A file whose worker dies is
+    retried on another one (3 tries in all); INDIR, OUTDIR and --weights must be paths every
+    node sees. README.md, "Many machines", tells how to start a cluster.
     """
     from vidattn.batch import check_folders, format_summary, run_batch
 
     check_folders(indir, outdir)
+    ray_opts = options_from(RayOptions, kw)
     opts = options_from(
         BatchOptions, kw, video=options_from(VideoOptions, kw, progress=False),
         image=ImageOptions(probes=kw["probes"], size=kw["size"], threshold=kw["threshold"]),
         overwrite=overwrite, progress=not quiet,
         raise_unexpected=click.get_current_context().find_root().params.get("debug", False),
     )
-    model = _load(preset, weights, checkpoint_key, quiet)
-    result = run_batch(model, indir, outdir, opts)
+    if ray_opts.ray is None:
+        _refuse_ray_options()
+        model = _load(preset, weights, checkpoint_key, quiet)
+        result = run_batch(model, indir, outdir, opts)
+    else:
+        from vidattn.batch_ray import run_batch_ray
+
+        result = run_batch_ray(_loader(preset, weights, checkpoint_key), indir, outdir, opts,
+                               ray_opts, on_model=functools.partial(_note_random, quiet=quiet))
     if not quiet:
         click.echo(format_summary(result))
     if result.interrupted:
@@ -382,3 +408,27 @@ def batch(indir, outdir, preset, weights, checkpoint_key, overwrite, quiet, **kw
                    "to continue", err=True)
     if result.exit_code:
         sys.exit(result.exit_code)
+
+
+def _refuse_ray_options():
+    """One error line when Ray's worker options are given without --ray."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    given = ["--" + f.name.replace("_", "-") for f in cli_fields(RayOptions)
+             if ctx.get_parameter_source(f.name) is ParameterSource.COMMANDLINE]
+    if given:
+        raise VidattnError(f"{', '.join(given)}: only with --ray")
+
+
+def _loader(preset, weights, checkpoint_key):
+    """``load_model`` with the command's arguments, for Ray workers to call: a zero-argument
+    function that pickles, with a local --weights path made absolute (a worker's working folder
+    is its own)."""
+    import os
+
+    from vidattn.models.api import load_model
+
+    if weights not in (None, "random") and os.path.exists(weights):
+        weights = os.path.abspath(weights)
+    return functools.partial(load_model, preset, weights=weights, checkpoint_key=checkpoint_key)

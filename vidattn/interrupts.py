@@ -42,6 +42,7 @@ class Interrupts:
 
     def __init__(self):
         self._saved, self._deferring, self._pending = {}, False, None
+        self.received: int | None = None  # the last signal handled
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -56,19 +57,28 @@ class Interrupts:
         self._saved = {}
 
     def _handle(self, signum, frame):
+        self.received = signum
         if self._deferring:
             self._pending = signum
         else:
             raise Interrupted(signum)
 
+    def signum_of(self, err: KeyboardInterrupt) -> int:
+        """The signal behind ``err``: its own (:class:`Interrupted`), else the last one handled
+        here (a library that catches our exception and raises a plain KeyboardInterrupt in its
+        place, as Ray's calls do, loses the signal), else SIGINT."""
+        return getattr(err, "signum", None) or self.received or signal.SIGINT
+
     @contextlib.contextmanager
     def deferred(self):
-        """Hold signals until the block ends, then raise the last one that arrived."""
-        self._deferring = True
+        """Hold signals until the block ends, then raise the last one that arrived. Blocks nest:
+        signals wait for the outermost one."""
+        outermost, self._deferring = not self._deferring, True
         try:
             yield
         finally:
-            self._deferring = False
-        if self._pending is not None:
+            if outermost:
+                self._deferring = False
+        if outermost and self._pending is not None:
             signum, self._pending = self._pending, None
             raise Interrupted(signum)

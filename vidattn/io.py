@@ -11,6 +11,7 @@ Outputs that are folders are built the same way in a hidden temporary folder
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
 import shutil
@@ -18,8 +19,8 @@ from pathlib import Path
 
 from vidattn.errors import VidattnError
 
-__all__ = ["PARTIAL", "atomic_path", "discard_folder", "publish_folder", "temporary_folder",
-           "temporary_path", "unique_names", "write_bytes_atomic"]
+__all__ = ["PARTIAL", "atomic_path", "discard_folder", "publish_folder", "remove_partials",
+           "temporary_folder", "temporary_path", "unique_names", "write_bytes_atomic"]
 
 PARTIAL = ".partial-"  # the mark of a temporary file: .NAME.partial-XXXXXXXX.EXT
 
@@ -69,6 +70,27 @@ def atomic_path(path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_partials(path) -> list[Path]:
+    """Delete the temporary files and folders that writers killed outright (SIGKILL, a lost
+    machine) left for ``path``: its ``.NAME.partial-*`` siblings and, where ``path`` is a folder
+    (an image's figures), the ``.*.partial-*`` entries inside it. Only call it when no writer of
+    ``path`` is still running. Returns the paths removed."""
+    path = Path(path)
+    found = list(path.parent.glob(f".{glob.escape(path.name)}{PARTIAL}*"))
+    if path.is_dir() and not path.is_symlink():
+        found += list(path.glob(f".*{PARTIAL}*"))
+    removed = []
+    for partial in found:
+        if partial.is_dir() and not partial.is_symlink():
+            discard_folder(partial)
+            removed.append(partial)
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+            removed.append(partial)
+    return removed
 
 
 def write_bytes_atomic(path, data: bytes):

@@ -16,18 +16,20 @@ from pathlib import Path
 from vidattn.errors import VidattnError
 
 __all__ = [
-    "DEFAULT_BATCH", "DEFAULT_SIZE", "DEFAULT_THRESHOLD", "FORMATS", "IMAGE_PROBES",
-    "MODEL_PROBES", "PROBES", "SIDE_MAPS", "VIEWER_BLOCKS", "VIEWS", "X264_PRESETS", "BatchOptions",
-    "ImageOptions", "VideoOptions", "parse_probes",
+    "DEFAULT_BATCH", "DEFAULT_PRESET", "DEFAULT_SIZE", "DEFAULT_THRESHOLD", "FORMATS",
+    "IMAGE_PROBES", "MODEL_PROBES", "PROBES", "SIDE_MAPS", "VIEWER_BLOCKS", "VIEWS", "X264_PRESETS",
+    "BatchOptions", "ImageOptions", "RayOptions", "VideoOptions", "check_ray_address",
+    "parse_probes",
 ]
 
+DEFAULT_PRESET = "dino_vits16"  # the model of the commands and of vidattn.probe / vidattn.render
 DEFAULT_SIZE = 224  # the resolution the presets were trained at (DINOv2's 518 aside)
 DEFAULT_BATCH = 8
 DEFAULT_THRESHOLD = 0.6  # DINO's masks keep 60 % of each head's attention mass
 VIEWS = ("heads", "mean", "masks", "rollout", "side-by-side")
 SIDE_MAPS = ("mean", "rollout")
 FORMATS = ("mp4", "gif")
-IMAGE_PROBES = ("distance", "rollout", "heads", "masks")
+IMAGE_PROBES = ("distance", "rollout", "heads", "masks", "registers", "norms")
 MODEL_PROBES = ("filters", "posembed")
 PROBES = IMAGE_PROBES + MODEL_PROBES
 VIEWER_BLOCKS = ("last", "all")
@@ -43,7 +45,9 @@ def option(default, help: str, **cli):  # noqa: A002 - "help" as click names it
     """A dataclass field that is also a command-line option: ``help`` is its --help text; ``cli``
     says how the command line takes it: ``choices`` (a tuple), ``min``/``max`` (bounds, open with
     ``min_open``/``max_open``), ``type`` (for a None default: int, float or str), ``flag``
-    (False: a bool shown as ``--x/--no-x`` rather than a bare ``--x``)."""
+    (False: a bool shown as ``--x/--no-x`` rather than a bare ``--x``), ``flag_value`` (the value
+    of the option given without one: ``--x [VALUE]``), ``check`` (a function that raises
+    VidattnError for a bad value, run as the command line is read)."""
     return field(default=default, metadata={"help": help, **cli})
 
 
@@ -146,8 +150,10 @@ class ImageOptions:
     """What ``vidattn image`` probes (and ``vidattn batch`` probes on each image)."""
 
     probes: tuple[str, ...] | str = option(
-        "all", "Comma-separated probes: distance, rollout, heads, masks (per image), filters, "
-        "posembed (per model).", metavar="all|LIST")
+        "all", "Comma-separated probes: distance, rollout, heads, masks, registers, norms (per "
+        "image), filters, posembed (per model). A probe a model cannot have (registers without "
+        "registers, posembed without learned positions) is skipped and said so.",
+        metavar="all|LIST")
     size: int = option(
         DEFAULT_SIZE, "Side of the square centre crop the model sees (a multiple of the patch).",
         min=1)
@@ -195,3 +201,48 @@ class BatchOptions:
     def __post_init__(self):
         if self.format not in FORMATS:
             raise VidattnError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}")
+
+
+def check_ray_address(address: str | None) -> str | None:
+    """``address`` unless it cannot be a Ray address: None or "" (no address), ``auto``,
+    ``local``, or anything with a port (``HOST:PORT``, ``ray://HOST:PORT``). A folder name is
+    refused, as it is what ``--ray INDIR`` would take when INDIR follows --ray."""
+    if address and address not in ("auto", "local") and ":" not in address:
+        raise VidattnError(f"{address!r} is not a Ray address (auto, local, HOST:PORT or "
+                           "ray://HOST:PORT); to start a local Ray instance put --ray after "
+                           "INDIR, or write --ray=ADDRESS")
+    return address
+
+
+@dataclass
+class RayOptions:
+    """Where ``vidattn batch --ray`` runs and how its workers are sized (see ``batch_ray``).
+
+    ray: None runs the batch here, without Ray; "" starts a local Ray instance (or joins the
+    cluster RAY_ADDRESS names, as ``ray.init()`` does); "auto", "HOST:PORT" or "ray://HOST:PORT"
+    join a cluster. attempts: how many times a file is tried when its worker dies under it.
+    """
+
+    ray: str | None = option(
+        None, "Run the batch on Ray. Without ADDRESS: a new local Ray instance with this "
+        "machine's cores (or the cluster RAY_ADDRESS names); auto: the cluster this machine "
+        "joined with `ray start`; or HOST:PORT, ray://HOST:PORT. Every node must see INDIR and "
+        "OUTDIR at the same paths (a shared file system).", type=str, metavar="[ADDRESS]",
+        flag_value="", check=check_ray_address)
+    workers: int | None = option(
+        None, "--ray: workers, each a Ray actor that loads the model once. Default: as many as "
+        "the cluster's CPUs (and GPUs) hold, at most one per file.", type=int, min=1)
+    cpus_per_worker: float = option(
+        1.0, "--ray: CPUs each worker reserves (fractions allowed).", min=0, min_open=True)
+    gpus_per_worker: float = option(
+        0.0, "--ray: GPUs each worker reserves; 0.5 puts two workers on each GPU (fractions "
+        "below 1, whole numbers above).", min=0)
+    attempts: int = 3
+
+    def __post_init__(self):
+        check_ray_address(self.ray)
+        if self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
+            raise VidattnError(f"--gpus-per-worker {self.gpus_per_worker}: a fraction must be "
+                               "below 1 (Ray shares a GPU, never spans part of one)")
+        if self.attempts < 1:
+            raise VidattnError(f"attempts must be at least 1, got {self.attempts}")

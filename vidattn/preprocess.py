@@ -32,6 +32,7 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "NORMALIZATIONS",
     "VideoGeometry",
+    "as_rgb",
     "display_image",
     "imagenet_labels",
     "load_image",
@@ -118,6 +119,28 @@ def load_image(path) -> np.ndarray:
         raise VidattnError(f"unreadable or truncated image ({detail})", path) from None
 
 
+def as_rgb(image) -> np.ndarray:
+    """A Pillow image or a numpy array already in memory -> uint8 RGB ``(H, W, 3)``, by the rules
+    of ``load_image`` (a Pillow image is turned upright per its EXIF; an array is read as Pillow
+    reads it: uint8 ``(H, W, 3)`` RGB, ``(H, W, 4)`` RGBA, ``(H, W)`` greyscale of uint8, uint16
+    or float). Raises VidattnError for anything else, saying what it got."""
+    if isinstance(image, np.ndarray):
+        problem = VidattnError(f"an array of shape {image.shape} and dtype {image.dtype} is not an "
+                               "image: pass uint8 RGB (H, W, 3)")
+        if image.ndim not in (2, 3) or not image.size:
+            raise problem
+        try:
+            image = Image.fromarray(image)
+        except (TypeError, ValueError):
+            raise problem from None
+    elif isinstance(image, Image.Image):
+        image = ImageOps.exif_transpose(image)
+    else:
+        raise VidattnError(f"not an image: {type(image).__name__} (pass a path, a Pillow image or "
+                           "a uint8 (H, W, 3) array)")
+    return _to_rgb(image)
+
+
 def _to_rgb(im: Image.Image) -> np.ndarray:
     """A decoded Pillow image -> uint8 RGB ``(H, W, 3)``; see ``load_image`` for the rules."""
     if im.mode.startswith("I"):  # I;16, I;16B, I;16L, I (16-bit PNGs, integer TIFFs)
@@ -127,7 +150,7 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     if im.mode == "F":
         values = np.asarray(im, dtype=np.float32)
         scale = 255.0 if np.nanmax(values, initial=0.0) <= 1.0 else 1.0
-        grey = np.clip(np.nan_to_num(values) * scale + 0.5, 0, 255).astype(np.uint8)
+        grey = (np.clip(np.nan_to_num(values), 0, 255 / scale) * scale + 0.5).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
     if im.mode in _ALPHA_MODES or "transparency" in im.info:
         background = Image.new("RGBA", im.size, ALPHA_BACKGROUND + (255,))

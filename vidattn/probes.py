@@ -23,23 +23,27 @@ the weights; random weights are called out in red.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
+from tqdm.auto import tqdm
 
 from vidattn import attention as am
-from vidattn import render
+from vidattn import draw
 from vidattn.errors import VidattnError
-from vidattn.io import atomic_path, unique_names
+from vidattn.io import unique_names, write_bytes_atomic
 from vidattn.options import DEFAULT_SIZE, IMAGE_PROBES, MODEL_PROBES, ImageOptions
 from vidattn.preprocess import display_image, imagenet_labels, load_image, preprocess_image
+from vidattn.report import write_index
+from vidattn.viewer.image import write_image_viewer
 
 MODEL_FOLDER = "_model"  # OUTDIR/_model/ holds the model-level figures of a run (and a batch's)
 
@@ -65,9 +69,9 @@ def check_size(model, size: int) -> None:
 def mean_distances(model, attns, grid_hw) -> np.ndarray:
     """Mean attention distance in pixels, ``(N, depth, heads)``, from the per-block attention
     ``model.run(..., attention="all")`` returns (a list of ``(N, heads, T, T)``, first block
-    first), with the model's class tokens removed and its patch size as the unit."""
-    p, n_cls = model.preset.patch_size, model.preset.num_class_tokens
-    return np.stack([am.mean_attention_distance(a, n_cls, grid_hw, p) for a in attns], axis=1)
+    first), with the model's prefix tokens removed and its patch size as the unit."""
+    p, n_prefix = model.preset.patch_size, model.preset.num_prefix_tokens
+    return np.stack([am.mean_attention_distance(a, n_prefix, grid_hw, p) for a in attns], axis=1)
 
 
 def average_mean_distance(model, images, size: int = DEFAULT_SIZE, batch_size: int = 8) -> np.ndarray:
@@ -100,12 +104,29 @@ def average_mean_distance(model, images, size: int = DEFAULT_SIZE, batch_size: i
 def rollout_maps(model, rows, grid_hw) -> np.ndarray:
     """Attention rollout through every block, from ``model.run(..., rollout=True)["rollout"]``
     ``(N, T)`` -> ``(N, gh, gw)`` peaking at 1 (see ``attention.rollout_map``)."""
-    return am.rollout_map(rows, model.preset.num_class_tokens, grid_hw)
+    return am.rollout_map(rows, model.preset.num_prefix_tokens, grid_hw)
 
 
 def head_maps(model, attns, grid_hw) -> np.ndarray:
     """The last block's CLS attention per head, ``(N, heads, gh, gw)``, unscaled."""
-    return am.cls_maps(attns[-1], model.preset.num_class_tokens, grid_hw)
+    return am.cls_maps(attns[-1], model.preset.num_prefix_tokens, grid_hw)
+
+
+def register_shares(model, attns) -> np.ndarray:
+    """The share of the CLS token's attention that goes to the registers, per block and head,
+    ``(N, depth, heads)``, from every block's attention."""
+    start = model.preset.num_class_tokens
+    stop = start + model.preset.num_register_tokens
+    return np.stack([am.cls_share(a, start, stop) for a in attns], axis=1)
+
+
+def not_applicable(model, probe: str) -> str | None:
+    """Why ``model`` cannot have ``probe``, or None when it can."""
+    if probe == "registers" and not model.preset.num_register_tokens:
+        return "the model has no register tokens"
+    if probe == "posembed" and model.patch_position_embeddings() is None:
+        return "the model has no learned position embeddings (RoPE)"
+    return None
 
 
 def top_classes(model, logits, k: int = 5) -> list[dict]:
@@ -154,10 +175,12 @@ class Analysis:
     image_hw:  ``(H, W)`` of the source image.
     display:   uint8 ``(size, size, 3)``, the crop the model saw.
     grid_hw:   ``(gh, gw)`` patch grid.
-    tokens:    tokens per image, class tokens included.
+    tokens:    tokens per image, prefix tokens included.
     distances: ``(depth, heads)`` mean attention distance in pixels.
     rollout:   ``(gh, gw)`` rollout map, peak 1.
     heads:     ``(heads, gh, gw)`` last-block CLS attention.
+    registers: ``(depth, heads)`` share of the CLS attention that goes to the registers.
+    norms:     ``(gh, gw)`` norms of the output patch tokens before the final norm.
     logits:    ``(C,)`` where the preset has a head.
     """
 
@@ -168,32 +191,38 @@ class Analysis:
     distances: np.ndarray | None = None
     rollout: np.ndarray | None = None
     heads: np.ndarray | None = None
+    registers: np.ndarray | None = None
+    norms: np.ndarray | None = None
     logits: np.ndarray | None = None
 
 
 def analyse(model, image, size: int = DEFAULT_SIZE, probes=IMAGE_PROBES) -> Analysis:
     """Run the model once on an image (a path or uint8 RGB ``(H, W, 3)``) for ``probes``.
 
-    Only as much attention as the probes need leaves the model: every block for ``distance``,
-    the last for ``heads`` and ``masks``, none otherwise (top-5 needs only logits); ``rollout``
-    is computed inside the model.
+    Only as much attention as the probes need leaves the model: every block for ``distance`` and
+    ``registers``, the last for ``heads`` and ``masks``, none otherwise (top-5 needs only
+    logits); ``rollout`` is computed inside the model, and the patch tokens leave it only for
+    ``norms``.
     """
     check_size(model, size)
     pixels = image if isinstance(image, np.ndarray) else load_image(image)
     probes = set(probes)
-    mode = "all" if "distance" in probes else "last" if probes & {"heads", "masks"} else "none"
+    mode = ("all" if probes & {"distance", "registers"} else
+            "last" if probes & {"heads", "masks"} else "none")
     out = model.run(preprocess_image(pixels, model.preset.preprocessing, size), attention=mode,
-                    rollout="rollout" in probes)
+                    rollout="rollout" in probes, tokens="norms" in probes)
     attns = out["attention"]
     grid = (size // model.preset.patch_size,) * 2
     return Analysis(
         image_hw=tuple(pixels.shape[:2]),
         display=display_image(pixels, size),
         grid_hw=grid,
-        tokens=model.preset.num_class_tokens + grid[0] * grid[1],
+        tokens=model.preset.num_prefix_tokens + grid[0] * grid[1],
         distances=mean_distances(model, attns, grid)[0] if "distance" in probes else None,
         rollout=rollout_maps(model, out["rollout"], grid)[0] if "rollout" in probes else None,
         heads=head_maps(model, attns, grid)[0] if probes & {"heads", "masks"} else None,
+        registers=register_shares(model, attns)[0] if "registers" in probes else None,
+        norms=out["patch_norms"][0].reshape(grid) if "norms" in probes else None,
         logits=out["logits"][0] if "logits" in out else None,
     )
 
@@ -205,18 +234,18 @@ def upsample(maps, image_hw, patch: int) -> np.ndarray:
     """Grid maps ``(..., gh, gw)`` scaled to peak 1 and upsampled (bilinear) onto the square crop
     they came from, ``image_hw = (gh*p, gw*p)`` -> float32 ``(..., H, W)`` in [0, 1]: the heat
     that the figures draw, in the display image's own pixel coordinates."""
-    return render.map_to_frame(am.normalize_maps(maps), image_hw, None, patch)
+    return draw.map_to_frame(am.normalize_maps(maps), image_hw, None, patch)
 
 
 def heat_overlay(display, heat, alpha: float = ALPHA, colormap=COLORMAP) -> np.ndarray:
     """uint8 display image ``(H, W, 3)`` with ``(H, W)`` heat as a colormap glow -> uint8 image."""
-    return render.overlay(display, heat, render.colormap_lut(colormap), alpha)
+    return draw.overlay(display, heat, draw.colormap_lut(colormap), alpha)
 
 
 def mask_image(display, masks, patch: int, colors, alpha: float = 0.45):
     """Grid masks ``(k, gh, gw)`` bool drawn onto the uint8 display image, mask i in
     ``colors[i]``, as DINO shows them: whole patches (nearest upsampling), tinted and outlined."""
-    return render.draw_masks(display, masks, colors, alpha, patch, interpolation="nearest")
+    return draw.draw_masks(display, masks, colors, alpha, patch, interpolation="nearest")
 
 
 def _figure(model, what: str, width: float, height: float) -> Figure:
@@ -238,8 +267,8 @@ def _figure(model, what: str, width: float, height: float) -> Figure:
 
 def _panel_figure(model, what: str, panels, cols=None) -> Figure:
     """A titled figure of same-sized uint8 images, ``panels`` = ``[(title, image), ...]``, in the
-    grid ``render.grid_shape`` picks (or ``cols`` columns), about 3 inches per panel."""
-    rows, cols = render.grid_shape(len(panels), panels[0][1].shape[:2], cols)
+    grid ``draw.grid_shape`` picks (or ``cols`` columns), about 3 inches per panel."""
+    rows, cols = draw.grid_shape(len(panels), panels[0][1].shape[:2], cols)
     fig = _figure(model, what, 3 * cols, 3 * rows + 1)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes:
@@ -264,7 +293,7 @@ def distance_figure(model, distances, name: str = "") -> Figure:
     depth, heads = distances.shape
     fig = _figure(model, _named("Mean attention distance", name), 9, 7)
     ax = fig.add_subplot()
-    colors = render.colormap_lut("viridis")[np.linspace(0, 230, depth).astype(int)] / 255
+    colors = draw.colormap_lut("viridis")[np.linspace(0, 230, depth).astype(int)] / 255
     for b in range(depth):
         ax.scatter(np.full(heads, b), distances[b], color=colors[b], s=36, label=f"block {b}",
                    edgecolors="black", linewidths=0.4, zorder=3)
@@ -306,7 +335,7 @@ def heads_figure(model, display, maps, name: str = "") -> Figure:
 def masks_figure(model, display, masks, keep: float, name: str = "") -> Figure:
     """DINO's threshold masks ``(heads, gh, gw)`` bool: one panel per head in its colour, with its
     patch count, and a last panel with every head."""
-    colors = render.head_colors(len(masks))
+    colors = draw.head_colors(len(masks))
     p = model.preset.patch_size
     panels = [(f"head {k}: {int(m.sum())} patches", mask_image(display, m[None], p, [c]))
               for k, (m, c) in enumerate(zip(masks, colors))]
@@ -316,12 +345,57 @@ def masks_figure(model, display, masks, keep: float, name: str = "") -> Figure:
     return _panel_figure(model, what, panels)
 
 
+def registers_figure(model, shares, name: str = "") -> Figure:
+    """The share of the CLS token's attention that goes to the registers, ``(depth, heads)``, as
+    a block x head grid with each cell's percentage."""
+    depth, heads = shares.shape
+    what = _named(f"CLS attention on the {model.preset.num_register_tokens} registers", name)
+    fig = _figure(model, what, max(6.0, 0.7 * heads + 2.5), max(5.0, 0.42 * depth + 2))
+    ax = fig.add_subplot()
+    shown = ax.imshow(100 * shares, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    for (b, h), value in np.ndenumerate(100 * shares):
+        ax.text(h, b, f"{value:.0f}", ha="center", va="center", fontsize=7,
+                color="black" if value > 60 else "white")
+    ax.set_xlabel("head")
+    ax.set_ylabel("block")
+    ax.set_xticks(range(heads))
+    ax.set_yticks(range(depth))
+    fig.colorbar(shown, ax=ax, shrink=0.85, label="% of the CLS attention")
+    return fig
+
+
+def norms_figure(model, display, norms, name: str = "") -> Figure:
+    """Output patch-token norms ``(gh, gw)``, taken before the final LayerNorm (which would
+    even them out; this is where the high-norm artifact tokens of a ViT without registers live,
+    as in dinov2 issue 373): the crop, the norm of each patch over it (whole patches, so a lone
+    high-norm token stays one cell), and their histogram, where artifacts are a separate mode."""
+    p = model.preset.patch_size
+    low, span = norms.min(), np.ptp(norms)
+    scaled = (norms - low) / span if span > 0 else np.zeros_like(norms)
+    heat = draw.map_to_frame(scaled, display.shape[:2], None, p, "nearest")
+    fig = _figure(model, _named("Output patch-token norms (before the final norm)", name), 13,
+                  4.6)
+    axes = fig.subplots(1, 3)
+    axes[0].imshow(display)
+    axes[0].set_title("Input (the crop the model saw)", fontsize=11)
+    axes[1].imshow(heat_overlay(display, heat, alpha=0.75))
+    axes[1].set_title(f"Norm per patch ({low:.1f} dark to {norms.max():.1f} bright)", fontsize=11)
+    for ax in axes[:2]:
+        ax.set_axis_off()
+    axes[2].hist(norms.ravel(), bins=40 if np.ptp(norms) > 0 else 1, color="slategray")
+    axes[2].set_xlabel("patch-token norm")
+    axes[2].set_ylabel("patches")
+    axes[2].axvline(float(np.median(norms)), color="firebrick", lw=1, label="median")
+    axes[2].legend(fontsize=9)
+    return fig
+
+
 def filters_figure(model, filters) -> Figure:
     """Patch-projection filters ``(n, p, p, 3)`` in [0, 1] as one mosaic, 16 per row."""
     n, p = filters.shape[:2]
     zoom = max(1, math.ceil(32 / p))  # whole pixels per filter pixel, so the gaps stay thin
     tiles = np.repeat(np.repeat(np.rint(filters * 255).astype(np.uint8), zoom, 1), zoom, 2)
-    mosaic = render.grid(list(tiles), cols=FILTER_COLUMNS, pad=2, bg=255)
+    mosaic = draw.grid(list(tiles), cols=FILTER_COLUMNS, pad=2, bg=255)
     total = model.preset.embed_dim
     what = f"Patch-projection filters: {f'first {n} of' if n < total else 'all'} {total}" \
         " (each min-max scaled)"
@@ -350,12 +424,143 @@ def figure_image(fig: Figure) -> np.ndarray:
     return np.array(fig.canvas.buffer_rgba())[..., :3]
 
 
+def png_bytes(fig: Figure) -> bytes:
+    """``fig`` as PNG bytes: drawn once and encoded by Pillow (half the time of ``savefig``, which
+    lays a constrained-layout figure out again). The files and the notebook's inline pictures are
+    both these bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(figure_image(fig)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def save_figure(fig: Figure, path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` atomically. Drawn once and encoded by Pillow: half the
-    time of ``savefig``, which lays a constrained-layout figure out again."""
-    with atomic_path(path) as tmp:
-        Image.fromarray(figure_image(fig)).save(tmp, format="PNG")
+    """Write ``fig`` as a PNG at ``path`` atomically."""
+    write_bytes_atomic(path, png_bytes(fig))
     return Path(path)
+
+
+# -- one image's probes ----------------------------------------------------------------------------
+
+
+@dataclass
+class ImageProbes:
+    """Everything the per-image probes measured on one image: what its figures and ``probes.json``
+    are made of (``image_figures``, ``probe_record``).
+
+    source:   the image's path as given, or a name for pixels passed in memory; its stem names the
+              image's output folder and its file name the figures.
+    opts:     the options it was probed with.
+    analysis: the forward pass's reductions (``Analysis``).
+    probes:   the per-image probes that ran: those of ``opts.image_probes`` the model can have.
+    masks:    ``(heads, gh, gw)`` bool, DINO's masks holding ``opts.threshold`` of each head's
+              attention (the ``masks`` probe), else None.
+    top5:     ``top_classes`` for presets with a classifier head, else None.
+    skipped:  ``{probe: why}`` for the probes of ``opts`` the model cannot have.
+    """
+
+    source: str
+    opts: ImageOptions
+    analysis: Analysis
+    probes: list[str]
+    masks: np.ndarray | None = None
+    top5: list[dict] | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def measure(model, pixels, source, opts: ImageOptions | None = None) -> ImageProbes:
+    """Run the per-image probes of ``opts`` that ``model`` can have on uint8 RGB ``pixels``
+    ``(H, W, 3)`` (one forward pass, ``analyse``); the others are skipped with the reason.
+    ``source`` is the path they were read from, or a name."""
+    opts = opts or ImageOptions()
+    skipped = {q: why for q in opts.image_probes if (why := not_applicable(model, q))}
+    probes = [q for q in opts.image_probes if q not in skipped]
+    a = analyse(model, pixels, opts.size, probes)
+    masks = am.threshold_masks(a.heads, opts.threshold) if "masks" in probes else None
+    top = top_classes(model, a.logits) if a.logits is not None else None
+    return ImageProbes(os.fspath(source), opts, a, probes, masks, top, skipped)
+
+
+def image_figures(model, m: ImageProbes) -> dict:
+    """``{probe: make}`` for the per-image probes ``m`` ran, in canonical order; ``make()`` draws
+    that probe's Figure (each costs a second or so, hence drawn on demand)."""
+    a, name, keep = m.analysis, Path(m.source).name, m.opts.threshold
+    figures = {
+        "distance": lambda: distance_figure(model, a.distances, name),
+        "rollout": lambda: rollout_figure(model, a.display, a.rollout, name, m.top5),
+        "heads": lambda: heads_figure(model, a.display, a.heads, name),
+        "masks": lambda: masks_figure(model, a.display, m.masks, keep, name),
+        "registers": lambda: registers_figure(model, a.registers, name),
+        "norms": lambda: norms_figure(model, a.display, a.norms, name),
+    }
+    return {probe: figures[probe] for probe in m.probes}
+
+
+def model_figures(model, probes=MODEL_PROBES) -> dict:
+    """``{probe: make}`` for the model-level probes among ``probes`` that ``model`` can have, in
+    canonical order."""
+    figures = {
+        "filters": lambda: filters_figure(model, filter_images(model)),
+        "posembed": lambda: posembed_figure(model, position_similarity(model)),
+    }
+    return {probe: figures[probe] for probe in MODEL_PROBES
+            if probe in probes and not not_applicable(model, probe)}
+
+
+def probe_record(model, m: ImageProbes) -> dict:
+    """The ``probes.json`` record of ``m``: the image, the model, shapes, the numbers, the files."""
+    a, size, p = m.analysis, m.opts.size, model.preset.patch_size
+    wanted = m.probes
+    record = {
+        "image": m.source,
+        "image_size": list(a.image_hw),
+        "input_size": [size, size],
+        "model": {
+            "preset": model.preset.name, "weights": model.weights_label,
+            "random_weights": model.is_random, "patch_size": p, "depth": model.preset.depth,
+            "heads": model.preset.num_heads, "class_tokens": model.preset.num_class_tokens,
+            "register_tokens": model.preset.num_register_tokens,
+        },
+        "shapes": {
+            "input": [1, size, size, 3], "grid": list(a.grid_hw), "tokens": a.tokens,
+            "attention_per_block": [1, model.preset.num_heads, a.tokens, a.tokens],
+        },
+        "probes": wanted,
+        "files": {probe: f"{probe}.png" for probe in wanted},
+    }
+    if m.skipped:
+        record["skipped"] = m.skipped
+    if a.distances is not None:
+        record["mean_attention_distance"] = {
+            "unit": "pixels", "per_block_head": a.distances.tolist(),
+            "per_block_mean": a.distances.mean(axis=1).tolist(),
+        }
+    if a.rollout is not None:
+        row, col = am.peak_location(a.rollout)
+        record["rollout_peak"] = {"row": row, "col": col, "y": (row + 0.5) * p,
+                                  "x": (col + 0.5) * p}
+    if a.heads is not None:
+        record["head_peaks"] = [list(am.peak_location(h)) for h in a.heads]
+    if m.masks is not None:
+        record["masks"] = {"keep": m.opts.threshold,
+                           "patches_per_head": m.masks.sum((1, 2)).tolist()}
+    if a.registers is not None:
+        record["register_attention"] = {
+            "meaning": "share of the CLS token's attention on the registers",
+            "per_block_head": a.registers.tolist(),
+            "per_block_mean": a.registers.mean(axis=1).tolist(),
+        }
+    if a.norms is not None:
+        median = float(np.median(a.norms))
+        order = np.argsort(-a.norms, axis=None, kind="stable")[:5]
+        record["patch_token_norms"] = {
+            "median": median, "max": float(a.norms.max()),
+            "max_over_median": float(a.norms.max() / median) if median > 0 else None,
+            "top5": [[int(r), int(c), float(a.norms[r, c])]
+                     for r, c in zip(*np.unravel_index(order, a.norms.shape))],
+        }
+    if m.top5 is not None:
+        record["top5"] = m.top5
+    return record
 
 
 # -- files -----------------------------------------------------------------------------------------
@@ -372,18 +577,14 @@ def folder_names(paths) -> list[str]:
 
 
 def write_model_probes(model, folder, probes=MODEL_PROBES) -> dict[str, str]:
-    """Write the model-level figures among ``probes`` into ``folder`` (replacing any there) ->
-    ``{probe: file name}``."""
-    figures = {
-        "filters": lambda: filters_figure(model, filter_images(model)),
-        "posembed": lambda: posembed_figure(model, position_similarity(model)),
-    }
-    wanted = [p for p in MODEL_PROBES if p in probes]
-    if wanted:
+    """Write the model-level figures among ``probes`` that the model can have into ``folder``
+    (replacing any there) -> ``{probe: file name}``."""
+    figures = model_figures(model, probes)
+    if figures:
         Path(folder).mkdir(parents=True, exist_ok=True)
-    for probe in wanted:
-        save_figure(figures[probe](), Path(folder) / f"{probe}.png")
-    return {probe: f"{probe}.png" for probe in wanted}
+    for probe, make in figures.items():
+        save_figure(make(), Path(folder) / f"{probe}.png")
+    return {probe: f"{probe}.png" for probe in figures}
 
 
 def _json_lines(record: dict) -> str:
@@ -393,71 +594,102 @@ def _json_lines(record: dict) -> str:
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
-def probe_image(model, path, outdir, opts: ImageOptions | None = None,
-                overwrite: bool = False) -> dict:
-    """Run the per-image probes of ``opts`` on the image at ``path`` and write them into the
-    folder ``outdir``: ``<probe>.png`` each, then ``probes.json`` (last: its presence means the
-    folder is complete). Model-level probes are skipped here (``write_model_probes``).
-
-    Raises VidattnError for an unreadable image (before anything is written) or, unless
-    ``overwrite``, when ``outdir`` already holds files. Returns the ``probes.json`` record.
-    """
-    opts = opts or ImageOptions()
-    outdir, size, threshold = Path(outdir), opts.size, opts.threshold
-    wanted = opts.image_probes
-    pixels = load_image(path)
+def _check_folder(outdir: Path, overwrite: bool) -> None:
     if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())) and not overwrite:
         raise VidattnError("output folder exists (use --overwrite to replace it)", outdir)
-    a = analyse(model, pixels, size, wanted)
-    masks = am.threshold_masks(a.heads, threshold) if "masks" in wanted else None
-    top = top_classes(model, a.logits) if a.logits is not None else None
-    name, p = Path(path).name, model.preset.patch_size
-    figures = {
-        "distance": lambda: distance_figure(model, a.distances, name),
-        "rollout": lambda: rollout_figure(model, a.display, a.rollout, name, top),
-        "heads": lambda: heads_figure(model, a.display, a.heads, name),
-        "masks": lambda: masks_figure(model, a.display, masks, threshold, name),
-    }
+
+
+def write_probes(model, m: ImageProbes, outdir, overwrite: bool = False) -> dict:
+    """Write the figures of ``m`` into the folder ``outdir``, ``<probe>.png`` each, then
+    ``probes.json`` (last: its presence means the folder is complete) -> the record.
+
+    Raises VidattnError, before writing anything, when ``outdir`` holds files (unless
+    ``overwrite``) or is a file. Figures of probes not run this time are removed.
+    """
+    outdir = Path(outdir)
+    _check_folder(outdir, overwrite)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise VidattnError("output folder path is a file", outdir) from None
-    for stale in ["probes.json"] + [f"{q}.png" for q in IMAGE_PROBES if q not in wanted]:
+    for stale in ["probes.json"] + [f"{q}.png" for q in IMAGE_PROBES if q not in m.probes]:
         (outdir / stale).unlink(missing_ok=True)
-    for probe in wanted:
-        save_figure(figures[probe](), outdir / f"{probe}.png")
-
-    record = {
-        "image": os.fspath(path),
-        "image_size": list(a.image_hw),
-        "input_size": [size, size],
-        "model": {
-            "preset": model.preset.name, "weights": model.weights_label,
-            "random_weights": model.is_random, "patch_size": p, "depth": model.preset.depth,
-            "heads": model.preset.num_heads, "class_tokens": model.preset.num_class_tokens,
-        },
-        "shapes": {
-            "input": [1, size, size, 3], "grid": list(a.grid_hw), "tokens": a.tokens,
-            "attention_per_block": [1, model.preset.num_heads, a.tokens, a.tokens],
-        },
-        "probes": wanted,
-        "files": {probe: f"{probe}.png" for probe in wanted},
-    }
-    if a.distances is not None:
-        record["mean_attention_distance"] = {
-            "unit": "pixels", "per_block_head": a.distances.tolist(),
-            "per_block_mean": a.distances.mean(axis=1).tolist(),
-        }
-    if a.rollout is not None:
-        row, col = am.peak_location(a.rollout)
-        record["rollout_peak"] = {"row": row, "col": col, "y": (row + 0.5) * p,
-                                  "x": (col + 0.5) * p}
-    if a.heads is not None:
-        record["head_peaks"] = [list(am.peak_location(m)) for m in a.heads]
-    if masks is not None:
-        record["masks"] = {"keep": threshold, "patches_per_head": masks.sum((1, 2)).tolist()}
-    if top is not None:
-        record["top5"] = top
-    with atomic_path(outdir / "probes.json") as tmp:
-        Path(tmp).write_text(_json_lines(record), encoding="utf-8")
+    for probe, make in image_figures(model, m).items():
+        save_figure(make(), outdir / f"{probe}.png")
+    record = probe_record(model, m)
+    write_bytes_atomic(outdir / "probes.json", _json_lines(record).encode("utf-8"))
     return record
+
+
+def probe_image(model, path, outdir, opts: ImageOptions | None = None,
+                overwrite: bool = False) -> dict:
+    """Run the per-image probes of ``opts`` on the image at ``path`` and write them into the
+    folder ``outdir`` (``write_probes``). Model-level probes are skipped here
+    (``write_model_probes``).
+
+    Raises VidattnError for an unreadable image or, unless ``overwrite``, when ``outdir`` already
+    holds files: both before the forward pass, and before anything is written. Returns the
+    ``probes.json`` record.
+    """
+    pixels = load_image(path)
+    _check_folder(Path(outdir), overwrite)
+    return write_probes(model, measure(model, pixels, path, opts), outdir, overwrite)
+
+
+@dataclass
+class ProbeRun:
+    """What ``probe_images`` wrote: ``index`` (the path of index.html), ``entries``
+    ``[(folder, record), ...]`` of the images done, in input order, and ``failures``, one line
+    (``"path: problem"``) per image that could not be done."""
+
+    index: Path
+    entries: list[tuple[str, dict]]
+    failures: list[str]
+
+
+def probe_images(model, images, outdir, opts: ImageOptions | None = None, overwrite: bool = False,
+                 progress: bool = False, on_error=None) -> ProbeRun:
+    """What ``vidattn image`` does: probe each of ``images`` into ``outdir/<folder>/``
+    (``folder_names``: the stem, ``-2``... for repeats), with its browser viewer there if
+    ``opts.viewer`` (files only), then write the model-level figures into ``outdir/_model/`` and
+    ``outdir/index.html`` with every image done and every failure.
+
+    images:   paths, or ``ImageProbes`` already measured with ``opts`` (the notebook's
+              ``probe(...).save``): written without another forward pass.
+    on_error: called with the VidattnError of an image that fails, and the run goes on (the
+              command prints it); None: the error is raised and the run stops there, before the
+              model figures and the index.
+    progress: a bar over the images (``tqdm.auto``: a widget in Jupyter).
+
+    Raises VidattnError up front for an ``opts.size`` the model cannot take or an ``outdir``
+    that is a file.
+    """
+    opts = opts or ImageOptions()
+    check_size(model, opts.size)
+    out = Path(outdir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise VidattnError("output path exists and is not a folder", out) from None
+    images = list(images)
+    names = folder_names([i.source if isinstance(i, ImageProbes) else i for i in images])
+    entries, failures = [], []
+    for image, name in zip(tqdm(images, unit="image", disable=not progress, dynamic_ncols=True),
+                           names):
+        try:
+            if isinstance(image, ImageProbes):
+                record = write_probes(model, image, out / name, overwrite)
+            else:
+                record = probe_image(model, image, out / name, opts, overwrite)
+                if opts.viewer:
+                    write_image_viewer(model, image, out / name, opts.size, opts.threshold)
+        except VidattnError as err:
+            if on_error is None:
+                raise
+            on_error(err)
+            failures.append(str(err))
+            continue
+        entries.append((name, record))
+    model_files = write_model_probes(model, out / MODEL_FOLDER, opts.model_probes)
+    index = write_index(out, model, entries, model_files, MODEL_FOLDER, failures)
+    return ProbeRun(index, entries, failures)

@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 
 from tests.support import fuzzing  # noqa: F401 - registers and loads the hypothesis profile
-from tests.support.corpus import make_checkpoints, make_images, make_videos
+from tests.support.corpus import (
+    make_checkpoints,
+    make_family_checkpoints,
+    make_images,
+    make_videos,
+)
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +32,11 @@ def seed_images(seed_dir):
 @pytest.fixture(scope="session")
 def seed_checkpoints(seed_dir):
     return make_checkpoints(seed_dir)
+
+
+@pytest.fixture(scope="session")
+def family_checkpoints(seed_dir):
+    return make_family_checkpoints(seed_dir)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 import vidattn
-from tests.support.corpus import demo_state
+from tests.support.corpus import FAMILY_PRESETS, demo_state, family_preset
 from tests.support.fuzzing import examples, write_damaged
 from tests.support.pickles import pickle_text, torch_zip
 from tests.support.reliability import reliability
@@ -36,9 +36,10 @@ def backbone():
 
 
 def _load_or_refuse(backbone, path) -> str:
-    """Read ``path`` into the demo backbone: "ok", or "error" with a VidattnError naming it."""
+    """Read ``path`` into ``backbone`` (the demo's, or a family's): "ok", or "error" with a
+    VidattnError naming it."""
     try:
-        state = read_checkpoint(path)
+        state = read_checkpoint(path, backbone.preset)
         load_state_dict(backbone, state, source=str(path))
     except VidattnError as err:
         assert err.path == str(path), err
@@ -56,6 +57,32 @@ def _load_or_refuse(backbone, path) -> str:
 def test_damaged_checkpoints_load_or_fail_cleanly(data, backbone, seed_checkpoints, scratch):
     path = write_damaged(data, seed_checkpoints, scratch, "checkpoint")
     event(_load_or_refuse(backbone, path))
+@pytest.fixture(scope="module")
+def family_backbones():
+    return {name: vidattn.load_model(family_preset(name), weights="random").backbone
+            for name in FAMILY_PRESETS}
+
+
+@reliability(("DINOv2-with-registers and DINOv3 weights (SwiGLU) as official .pth, timm and "
+              "Hugging Face safetensors, cut, flipped, overwritten or spliced",
+              "loaded into the family's model (every weight finite, the key bias masked), or "
+              "one error naming the file"))
+@pytest.mark.parametrize("group", list(FAMILY_PRESETS))
+@examples(30)
+@given(data=st.data())
+def test_damaged_family_checkpoints_load_or_fail_cleanly(group, data, family_backbones,
+                                                          family_checkpoints, scratch):
+    path = write_damaged(data, family_checkpoints[group], scratch, "checkpoint")
+    event(_load_or_refuse(family_backbones[group], path))
+
+
+def test_family_seeds_load_as_they_are(family_backbones, family_checkpoints):
+    """The undamaged seeds load: the damaged runs start from real files."""
+    for group, files in family_checkpoints.items():
+        for path in files.values():
+            assert _load_or_refuse(family_backbones[group], path) == "ok", path
+
+
 HOSTILE = [("os", "system"), ("posix", "system"), ("nt", "system"), ("subprocess", "Popen"),
            ("subprocess", "check_output"), ("builtins", "eval"), ("builtins", "exec"),
            ("builtins", "open"), ("builtins", "getattr"), ("builtins", "__import__"),

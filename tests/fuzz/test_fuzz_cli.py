@@ -113,11 +113,13 @@ def test_image_command_mixed_inputs(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good", "index.html"]
 
 
-@reliability(("`vidattn batch` over a tree of the seed videos and images, damaged copies, and "
-              "names with spaces, unicode, a leading dash, `..` and a newline",
+@reliability(("`vidattn batch`, and `vidattn batch --ray`, over a tree of the seed videos and "
+              "images, damaged copies, and names with spaces, unicode, a leading dash, `..` and a "
+              "newline",
               "good files rendered, each bad one a manifest line and one escaped error line; "
               "exit 1; nothing outside OUTDIR, no temporary file"))
-def test_batch_command_over_a_messy_tree(tmp_path):
+@pytest.mark.parametrize("ray", [(), ("--ray", "--workers", "1")], ids=["local", "ray"])
+def test_batch_command_over_a_messy_tree(tmp_path, ray):
     src = tmp_path / "in"
     (src / "sub dir").mkdir(parents=True)
     videos, images = make_videos(src), make_images(src / "sub dir")
@@ -130,7 +132,8 @@ def test_batch_command_over_a_messy_tree(tmp_path):
         (src / odd).write_bytes(clip.read_bytes())
     (src / "broken\nname.jpg").write_text("not an image")
 
-    proc = run("batch", "in", "-o", "out", *DEMO, "--probes", "rollout", "-q", cwd=tmp_path)
+    proc = run("batch", "in", "-o", "out", *DEMO, "--probes", "rollout", "-q", *ray,
+               cwd=tmp_path, capped=not ray)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     records = manifest_lines(tmp_path / "out")
     failed = [r for r in records if r["status"] == "failed"]

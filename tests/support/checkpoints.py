@@ -19,7 +19,7 @@ def hf_config(preset: Preset) -> ViTConfig:
         hidden_size=preset.embed_dim,
         num_hidden_layers=preset.depth,
         num_attention_heads=preset.num_heads,
-        intermediate_size=int(preset.embed_dim * preset.mlp_ratio),
+        intermediate_size=preset.hidden,
         image_size=preset.image_size,
         patch_size=preset.patch_size,
         layer_norm_eps=preset.layer_norm_eps,

@@ -25,16 +25,19 @@ def _env():
             "MALLOC_ARENA_MAX": "2"}
 
 
-def start(*args, cwd) -> subprocess.Popen:
-    """``vidattn ARGS`` running in ``cwd``, stdout and stderr piped as text."""
+def start(*args, cwd, capped=True) -> subprocess.Popen:
+    """``vidattn ARGS`` running in ``cwd``, stdout and stderr piped as text; ``capped=False``
+    for ``--ray``, whose servers and workers would inherit the cap (Ray maps its object store,
+    30 % of the machine's memory, in one piece) and without RAY_ADDRESS (a local instance)."""
+    env = {k: v for k, v in _env().items() if capped or k != "RAY_ADDRESS"}
     return subprocess.Popen([sys.executable, "-m", "vidattn", *map(str, args)], cwd=cwd,
-                            env=_env(), preexec_fn=_cap_memory, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            env=env, preexec_fn=_cap_memory if capped else None,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def run(*args, cwd) -> subprocess.CompletedProcess:
+def run(*args, cwd, capped=True) -> subprocess.CompletedProcess:
     """``vidattn ARGS`` to completion; a run past ``TIMEOUT_S`` fails the test."""
-    proc = start(*args, cwd=cwd)
+    proc = start(*args, cwd=cwd, capped=capped)
     try:
         out, err = proc.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:

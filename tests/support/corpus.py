@@ -81,3 +81,46 @@ def make_checkpoints(folder) -> dict[str, Path]:
     torch.save({k: torch.from_numpy(v) for k, v in state.items()}, folder / "demo.pth")
     save_file(state, folder / "demo.safetensors")
     return {name: folder / name for name in ("demo.pth", "demo.safetensors")}
+
+
+FAMILY_PRESETS = {"dinov2_reg": ("dinov2", True, True), "dinov3": ("dinov3", None, True)}
+
+
+def family_preset(name):
+    """The tiny preset of a family seed group: DINOv2-g-like with registers, DINOv3 S+-like."""
+    from tests.support.families import tiny_dinov2, tiny_dinov3
+
+    family, registers, swiglu = FAMILY_PRESETS[name]
+    return tiny_dinov2(registers, swiglu) if family == "dinov2" else tiny_dinov3(swiglu)
+
+
+def make_family_checkpoints(folder) -> dict[str, dict[str, Path]]:
+    """Tiny random DINOv2-with-registers (SwiGLU) and DINOv3 (SwiGLU) weights in each format
+    their weights come in: ``{group: {file name: path}}``, official ``.pth``, timm and Hugging
+    Face safetensors for DINOv2, official ``.pth`` and Hugging Face safetensors for DINOv3."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.support.families import (
+        official_dinov2,
+        official_dinov3,
+        peaky_hf_dinov2,
+        peaky_hf_dinov3,
+        timm_dinov2,
+    )
+
+    folder = Path(folder)
+    groups = {}
+    for name in FAMILY_PRESETS:
+        preset = family_preset(name)
+        hf = peaky_hf_dinov2(preset) if preset.family == "dinov2" else peaky_hf_dinov3(preset)
+        hf.save_pretrained(folder / name)
+        official = official_dinov2(hf) if preset.family == "dinov2" else official_dinov3(hf)
+        files = {f"{name}_hf.safetensors": folder / name / "model.safetensors",
+                 f"{name}.pth": folder / f"{name}.pth"}
+        torch.save(official, files[f"{name}.pth"])
+        if preset.family == "dinov2":
+            files[f"{name}_timm.safetensors"] = folder / f"{name}_timm.safetensors"
+            save_file(timm_dinov2(official), str(files[f"{name}_timm.safetensors"]))
+        groups[name] = files
+    return groups

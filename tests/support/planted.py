@@ -16,6 +16,7 @@ itself, and the CLS token (no code) spreads that head's attention evenly.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 
@@ -35,25 +36,31 @@ def _position_code(grid, width):
 
 
 def planted_model(patch=16, depth=2, heads=2, dim=32, grid=14, gain=6.0, name="planted",
-                  local_head=False, local_gain=4.0) -> Model:
+                  registers=0, local_head=False, local_gain=4.0) -> Model:
+    """The planted model; with ``registers``, that many register tokens after CLS (as DINOv2's)
+    that look redder than any patch, so they draw most of the attention: maps must still peak on
+    the red patches, since registers never appear in them. ``local_head``: see above."""
     preset = dataclasses.replace(
         get_preset("dino_vits16"), name=name, patch_size=patch, embed_dim=dim, depth=depth,
-        num_heads=heads, image_size=grid * patch,
+        num_heads=heads, image_size=grid * patch, num_register_tokens=registers,
     )
-    hidden = int(dim * preset.mlp_ratio)
+    hidden = preset.hidden
     redness = np.zeros((dim, 3, patch, patch), np.float32)
     redness[0] = np.array([1.0, -0.5, -0.5])[:, None, None] / patch**2
     proj_bias = np.zeros(dim, np.float32)
     proj_bias[1] = 1.0
     state = {
         "cls_token": np.zeros((1, 1, dim), np.float32),
-        "pos_embed": np.zeros((1, preset.num_tokens, dim), np.float32),
+        "pos_embed": np.zeros((1, 1 + grid * grid, dim), np.float32),
         "patch_embed.proj.weight": redness,
         "patch_embed.proj.bias": proj_bias,
         "norm.weight": np.ones(dim, np.float32),
         "norm.bias": np.zeros(dim, np.float32),
     }
     state["cls_token"][0, 0, 1] = 1.0
+    if registers:
+        state["register_tokens"] = np.zeros((1, registers, dim), np.float32)
+        state["register_tokens"][0, :, :2] = (6.0, 1.0)  # redder than pure red (4.2): 3/4 of it
     qkv_w = np.zeros((3 * dim, dim), np.float32)
     qkv_b = np.zeros(3 * dim, np.float32)
     qkv_b[:dim] = gain  # every query: a constant
@@ -82,3 +89,30 @@ def planted_model(patch=16, depth=2, heads=2, dim=32, grid=14, gain=6.0, name="p
     backbone = ViT(preset)
     load_state_dict(backbone, state, source="planted")
     return Model(preset, backbone, "planted (test weights)")
+
+
+class Dawdling:
+    """A model that dawdles on one planted file: every call on a batch ``width`` pixels wide (as
+    the model sees it) first appends a line naming the Ray actor it runs in to ``log``, then
+    sleeps ``seconds``. Anything else is the wrapped ``model``'s. A test reads the log to kill
+    the worker in the middle of that file."""
+
+    def __init__(self, model, width: int, seconds: float, log):
+        self.model, self.width, self.seconds, self.log = model, width, seconds, log
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def run(self, images, *args, **kwargs):
+        if np.shape(images)[2] == self.width:
+            import ray
+
+            with open(self.log, "a", encoding="utf-8") as log:
+                log.write(f"{ray.get_runtime_context().get_actor_name()}\n")
+            time.sleep(self.seconds)
+        return self.model.run(images, *args, **kwargs)
+
+
+def dawdling_planted_model(width: int, seconds: float, log, **planted) -> Dawdling:
+    """``planted_model(**planted)``, slow on batches ``width`` pixels wide (``Dawdling``)."""
+    return Dawdling(planted_model(**planted), width, seconds, log)

@@ -193,7 +193,7 @@ def cls_patch_attention(model, images: np.ndarray) -> np.ndarray:
     from vidattn.preprocess import normalize
 
     out = model.run(normalize(images, model.preset.preprocessing), attention="last")
-    row = out["attention"][-1].mean(axis=1)[:, 0, model.preset.num_class_tokens :]
+    row = out["attention"][-1].mean(axis=1)[:, 0, model.preset.num_prefix_tokens :]
     return row / row.sum(axis=1, keepdims=True)
 
 

@@ -19,7 +19,7 @@ from vidattn.models import hub
 from vidattn.models.compile import Call, compiled
 from vidattn.models.presets import Preset, get_preset
 from vidattn.models.state_dict import read_checkpoint
-from vidattn.models.vit import ATTENTION_MODES, ViT, load_state_dict
+from vidattn.models.vit import ATTENTION_MODES, ViT, load_state_dict, randomize
 
 RANDOM = "random"
 
@@ -41,14 +41,17 @@ class Model:
     def is_random(self) -> bool:
         return self.weights_label.startswith(RANDOM)
 
-    def run(self, images, attention="none", rollout=False) -> dict:
+    def run(self, images, attention="none", rollout=False, tokens=False) -> dict:
         """Forward a preprocessed float32 batch ``(N, H, W, 3)``; H and W multiples of the patch.
 
         Returns numpy arrays: ``features`` ``(N, D)``, ``logits`` ``(N, C)`` where the preset has
         a head, ``attention``: a list with one ``(N, heads, T, T)`` array per returned block
-        (``"last"``: one; ``"all"``: ``depth``; ``"none"``: empty), and with ``rollout=True``,
+        (``"last"``: one; ``"all"``: ``depth``; ``"none"``: empty), with ``rollout=True``
         ``rollout``: the CLS row of attention rollout ``(N, T)``, computed inside the compiled
-        model (``attention.rollout_map`` turns it into maps).
+        model (``attention.rollout_map`` turns it into maps), and with ``tokens=True``
+        ``patch_tokens``: the final-normed patch tokens ``(N, gh * gw, D)``, prefix tokens
+        removed, and ``patch_norms`` ``(N, gh * gw)``: their norms before the final norm.
+        ``T = preset.num_prefix_tokens + gh * gw``. One compiled call gives them all.
         """
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
@@ -58,17 +61,18 @@ class Model:
             raise ValueError(
                 f"images must be (N, H, W, 3) with H and W multiples of {p}, got {images.shape}"
             )
-        key = (attention, bool(rollout))
+        key = (attention, bool(rollout), bool(tokens))
         if key not in self._compiled:
             self._compiled[key] = compiled(
-                Call(self.backbone, attention=attention, rollout=bool(rollout)), self.backbone
+                Call(self.backbone, attention=attention, rollout=bool(rollout),
+                     tokens=bool(tokens)), self.backbone
             )
         out = self._compiled[key](images)
         result = {
             "features": keras.ops.convert_to_numpy(out["features"]),
             "attention": [keras.ops.convert_to_numpy(a) for a in out["attention"]],
         }
-        for name in ("logits", "rollout"):
+        for name in ("logits", "rollout", "patch_tokens", "patch_norms"):
             if name in out:
                 result[name] = keras.ops.convert_to_numpy(out[name])
         return result
@@ -78,8 +82,11 @@ class Model:
         p = self.preset.patch_size
         return self.backbone.patch_embed.proj.kernel.numpy().reshape(p, p, 3, -1)
 
-    def patch_position_embeddings(self) -> np.ndarray:
-        """Trained position embeddings of the patch tokens, ``(grid**2, D)``, class tokens dropped."""
+    def patch_position_embeddings(self) -> np.ndarray | None:
+        """Trained position embeddings of the patch tokens, ``(grid**2, D)``, class tokens
+        dropped; None for a model without learned positions (DINOv3's RoPE)."""
+        if self.backbone.pos_embed is None:
+            return None
         return self.backbone.pos_embed.numpy()[0, self.preset.num_class_tokens :]
 
 
@@ -88,18 +95,22 @@ def load_model(preset, weights=None, seed: int | None = 0, checkpoint_key="teach
 
     Args:
         preset: a preset name (``vidattn models`` lists them) or a :class:`Preset`.
-        weights: None for the preset's official weights (downloaded once into the cache,
-            ``$VIDATTN_HOME``); a path to a DINO ``.pth``, timm or Hugging Face ``.safetensors``
-            file; or ``"random"`` for untrained weights (tests, benchmarks), labelled as such.
-        seed: seed of the random initialisation.
+        weights: None for the preset's official weights (from torch hub's, Hugging Face's or
+            vidattn's cache, else downloaded once: ``vidattn.models.hub``); a path to an
+            official ``.pth``, a timm or Hugging Face ``.safetensors`` file or model folder; or
+            ``"random"`` for untrained weights (tests, benchmarks), labelled as such.
+        seed: with ``weights="random"``, the seed the weights are drawn from (the same weights
+            on every backend and every run).
         checkpoint_key: which network of a DINO training checkpoint to load (teacher/student).
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
     if weights == RANDOM:
-        return Model(preset, ViT(preset, seed=seed), f"{RANDOM} (untrained, seed {seed})")
+        backbone = ViT(preset)
+        randomize(backbone, seed)
+        return Model(preset, backbone, f"{RANDOM} (untrained, seed {seed})")
     path = hub.resolve(preset, weights)  # first: a missing file fails before any work
-    state = read_checkpoint(path, preset.family, checkpoint_key)
-    backbone = ViT(preset, seed=seed)
+    state = read_checkpoint(path, preset, checkpoint_key)
+    backbone = ViT(preset)
     load_state_dict(backbone, state, source=os.fspath(path))
     label = f"{preset.name} ({'bundled' if preset.packaged_weights else 'official'})"
     label = label if weights is None else Path(path).name

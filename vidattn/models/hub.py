@@ -9,7 +9,8 @@
   keeps the same file), then vidattn's (``$VIDATTN_HOME/<preset>/``), else downloaded there once;
 * weights on the Hugging Face Hub (``Preset.hf_repo``): ``huggingface_hub`` and its cache
   (``HF_HOME``, ``HF_HUB_OFFLINE``, resumable downloads);
-* weights without a public address (``Preset.gated``): a one-line error saying where to ask.
+* weights without a public address (``Preset.gated``): from the Hugging Face cache when they
+  are there, else a one-line error saying where to request them.
 
 Offline, a download fails within seconds with one line saying how to pass the file instead.
 """
@@ -74,26 +75,36 @@ def _cached_url(preset_name: str, url: str) -> Path | None:
     return None
 
 
-def cached_weights(preset) -> str | None:
-    """Where ``preset``'s own weights already are, for listings: ``"bundled"``, ``"torch hub"``,
-    ``"vidattn"`` or ``"hugging face"``; None when they would have to be downloaded (or
-    requested). Never touches the network."""
+def _cached(preset) -> tuple[Path, str] | None:
+    """``(file, where)`` of ``preset``'s own weights already on this machine, else None; never
+    touches the network. Where: "bundled", "torch hub", "vidattn" or "hugging face"."""
     if preset.packaged_weights:
-        return "bundled"
+        return DATA / preset.packaged_weights, "bundled"
     if preset.weights_url:
         found = _cached_url(preset.name, preset.weights_url)
-        return None if found is None else "torch hub" if found.parent == torch_hub_dir() else "vidattn"
+        if found is not None:
+            return found, "torch hub" if found.parent == torch_hub_dir() else "vidattn"
     if preset.hf_repo:
         from huggingface_hub import try_to_load_from_cache
 
         found = try_to_load_from_cache(preset.hf_repo, preset.hf_file)
-        return "hugging face" if isinstance(found, str) else None
+        if isinstance(found, str):
+            return Path(found), "hugging face"
     return None
+
+
+def cached_weights(preset) -> str | None:
+    """Where ``preset``'s own weights already are, for listings: ``"bundled"``, ``"torch hub"``,
+    ``"vidattn"`` or ``"hugging face"``; None when they would have to be downloaded (or
+    requested)."""
+    found = _cached(preset)
+    return None if found is None else found[1]
 
 
 def resolve(preset, weights=None) -> Path:
     """The checkpoint file for ``preset``: ``weights`` if given (it must exist), else the
-    preset's own weights, found or downloaded as the module docstring says."""
+    preset's own weights: bundled or cached, else downloaded (the official release first),
+    else, for gated weights, one line saying where to request them."""
     if weights is not None:
         path = Path(weights).expanduser()
         if path.is_dir():
@@ -103,16 +114,22 @@ def resolve(preset, weights=None) -> Path:
         if not path.is_file():
             raise VidattnError("weights file does not exist", path)
         return path
-    if preset.packaged_weights:
-        return DATA / preset.packaged_weights
+    found = _cached(preset)
+    if found is not None:
+        return found[0]
+    if preset.gated:
+        where = f" or accept the licence at https://huggingface.co/{preset.hf_repo}" * bool(
+            preset.hf_repo)
+        raise VidattnError(
+            f"preset {preset.name!r} has no public download address: its weights are requested "
+            f"at {preset.gated}{where}; then pass the file with --weights PATH (Python: "
+            f"weights=PATH)")
     if preset.weights_url:
-        return _cached_url(preset.name, preset.weights_url) or download(
-            preset.name, preset.weights_url)
+        return download(preset.name, preset.weights_url)
     if preset.hf_repo:
         return _from_hugging_face(preset)
-    where = f": request them at {preset.gated}" if preset.gated else ""
-    raise VidattnError(f"preset {preset.name!r} has no public download address{where}; then "
-                       "pass the file with --weights PATH (Python: weights=PATH)")
+    raise VidattnError(f"preset {preset.name!r} has no download address; pass the file with "
+                       "--weights PATH (Python: weights=PATH)")
 
 
 def download(preset_name: str, url: str) -> Path:
@@ -167,11 +184,11 @@ def download(preset_name: str, url: str) -> Path:
 
 
 def _from_hugging_face(preset) -> Path:
-    """``preset.hf_file`` of ``preset.hf_repo`` through ``huggingface_hub``: from its cache when
-    there, else downloaded (after a quick check that the Hub can be reached at all, because
-    ``huggingface_hub`` retries an unreachable host for about 25 s before giving up)."""
+    """Download ``preset.hf_file`` of ``preset.hf_repo`` into the Hugging Face cache (not found
+    there before) through ``huggingface_hub``, after a quick check that the Hub can be reached at
+    all, because ``huggingface_hub`` retries an unreachable host for about 25 s."""
     from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError
 
     repo, name = preset.hf_repo, preset.hf_file
     address = f"{constants.ENDPOINT}/{repo} ({name})"
@@ -179,10 +196,6 @@ def _from_hugging_face(preset) -> Path:
     level = hub_logger.level
     hub_logger.setLevel(logging.ERROR)  # its retry warnings would break our one-line errors
     try:
-        try:
-            return Path(hf_hub_download(repo, name, local_files_only=True))
-        except LocalEntryNotFoundError:
-            pass
         if not constants.HF_HUB_OFFLINE:
             _check_reachable(constants.ENDPOINT)
         return Path(hf_hub_download(repo, name))

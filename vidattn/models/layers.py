@@ -1,13 +1,18 @@
 """Keras 3 layers of a ViT, written with ``keras.ops`` only so they run on every backend.
 
-Weight layouts follow Keras (Dense kernels are ``(in, out)``); ``vit.py`` maps torch-style
-checkpoints onto them.
+One block serves every family; what the families differ in are switches: LayerScale (DINOv2,
+DINOv3), a SwiGLU feed-forward (DINOv2-g, DINOv3 S+/H+), rotary position on the patches' queries
+and keys (DINOv3) and a masked key bias (DINOv3). Weight layouts follow Keras (Dense kernels are
+``(in, out)``); ``vit.py`` maps torch-style checkpoints onto them.
 """
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
+
+__all__ = ["MLP", "Attention", "Block", "LayerScale", "PatchEmbed", "SwiGLU", "apply_rope"]
 
 
 class PatchEmbed(keras.layers.Layer):
@@ -38,30 +43,60 @@ class PatchEmbed(keras.layers.Layer):
         return self.proj(x)
 
 
+def apply_rope(x, sin, cos, num_prefix):
+    """Rotate the patch tokens of ``x`` ``(N, heads, T, head_dim)`` by RoPE angles ``sin``,
+    ``cos`` ``(T - num_prefix, head_dim)``; the first ``num_prefix`` tokens (class and storage
+    tokens) pass unchanged. The rotate-half form of DINOv3: ``x cos + [-x2, x1] sin`` with
+    ``x1, x2`` the two halves of the head dimension. Computed in float32."""
+    prefix, patches = x[:, :, :num_prefix], ops.cast(x[:, :, num_prefix:], "float32")
+    half = patches.shape[-1] // 2
+    rotated = ops.concatenate([-patches[..., half:], patches[..., :half]], axis=-1)
+    patches = ops.cast(patches * cos + rotated * sin, x.dtype)
+    return ops.concatenate([prefix, patches], axis=2)
+
+
 class Attention(keras.layers.Layer):
     """Multi-head self-attention with a fused qkv projection (q, k, v blocks, heads contiguous).
 
-    ``call(x)`` with x ``(N, T, D)`` returns ``(out (N, T, D), probs)`` where probs is the softmax
-    attention ``(N, heads, T, T)`` when ``return_probs`` is true, else None.
+    ``mask_k_bias``: the qkv bias is multiplied by a stored ``bias_mask`` ``(3 dim,)`` (DINOv3's
+    ``LinearKMaskedBias``, whose mask zeroes the key bias), as the official code does each call.
+
+    ``call(x, rope=None, num_prefix=0, return_probs=False)`` with x ``(N, T, D)`` returns
+    ``(out (N, T, D), probs)``: probs is the softmax attention ``(N, heads, T, T)`` when
+    ``return_probs``, else None. ``rope``: ``(sin, cos)`` to rotate the queries and keys of the
+    tokens after the first ``num_prefix`` (``apply_rope``).
     """
 
-    def __init__(self, dim, num_heads, **kwargs):
+    def __init__(self, dim, num_heads, mask_k_bias=False, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
         self.qkv = keras.layers.Dense(3 * dim, name="qkv")
         self.proj = keras.layers.Dense(dim, name="proj")
+        self.bias_mask = None
+        if mask_k_bias:
+            mask = np.ones(3 * dim, np.float32)
+            mask[dim : 2 * dim] = 0
+            self.bias_mask = self.add_weight(
+                shape=(3 * dim,), initializer=keras.initializers.Constant(mask),
+                trainable=False, name="bias_mask")
 
     def build(self, input_shape):
         self.qkv.build(input_shape)
         self.proj.build(input_shape)
 
-    def call(self, x, return_probs=False):
+    def call(self, x, rope=None, num_prefix=0, return_probs=False):
         n, t, d = ops.shape(x)
-        qkv = ops.reshape(self.qkv(x), (n, t, 3, self.num_heads, self.head_dim))
+        if self.bias_mask is None:
+            qkv = self.qkv(x)
+        else:
+            qkv = ops.matmul(x, self.qkv.kernel) + self.qkv.bias * self.bias_mask
+        qkv = ops.reshape(qkv, (n, t, 3, self.num_heads, self.head_dim))
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, N, heads, T, head_dim)
         q, k, v = qkv[0], qkv[1], qkv[2]
+        if rope is not None:
+            q, k = apply_rope(q, *rope, num_prefix), apply_rope(k, *rope, num_prefix)
         probs = ops.softmax(ops.matmul(q * self.scale, ops.transpose(k, (0, 1, 3, 2))), axis=-1)
         out = ops.transpose(ops.matmul(probs, v), (0, 2, 1, 3))
         out = self.proj(ops.reshape(out, (n, t, d)))
@@ -69,7 +104,7 @@ class Attention(keras.layers.Layer):
 
 
 class MLP(keras.layers.Layer):
-    """Two Dense layers with exact (erf) GELU between, as in timm and DINO."""
+    """Two Dense layers with exact (erf) GELU between, as in timm and DINO: ``fc2(gelu(fc1(x)))``."""
 
     def __init__(self, dim, hidden, **kwargs):
         super().__init__(**kwargs)
@@ -84,21 +119,59 @@ class MLP(keras.layers.Layer):
         return self.fc2(keras.activations.gelu(self.fc1(x), approximate=False))
 
 
-class Block(keras.layers.Layer):
-    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+class SwiGLU(keras.layers.Layer):
+    """Gated feed-forward of DINOv2-g and DINOv3 S+/H+: ``w3(silu(a) * b)`` where ``[a, b] =
+    w12(x)``, the gate ``a`` being the first ``hidden`` outputs (DINOv2's fused ``w12``; DINOv3's
+    separate ``w1``, ``w2`` are its two halves)."""
 
-    def __init__(self, dim, num_heads, mlp_ratio, eps, **kwargs):
+    def __init__(self, dim, hidden, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = hidden
+        self.w12 = keras.layers.Dense(2 * hidden, name="w12")
+        self.w3 = keras.layers.Dense(dim, name="w3")
+
+    def build(self, input_shape):
+        self.w12.build(input_shape)
+        self.w3.build(tuple(input_shape[:-1]) + (self.hidden,))
+
+    def call(self, x):
+        x = self.w12(x)
+        gate, up = x[..., : self.hidden], x[..., self.hidden :]
+        return self.w3(keras.activations.silu(gate) * up)
+
+
+class LayerScale(keras.layers.Layer):
+    """Per-channel scale of a residual branch: ``x * gamma`` (CaiT, DINOv2, DINOv3)."""
+
+    def __init__(self, dim, **kwargs):
+        super().__init__(**kwargs)
+        self.gamma = self.add_weight(shape=(dim,), initializer="ones", name="gamma")
+
+    def call(self, x):
+        return x * self.gamma
+
+
+class Block(keras.layers.Layer):
+    """Pre-norm transformer block: ``x + ls1(attn(norm1(x)))``, then ``x + ls2(mlp(norm2(x)))``;
+    without ``layer_scale`` the ``ls`` are identities. ``mlp``: ``"gelu"`` or ``"swiglu"``."""
+
+    def __init__(self, dim, num_heads, hidden, eps, mlp="gelu", layer_scale=False,
+                 mask_k_bias=False, **kwargs):
         super().__init__(**kwargs)
         self.norm1 = keras.layers.LayerNormalization(epsilon=eps, name="norm1")
-        self.attn = Attention(dim, num_heads, name="attn")
+        self.attn = Attention(dim, num_heads, mask_k_bias, name="attn")
         self.norm2 = keras.layers.LayerNormalization(epsilon=eps, name="norm2")
-        self.mlp = MLP(dim, int(dim * mlp_ratio), name="mlp")
+        self.mlp = (SwiGLU if mlp == "swiglu" else MLP)(dim, hidden, name="mlp")
+        self.ls1 = LayerScale(dim, name="ls1") if layer_scale else None
+        self.ls2 = LayerScale(dim, name="ls2") if layer_scale else None
 
     def build(self, input_shape):
         for layer in (self.norm1, self.attn, self.norm2, self.mlp):
             layer.build(input_shape)
 
-    def call(self, x, return_probs=False):
-        y, probs = self.attn(self.norm1(x), return_probs=return_probs)
-        x = x + y
-        return x + self.mlp(self.norm2(x)), probs
+    def call(self, x, rope=None, num_prefix=0, return_probs=False):
+        y, probs = self.attn(self.norm1(x), rope=rope, num_prefix=num_prefix,
+                             return_probs=return_probs)
+        x = x + (y if self.ls1 is None else self.ls1(y))
+        y = self.mlp(self.norm2(x))
+        return x + (y if self.ls2 is None else self.ls2(y)), probs

@@ -1,14 +1,19 @@
 """Named presets: the architecture, tokens, preprocessing and weight source of each model family.
 
 One table, in the spirit of timm's ``default_cfgs`` and keras-hub's presets: everything that differs
-between DINO, supervised ViT and DeiT is data here, so ``vit.py`` holds a single model family.
+between DINO, the supervised ViT, DeiT, DINOv2 (with or without registers) and DINOv3 is data here,
+so ``vit.py`` holds a single backbone with switches.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+__all__ = ["PRESETS", "Preset", "get_preset"]
+
 _DINO = "https://dl.fbaipublicfiles.com/dino"
+_DINOV2 = "https://dl.fbaipublicfiles.com/dinov2"
+DINOV3_REQUEST = "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/"
 
 
 @dataclass(frozen=True)
@@ -19,16 +24,28 @@ class Preset:
         name: preset name (``vidattn models`` lists them).
         description: one line for listings.
         patch_size: side of a square patch in pixels.
-        embed_dim, depth, num_heads, mlp_ratio: transformer shape.
+        embed_dim, depth, num_heads: transformer shape.
+        mlp: feed-forward kind: ``"gelu"`` (``fc1``, GELU, ``fc2``) or ``"swiglu"`` (``w12``, ``w3``).
+        mlp_hidden: the feed-forward's hidden width (SwiGLU widths are rounded by each family's
+            own rule, so they are given as published); default ``int(embed_dim * 4)``.
         num_class_tokens: 1 (CLS) or 2 (CLS then distillation token, distilled DeiT).
-        num_classes: classifier outputs, 0 for a headless backbone (DINO).
-        image_size: side of the square images it was trained on; its positional embeddings
-            cover ``(image_size // patch_size) ** 2`` patches and are interpolated for other grids.
+        num_register_tokens: tokens after the class tokens that take part in attention but have
+            no position and never appear in a map: DINOv2's registers, DINOv3's storage tokens.
+        layer_scale: LayerScale on both residual branches (``ls1``, ``ls2``).
+        position: ``"learned"`` (``pos_embed`` over class tokens and patches) or ``"rope"``
+            (DINOv3's axial rotary embedding of patch queries and keys, base ``rope_base``).
+        pos_resize: how learned embeddings are resampled to another grid, as the weights' own
+            code does it (``position.RESIZES``: "offset", "size" or "antialias").
+        mask_k_bias: the qkv bias is masked by the stored ``bias_mask`` (DINOv3).
+        num_classes: classifier outputs, 0 for a headless backbone.
+        image_size: side of the square images it was trained on; learned position embeddings
+            cover ``(image_size // patch_size) ** 2`` patches.
         preprocessing: ``"imagenet"`` (mean/std on 0..1 pixels) or ``"minus_one_one"``.
         weights_url: official download address of the weights (a release file, looked for in
             torch hub's cache first), or None.
         hf_repo, hf_file: the weights on the Hugging Face Hub, or None.
-        gated: where to request weights that have no public address (shown in the error).
+        gated: where to request weights that have no public address (shown in the error); such
+            a preset downloads nothing, but uses its Hugging Face cache entry when there is one.
         packaged_weights: file name under ``vidattn/data/`` for weights that ship with the
             package (the demo model), used instead of a download.
         weights_format: what the download is (for listings): "DINO .pth", "timm safetensors", ...
@@ -43,8 +60,15 @@ class Preset:
     embed_dim: int
     depth: int
     num_heads: int
-    mlp_ratio: float = 4.0
+    mlp: str = "gelu"
+    mlp_hidden: int | None = None
     num_class_tokens: int = 1
+    num_register_tokens: int = 0
+    layer_scale: bool = False
+    position: str = "learned"
+    pos_resize: str = "size"
+    rope_base: float = 100.0
+    mask_k_bias: bool = False
     num_classes: int = 0
     image_size: int = 224
     preprocessing: str = "imagenet"
@@ -64,85 +88,124 @@ class Preset:
         return self.image_size // self.patch_size
 
     @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: class tokens, then registers (or storage tokens)."""
+        return self.num_class_tokens + self.num_register_tokens
+
+    @property
     def num_tokens(self) -> int:
-        """Tokens at the native resolution: class tokens plus patches."""
-        return self.num_class_tokens + self.grid_size**2
+        """Tokens at the native resolution: prefix tokens plus patches."""
+        return self.num_prefix_tokens + self.grid_size**2
 
     @property
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
 
+    @property
+    def hidden(self) -> int:
+        """The feed-forward's hidden width."""
+        return self.mlp_hidden or 4 * self.embed_dim
 
-def _dino(name, size, patch, dim, heads, folder):
+
+_SIZES = {  # ViT sizes: (letter, embed_dim, depth, heads)
+    "s": ("S", 384, 12, 6), "b": ("B", 768, 12, 12), "l": ("L", 1024, 24, 16),
+    "g": ("g", 1536, 40, 24), "h": ("H", 1280, 32, 20),
+}  # fmt: skip
+
+
+def _dino(size, patch, folder):
+    letter, dim, depth, heads = _SIZES[size]
     return Preset(
-        name=name,
-        description=f"DINO self-supervised ViT-{size}/{patch} (ImageNet-1k, no labels)",
-        patch_size=patch,
-        embed_dim=dim,
-        depth=12,
-        num_heads=heads,
-        weights_url=f"{_DINO}/{folder}/{folder}.pth",
-        weights_format="DINO .pth",
-    )
+        name=f"dino_vit{size}{patch}",
+        description=f"DINO self-supervised ViT-{letter}/{patch} (ImageNet-1k, no labels)",
+        patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads, pos_resize="offset",
+        weights_url=f"{_DINO}/{folder}/{folder}.pth", weights_format="DINO .pth",
+    )  # fmt: skip
+
+
+def _dinov2(size, registers):
+    """DINOv2 ViT-{S,B,L,g}/14 at 518 (a 37x37 grid), LayerScale; giant: SwiGLU of width 4096.
+    Without registers, official positions resize by scale factor with DINO's 0.1 offset; with
+    them, by size with antialiasing (the hub's interpolate_offset=0, interpolate_antialias)."""
+    letter, dim, depth, heads = _SIZES[size]
+    reg = "_reg4" if registers else ""
+    base = f"dinov2_vit{size}14"
+    hf_name = {"s": "small", "b": "base", "l": "large", "g": "giant"}[size]
+    return Preset(
+        name=f"{base}{'_reg' if registers else ''}",
+        description=f"DINOv2 ViT-{letter}/14{' with 4 registers' if registers else ''} "
+                    "(LVD-142M, no labels)",
+        patch_size=14, embed_dim=dim, depth=depth, num_heads=heads, image_size=518,
+        mlp="swiglu" if size == "g" else "gelu", mlp_hidden=4096 if size == "g" else None,
+        num_register_tokens=4 if registers else 0, layer_scale=True,
+        pos_resize="antialias" if registers else "offset",
+        weights_url=f"{_DINOV2}/{base}/{base}{reg}_pretrain.pth", weights_format="DINOv2 .pth",
+        hf_repo=f"facebook/dinov2-{'with-registers-' if registers else ''}{hf_name}",
+        family="dinov2",
+    )  # fmt: skip
+
+
+def _dinov3(size, plus=False, hidden=None):
+    """DINOv3 ViT-{S,S+,B,L,H+}/16: 4 storage tokens, RoPE (base 100), LayerScale, masked key
+    bias, LayerNorm eps 1e-5; the "+" models use SwiGLU of the published width."""
+    letter, dim, depth, heads = _SIZES[size]
+    name = f"vit{size}16{'plus' if plus else ''}"
+    return Preset(
+        name=f"dinov3_{name}",
+        description=f"DINOv3 ViT-{letter}{'+' if plus else ''}/16 (LVD-1689M, no labels)",
+        patch_size=16, embed_dim=dim, depth=depth, num_heads=heads,
+        mlp="swiglu" if plus else "gelu", mlp_hidden=hidden, num_register_tokens=4,
+        layer_scale=True, position="rope", mask_k_bias=True, layer_norm_eps=1e-5,
+        hf_repo=f"facebook/dinov3-{name}-pretrain-lvd1689m", gated=DINOV3_REQUEST,
+        weights_format="DINOv3 .pth or HF safetensors", licence="DINOv3 License",
+        family="dinov3",
+    )  # fmt: skip
 
 
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        _dino("dino_vits16", "S", 16, 384, 6, "dino_deitsmall16_pretrain"),
-        _dino("dino_vits8", "S", 8, 384, 6, "dino_deitsmall8_pretrain"),
-        _dino("dino_vitb16", "B", 16, 768, 12, "dino_vitbase16_pretrain"),
-        _dino("dino_vitb8", "B", 8, 768, 12, "dino_vitbase8_pretrain"),
+        _dino("s", 16, "dino_deitsmall16_pretrain"),
+        _dino("s", 8, "dino_deitsmall8_pretrain"),
+        _dino("b", 16, "dino_vitbase16_pretrain"),
+        _dino("b", 8, "dino_vitbase8_pretrain"),
+        *(_dinov2(size, registers) for registers in (False, True) for size in "sblg"),
+        _dinov3("s"),
+        _dinov3("s", plus=True, hidden=1536),
+        _dinov3("b"),
+        _dinov3("l"),
+        _dinov3("h", plus=True, hidden=5120),
         Preset(
             name="vit_b16",
             description="Supervised ViT-B/16 (ImageNet-21k, fine-tuned on ImageNet-1k)",
-            patch_size=16,
-            embed_dim=768,
-            depth=12,
-            num_heads=12,
-            num_classes=1000,
-            preprocessing="minus_one_one",
-            hf_repo="google/vit-base-patch16-224",
-            weights_format="Hugging Face safetensors",
-            layer_norm_eps=1e-12,
+            patch_size=16, embed_dim=768, depth=12, num_heads=12, num_classes=1000,
+            preprocessing="minus_one_one", hf_repo="google/vit-base-patch16-224",
+            weights_format="Hugging Face safetensors", layer_norm_eps=1e-12,
         ),
         Preset(
             name="deit_b16",
             description="DeiT-B/16 (supervised, ImageNet-1k)",
-            patch_size=16,
-            embed_dim=768,
-            depth=12,
-            num_heads=12,
-            num_classes=1000,
-            hf_repo="timm/deit_base_patch16_224.fb_in1k",
+            patch_size=16, embed_dim=768, depth=12, num_heads=12, num_classes=1000,
+            pos_resize="antialias", hf_repo="timm/deit_base_patch16_224.fb_in1k",
             weights_format="timm safetensors",
         ),
         Preset(
             name="deit_b16_distilled",
             description="DeiT-B/16 with distillation token (supervised, ImageNet-1k)",
-            patch_size=16,
-            embed_dim=768,
-            depth=12,
-            num_heads=12,
-            num_class_tokens=2,
-            num_classes=1000,
+            patch_size=16, embed_dim=768, depth=12, num_heads=12, num_class_tokens=2,
+            num_classes=1000, pos_resize="antialias",
             hf_repo="timm/deit_base_distilled_patch16_224.fb_in1k",
             weights_format="timm safetensors",
         ),
         Preset(
             name="demo",
             description="Demo ViT-4L/8 trained here with DINO on synthetic scenes (a toy, offline)",
-            patch_size=8,
-            embed_dim=128,
-            depth=4,
-            num_heads=4,
-            image_size=64,
-            packaged_weights="demo_vit.safetensors",
-            weights_format="demo safetensors",
+            patch_size=8, embed_dim=128, depth=4, num_heads=4, image_size=64,
+            packaged_weights="demo_vit.safetensors", weights_format="demo safetensors",
             licence="Apache-2.0 (this project)",
         ),
     )
-}
+}  # fmt: skip
 
 
 def get_preset(name: str) -> Preset:

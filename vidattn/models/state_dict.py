@@ -70,9 +70,10 @@ def _strip_prefixes(tensors):
     return backbone or stripped
 
 
-def read_checkpoint(path, family: str = "vit", checkpoint_key: str = "teacher"):
-    """Read a ``.pth`` (torch zip) or ``.safetensors`` file into ``family``'s canonical state
-    dict: name -> numpy array, floating tensors float32, torch layouts.
+def read_checkpoint(path, preset=None, checkpoint_key: str = "teacher"):
+    """Read a ``.pth`` (torch zip) or ``.safetensors`` file into the canonical state dict of
+    ``preset``'s family (None: the ViT family): name -> numpy array, floating tensors float32,
+    torch layouts.
 
     ``checkpoint_key`` picks the network of a training checkpoint (``teacher``/``student``).
     Keys the family does not know pass through unchanged; the model reports them. Every failure
@@ -83,7 +84,8 @@ def read_checkpoint(path, family: str = "vit", checkpoint_key: str = "teacher"):
         tensors = {k: v for k, v in state.items() if isinstance(k, str) and _is_tensor(v)}
         if not tensors:
             raise VidattnError(f"holds no tensors; keys seen: {some_keys(state)}", path)
-        tensors = families.get(family).to_canonical(_strip_prefixes(tensors), path)
+        family = families.get("vit" if preset is None else preset.family)
+        tensors = family.to_canonical(_strip_prefixes(tensors), preset, path)
         if "patch_embed.proj.weight" not in tensors:
             raise VidattnError(
                 f"unrecognised checkpoint layout (no ViT patch embedding); keys seen: "

@@ -1,20 +1,27 @@
-"""The ViT backbone: one model family for DINO, supervised ViT and DeiT (with or without the
-distillation token), configured by a :class:`~vidattn.models.presets.Preset`.
+"""The ViT backbone: one model for DINO, the supervised ViT, DeiT (with or without distillation
+token), DINOv2 (with or without registers) and DINOv3, configured by a
+:class:`~vidattn.models.presets.Preset`.
 
-``ViT(images, attention=..., rollout=...)`` returns the final CLS features, the logits where the
-preset has a head, exactly the attention probabilities the caller asked for (a run that needs only
-the last block never holds every block's ``T x T`` matrices), and, on request, the CLS row of
-attention rollout computed in the graph (:func:`cls_rollout`), so the rollout view never copies
-``depth * heads * T**2`` floats out of the model.
+``ViT(images, attention=..., rollout=..., tokens=...)`` returns the final CLS features, the
+logits where the preset has a head, exactly the attention probabilities the caller asked for (a
+run that needs only the last block never holds every block's ``T x T`` matrices), on request the
+CLS row of attention rollout computed in the graph (:func:`cls_rollout`), so the rollout view
+never copies ``depth * heads * T**2`` floats out of the model, and the final patch tokens.
 
-:func:`load_state_dict` is the one place that maps a checkpoint (timm/DINO names, torch layouts,
-as produced by :mod:`vidattn.models.state_dict`) onto the Keras variables, and
-:func:`export_state_dict` is its inverse.
+Tokens are ``[class tokens, registers, patches row by row]``. Learned position embeddings cover
+the class tokens and the patches (registers have none: DINOv2 adds positions first and then
+inserts the registers) and are resampled to the input's grid as the family's own code does
+(``position.resize_matrix``); DINOv3 instead rotates the patches' queries and keys (RoPE).
+
+:meth:`ViT.checkpoint_layout` names every weight as the official checkpoints do, with their torch
+shapes; :func:`load_state_dict` assigns a canonical state dict (``vidattn.models.state_dict``)
+and :func:`export_state_dict` is its inverse.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+from dataclasses import dataclass
+from typing import Callable
 
 import keras
 import numpy as np
@@ -22,37 +29,13 @@ from keras import ops
 
 from vidattn.errors import VidattnError
 from vidattn.models.layers import Block, PatchEmbed
+from vidattn.models.position import resize_matrix, rope_periods, rope_sin_cos
 from vidattn.models.presets import Preset
 
+__all__ = ["ATTENTION_MODES", "Slot", "ViT", "cls_rollout", "export_state_dict",
+           "load_state_dict", "randomize"]
+
 ATTENTION_MODES = ("none", "last", "all")
-
-
-def _cubic(x, a=-0.75):
-    """Keys' cubic convolution kernel with torch's ``a = -0.75`` at distances ``x >= 0``."""
-    x = np.abs(x)
-    near = ((a + 2) * x - (a + 3)) * x * x + 1
-    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-    return np.where(x <= 1, near, np.where(x < 2, far, 0.0))
-
-
-@lru_cache(maxsize=64)
-def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """``(n_out, n_in)`` matrix of 1-D bicubic resampling weights, exactly as torch's
-    ``interpolate(mode="bicubic", align_corners=False, size=n_out)``: source coordinate
-    ``(i + 0.5) * n_in / n_out - 0.5``, four taps, indices clamped at the borders.
-
-    TensorFlow's bicubic kernel uses ``a = -0.5``; Hugging Face's ViT interpolates position
-    embeddings with torch's, so we build the weights ourselves to match it exactly.
-    """
-    src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    base = np.floor(src)
-    frac = src - base
-    m = np.zeros((n_out, n_in), np.float64)
-    rows = np.arange(n_out)
-    for tap in range(-1, 3):
-        idx = np.clip(base + tap, 0, n_in - 1).astype(int)
-        np.add.at(m, (rows, idx), _cubic(frac - tap))
-    return m.astype(np.float32)
 
 
 def cls_rollout(mean_attns):
@@ -61,6 +44,7 @@ def cls_rollout(mean_attns):
     ``mean_attns``: one ``(N, T, T)`` tensor per block, first block first, each the block's
     attention averaged over heads. Returns ``(N, T)``: row 0 of ``J = R_L @ ... @ R_1``, where
     ``R_b`` is ``mean_attns[b] + I`` with rows renormalised to sum to 1 (the residual path).
+    Every token takes part (registers too); the maps keep the patches' columns.
 
     Only that row is needed, and ``e_0 @ R_L @ ... @ R_1`` is a row vector times matrices taken
     LAST block first: ``r <- r @ R_b`` for b = L..1, which costs O(L * N * T**2), not the full
@@ -79,8 +63,24 @@ def cls_rollout(mean_attns):
     return row[:, 0]
 
 
+def _identity(x):
+    return x
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one checkpoint tensor goes: the Keras ``variable``, the tensor's torch-layout
+    ``shape``, and the maps between the two layouts (``to_keras``, ``from_keras``)."""
+
+    variable: object
+    shape: tuple
+    to_keras: Callable = _identity
+    from_keras: Callable = _identity
+
+
 class ViT(keras.Model):
-    """Vision Transformer backbone (timm's ``VisionTransformer`` without dropout).
+    """Vision Transformer backbone (timm's ``VisionTransformer`` without dropout, with the
+    switches of DINOv2 and DINOv3).
 
     Call with images ``(N, H, W, 3)``, float32, already preprocessed, H and W multiples of the
     patch size (any aspect ratio). Returns a dict:
@@ -90,34 +90,50 @@ class ViT(keras.Model):
       CLS and distillation heads, as timm does at inference);
     - ``attention``: list of ``(N, heads, T, T)`` softmax probabilities, one per returned block
       (``attention="last"``: the last block only; ``"all"``: every block; ``"none"``: empty),
-      where ``T = num_class_tokens + (H/p) * (W/p)``, class tokens first, patches row by row;
+      where ``T = num_prefix_tokens + (H/p) * (W/p)``, prefix tokens first, patches row by row;
     - ``rollout``: ``(N, T)``, the CLS row of attention rollout through every block
-      (:func:`cls_rollout`), only with ``rollout=True``.
+      (:func:`cls_rollout`), only with ``rollout=True``;
+    - ``patch_tokens``: ``(N, (H/p) * (W/p), D)``, the final-normed patch tokens (DINOv2's
+      ``x_norm_patchtokens``), and ``patch_norms``: ``(N, (H/p) * (W/p))``, the L2 norms of the
+      patch tokens before the final norm (the residual stream, DINOv2's ``x_prenorm``, where the
+      high-norm artifact tokens of "Vision Transformers Need Registers" show), only with
+      ``tokens=True``.
     """
 
     def __init__(self, preset: Preset, seed: int | None = None, **kwargs):
         super().__init__(name=preset.name, **kwargs)
-        self.preset = preset
-        d = preset.embed_dim
-        self.patch_embed = PatchEmbed(preset.patch_size, d, name="patch_embed")
+        self.preset = p = preset
+        d = p.embed_dim
+        self.patch_embed = PatchEmbed(p.patch_size, d, name="patch_embed")
         self.blocks = [
-            Block(d, preset.num_heads, preset.mlp_ratio, preset.layer_norm_eps, name=f"blocks_{i}")
-            for i in range(preset.depth)
+            Block(d, p.num_heads, p.hidden, p.layer_norm_eps, mlp=p.mlp,
+                  layer_scale=p.layer_scale, mask_k_bias=p.mask_k_bias, name=f"blocks_{i}")
+            for i in range(p.depth)
         ]
-        self.norm = keras.layers.LayerNormalization(epsilon=preset.layer_norm_eps, name="norm")
+        self.norm = keras.layers.LayerNormalization(epsilon=p.layer_norm_eps, name="norm")
         init = keras.initializers.TruncatedNormal(stddev=0.02, seed=seed)
-        self.class_tokens = self.add_weight(
-            shape=(1, preset.num_class_tokens, d), initializer=init, name="class_tokens"
-        )
-        self.pos_embed = self.add_weight(
-            shape=(1, preset.num_tokens, d), initializer=init, name="pos_embed"
-        )
-        self.heads = [
-            keras.layers.Dense(preset.num_classes, name=name)
-            for name in ("head", "head_dist")[: preset.num_class_tokens if preset.num_classes else 0]
+        self.class_tokens = [
+            self.add_weight(shape=(1, 1, d), initializer=init, name=name)
+            for name in ("cls_token", "dist_token")[: p.num_class_tokens]
         ]
-        p = preset.patch_size
-        self.build((None, p, p, 3))
+        self.register_tokens = None
+        if p.num_register_tokens:
+            self.register_tokens = self.add_weight(
+                shape=(1, p.num_register_tokens, d), initializer=init, name="register_tokens")
+        self.pos_embed = self.periods = None
+        if p.position == "learned":
+            self.pos_embed = self.add_weight(
+                shape=(1, p.num_class_tokens + p.grid_size**2, d), initializer=init,
+                name="pos_embed")
+        else:
+            self.periods = self.add_weight(
+                shape=(p.head_dim // 4,), trainable=False, name="periods",
+                initializer=keras.initializers.Constant(rope_periods(p.head_dim, p.rope_base)))
+        self.heads = [
+            keras.layers.Dense(p.num_classes, name=name)
+            for name in ("head", "head_dist")[: p.num_class_tokens if p.num_classes else 0]
+        ]
+        self.build((None, p.patch_size, p.patch_size, 3))
 
     def build(self, input_shape):
         d = self.preset.embed_dim
@@ -130,42 +146,57 @@ class ViT(keras.Model):
         self.built = True
 
     def position_embeddings(self, grid_hw):
-        """``(1, T, D)`` position embeddings for a ``(gh, gw)`` patch grid: the class tokens'
-        rows as trained, the patch rows resampled bicubically (torch's kernel, by target size,
-        as Hugging Face's ``interpolate_pos_encoding``)."""
+        """``(1, n_cls + gh * gw, D)`` learned position embeddings for a ``(gh, gw)`` patch grid:
+        the class tokens' rows as trained, the patch rows resampled by the preset's
+        ``pos_resize`` (none on the native grid, as every family skips it there)."""
         n_cls, g = self.preset.num_class_tokens, self.preset.grid_size
         if tuple(grid_hw) == (g, g):
             return self.pos_embed
-        gh, gw = grid_hw
-        cls_pos = self.pos_embed[:, :n_cls]
+        (gh, gw), mode = grid_hw, self.preset.pos_resize
         patch_pos = ops.reshape(self.pos_embed[:, n_cls:], (g, g, self.preset.embed_dim))
-        resampled = ops.einsum(
-            "hi,ijd,wj->hwd", bicubic_matrix(g, gh), patch_pos, bicubic_matrix(g, gw)
-        )
-        return ops.concatenate([cls_pos, ops.reshape(resampled, (1, gh * gw, -1))], axis=1)
+        resampled = ops.einsum("hi,ijd,wj->hwd", resize_matrix(g, gh, mode), patch_pos,
+                               resize_matrix(g, gw, mode))
+        return ops.concatenate(
+            [self.pos_embed[:, :n_cls], ops.reshape(resampled, (1, gh * gw, -1))], axis=1)
 
-    def call(self, images, attention="none", rollout=False):
+    def call(self, images, attention="none", rollout=False, tokens=False):
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+        p = self.preset
         n, h, w = images.shape[0], images.shape[1], images.shape[2]
-        p = self.preset.patch_size
+        grid = (h // p.patch_size, w // p.patch_size)
         x = self.patch_embed(images)
         batch = ops.shape(x)[0] if n is None else n
-        cls = ops.broadcast_to(self.class_tokens, (batch,) + tuple(self.class_tokens.shape[1:]))
-        x = ops.concatenate([cls, x], axis=1) + self.position_embeddings((h // p, w // p))
+
+        def per_image(weight):
+            return ops.broadcast_to(weight, (batch,) + tuple(weight.shape[1:]))
+
+        x = ops.concatenate([per_image(t) for t in self.class_tokens] + [x], axis=1)
+        if self.pos_embed is not None:
+            x = x + self.position_embeddings(grid)
+        if self.register_tokens is not None:
+            n_cls = p.num_class_tokens
+            x = ops.concatenate([x[:, :n_cls], per_image(self.register_tokens), x[:, n_cls:]], 1)
+        rope = None if self.periods is None else rope_sin_cos(self.periods, grid)
         kept, means = [], []
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             want = attention == "all" or (attention == "last" and i == last)
-            x, probs = block(x, return_probs=want or rollout)
+            x, probs = block(x, rope=rope, num_prefix=p.num_prefix_tokens,
+                             return_probs=want or rollout)
             if want:
                 kept.append(probs)
             if rollout:
                 means.append(ops.mean(probs, axis=1))
+        if tokens:
+            prenorm = x[:, p.num_prefix_tokens :]
         x = self.norm(x)
         out = {"features": x[:, 0], "attention": kept}
         if rollout:
             out["rollout"] = cls_rollout(means)
+        if tokens:
+            out["patch_tokens"] = x[:, p.num_prefix_tokens :]
+            out["patch_norms"] = ops.sqrt(ops.sum(ops.square(prenorm), axis=-1))
         if self.heads:
             logits = [head(x[:, i]) for i, head in enumerate(self.heads)]
             out["logits"] = logits[0] if len(logits) == 1 else (logits[0] + logits[1]) / 2
@@ -173,53 +204,59 @@ class ViT(keras.Model):
 
     # -- checkpoint mapping -------------------------------------------------------------------
 
-    def checkpoint_layout(self):
-        """Map each canonical (timm/DINO) checkpoint name to ``(variable, to_keras)``, where
-        ``to_keras`` turns the checkpoint's torch-layout array into the variable's layout."""
-        p, d = self.preset.patch_size, self.preset.embed_dim
+    def checkpoint_layout(self) -> dict[str, Slot]:
+        """Each canonical checkpoint name (the official repositories' names: timm's and DINO's,
+        DINOv2's ``ls1.gamma``, ``register_tokens``, ``mlp.w12``/``w3``, DINOv3's
+        ``rope_embed.periods`` and ``attn.qkv.bias_mask``) -> its :class:`Slot`."""
+        p, d, p_mlp = self.preset.patch_size, self.preset.embed_dim, self.preset.mlp
 
         def linear(prefix, dense):
+            (fan_in, fan_out) = dense.kernel.shape
             return {
-                f"{prefix}.weight": (dense.kernel, np.transpose),
-                f"{prefix}.bias": (dense.bias, None),
+                f"{prefix}.weight": Slot(dense.kernel, (fan_out, fan_in), np.transpose,
+                                         np.transpose),
+                f"{prefix}.bias": Slot(dense.bias, (fan_out,)),
             }
 
-        def norm(prefix, ln):
-            return {f"{prefix}.weight": (ln.gamma, None), f"{prefix}.bias": (ln.beta, None)}
+        def vector(prefix, weights):
+            return {f"{prefix}.{name}": Slot(w, tuple(w.shape)) for name, w in weights.items()}
 
         def conv_to_dense(w):  # (D, 3, p, p) -> (p*p*3, D), patches flattened (row, col, ch)
-            return np.transpose(w, (2, 3, 1, 0)).reshape(p * p * w.shape[1], d)
+            return np.transpose(w, (2, 3, 1, 0)).reshape(p * p * 3, d)
+
+        def dense_to_conv(k):
+            return k.reshape(p, p, 3, d).transpose(3, 2, 0, 1)
 
         layout = {
-            "pos_embed": (self.pos_embed, None),
-            "patch_embed.proj.weight": (self.patch_embed.proj.kernel, conv_to_dense),
-            "patch_embed.proj.bias": (self.patch_embed.proj.bias, None),
-            **norm("norm", self.norm),
+            "patch_embed.proj.weight": Slot(self.patch_embed.proj.kernel, (d, 3, p, p),
+                                            conv_to_dense, dense_to_conv),
+            "patch_embed.proj.bias": Slot(self.patch_embed.proj.bias, (d,)),
+            **vector("norm", {"weight": self.norm.gamma, "bias": self.norm.beta}),
         }
-        for name, i in (("cls_token", 0), ("dist_token", 1))[: self.preset.num_class_tokens]:
-            layout[name] = (self.class_tokens, i)  # one slot of the class-token array
+        for token in self.class_tokens:
+            layout[token.name] = Slot(token, (1, 1, d))
+        if self.register_tokens is not None:
+            layout["register_tokens"] = Slot(self.register_tokens, tuple(self.register_tokens.shape))
+        if self.pos_embed is not None:
+            layout["pos_embed"] = Slot(self.pos_embed, tuple(self.pos_embed.shape))
+        if self.periods is not None:
+            layout["rope_embed.periods"] = Slot(self.periods, tuple(self.periods.shape))
         for i, b in enumerate(self.blocks):
-            layout.update(norm(f"blocks.{i}.norm1", b.norm1))
-            layout.update(linear(f"blocks.{i}.attn.qkv", b.attn.qkv))
-            layout.update(linear(f"blocks.{i}.attn.proj", b.attn.proj))
-            layout.update(norm(f"blocks.{i}.norm2", b.norm2))
-            layout.update(linear(f"blocks.{i}.mlp.fc1", b.mlp.fc1))
-            layout.update(linear(f"blocks.{i}.mlp.fc2", b.mlp.fc2))
+            at = f"blocks.{i}."
+            layout.update(vector(at + "norm1", {"weight": b.norm1.gamma, "bias": b.norm1.beta}))
+            layout.update(linear(at + "attn.qkv", b.attn.qkv))
+            if b.attn.bias_mask is not None:
+                layout[at + "attn.qkv.bias_mask"] = Slot(b.attn.bias_mask, (3 * d,))
+            layout.update(linear(at + "attn.proj", b.attn.proj))
+            layout.update(vector(at + "norm2", {"weight": b.norm2.gamma, "bias": b.norm2.beta}))
+            for name in ("w12", "w3") if p_mlp == "swiglu" else ("fc1", "fc2"):
+                layout.update(linear(f"{at}mlp.{name}", getattr(b.mlp, name)))
+            for ls in (b.ls1, b.ls2):
+                if ls is not None:
+                    layout[f"{at}{ls.name}.gamma"] = Slot(ls.gamma, (d,))
         for head in self.heads:
             layout.update(linear(head.name, head))
         return layout
-
-
-def _expected_shape(variable, transform, p, d):
-    """Torch-layout shape a checkpoint tensor must have for ``variable``."""
-    shape = tuple(variable.shape)
-    if isinstance(transform, int):
-        return (1, 1, shape[-1])
-    if transform is np.transpose:
-        return shape[::-1]
-    if transform is not None:  # patch projection: conv weight (D, 3, p, p)
-        return (d, shape[0] // (p * p), p, p)
-    return shape
 
 
 def load_state_dict(model: ViT, state: dict, source="checkpoint"):
@@ -232,12 +269,11 @@ def load_state_dict(model: ViT, state: dict, source="checkpoint"):
     attention map into NaN, so they are refused rather than rendered.
     """
     layout = model.checkpoint_layout()
-    p, d = model.preset.patch_size, model.preset.embed_dim
     missing = sorted(set(layout) - set(state))
     extra = sorted(set(state) - set(layout))
     bad_shape, bad_dtype, non_finite = [], [], []
     for name in sorted(set(layout) & set(state)):
-        want = _expected_shape(*layout[name], p, d)
+        want = layout[name].shape
         value = np.asarray(state[name])
         if value.shape != want:
             bad_shape.append(f"{name} {value.shape} != {want}")
@@ -255,30 +291,31 @@ def load_state_dict(model: ViT, state: dict, source="checkpoint"):
         raise VidattnError(
             f"does not fit preset {model.preset.name!r}: " + "; ".join(problems), path=source
         )
-    class_tokens = np.array(model.class_tokens.numpy())
-    for name, (variable, transform) in layout.items():
-        value = np.asarray(state[name], np.float32)
-        if isinstance(transform, int):
-            class_tokens[:, transform] = value[:, 0]
+    for name, slot in layout.items():
+        slot.variable.assign(slot.to_keras(np.asarray(state[name], np.float32)))
+
+
+def randomize(model: ViT, seed: int | None = 0):
+    """Give ``model`` random weights drawn from ``seed`` alone, the same on every backend and
+    every run: timm's ViT initialisation (truncated normal of std 0.02 within two stds for
+    matrices, tokens and positions; zero biases; unit norms and LayerScale). RoPE periods and
+    the key-bias mask keep the values the family's code gives them."""
+    rng = np.random.default_rng(seed)
+    for name, slot in model.checkpoint_layout().items():
+        if name.endswith((".periods", ".bias_mask")):
+            continue
+        if name.endswith((".bias", "norm.weight", "norm1.weight", "norm2.weight", ".gamma")):
+            value = np.full(slot.shape, 0.0 if name.endswith(".bias") else 1.0)
         else:
-            variable.assign(value if transform is None else transform(value))
-    model.class_tokens.assign(class_tokens)
+            value = np.clip(rng.standard_normal(slot.shape), -2, 2) * 0.02
+        slot.variable.assign(slot.to_keras(value.astype(np.float32)))
 
 
 def export_state_dict(model: ViT, dtype=np.float32) -> dict[str, np.ndarray]:
     """The backbone's weights under canonical names in torch layouts: the inverse of
-    ``load_state_dict`` (kernels transposed, the patch projection back to ``(D, 3, p, p)``, the
-    class-token array split into ``cls_token`` and ``dist_token``). What an official ``.pth`` or
-    a timm safetensors file of the same model holds."""
-    p, d = model.preset.patch_size, model.preset.embed_dim
-    state = {}
-    for name, (variable, to_keras) in model.checkpoint_layout().items():
-        value = np.asarray(variable.numpy())
-        if isinstance(to_keras, int):
-            value = value[:, to_keras : to_keras + 1]
-        elif to_keras is np.transpose:
-            value = value.T
-        elif to_keras is not None:  # (p*p*3, D) kernel -> conv weight (D, 3, p, p)
-            value = value.reshape(p, p, 3, d).transpose(3, 2, 0, 1)
-        state[name] = np.ascontiguousarray(value, dtype=dtype)
-    return state
+    ``load_state_dict``. What an official ``.pth`` or a timm safetensors file of the same model
+    holds (DINOv2/DINOv3 files add a ``mask_token`` that inference never uses)."""
+    return {
+        name: np.ascontiguousarray(slot.from_keras(np.asarray(slot.variable.numpy())), dtype=dtype)
+        for name, slot in model.checkpoint_layout().items()
+    }

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from vidattn import attention as am
-from vidattn import render
+from vidattn import draw
 from vidattn.errors import VidattnError
 from vidattn.options import VideoOptions
 from vidattn.preprocess import prepare_frames, resize_frame, video_geometry
@@ -151,7 +151,7 @@ class MapMaker:
 
     def __init__(self, model, opts: VideoOptions, grid_hw, layout: MapLayout):
         self.model, self.opts, self.grid_hw, self.layout = model, opts, grid_hw, layout
-        self.n_cls = model.preset.num_class_tokens
+        self.n_prefix = model.preset.num_prefix_tokens
         depth = model.preset.depth
         self._attention = ("none" if not layout.blocks else
                            "last" if layout.blocks == (depth - 1,) else "all")
@@ -167,10 +167,10 @@ class MapMaker:
         attns = dict(zip(self._returned, out["attention"]))
         parts = []
         for block in layout.blocks:
-            maps = am.cls_maps(attns[block][:n], self.n_cls, self.grid_hw)
+            maps = am.cls_maps(attns[block][:n], self.n_prefix, self.grid_hw)
             parts += [maps, am.head_mean(maps)[:, None]]
         if layout.rollout:
-            parts.append(am.rollout_map(out["rollout"][:n], self.n_cls, self.grid_hw)[:, None])
+            parts.append(am.rollout_map(out["rollout"][:n], self.n_prefix, self.grid_hw)[:, None])
         maps = np.ascontiguousarray(np.concatenate(parts, axis=1), np.float32)
         if o.smooth > 1:
             rate = 1.0 / o.smooth
@@ -187,7 +187,7 @@ class FrameRenderer:
 
     Output size for an ``H x W`` frame: ``mean``, ``masks``, ``rollout``: ``H x W``;
     ``side-by-side``: the frame and the overlay with a 2-pixel gap, ``H x (2W + 2)``; ``heads``: a
-    grid (``render.grid_shape``, ``cols = ceil(sqrt(heads))``) of panels, each the frame scaled by
+    grid (``draw.grid_shape``, ``cols = ceil(sqrt(heads))``) of panels, each the frame scaled by
     ``max(1 / cols, min(1, 240 / min(H, W)))``. The writer pads an odd side by one pixel.
     Captions: head numbers, the frame time (bottom right) and, always, for random weights, a
     RANDOM WEIGHTS label (bottom left), so an untrained model's maps are never mistaken for a real
@@ -197,14 +197,14 @@ class FrameRenderer:
     def __init__(self, model, opts: VideoOptions, geometry):
         self.opts, self.geometry = opts, geometry
         self.patch = model.preset.patch_size
-        self.lut = render.colormap_lut(opts.colormap)
+        self.lut = draw.colormap_lut(opts.colormap)
         self.random_label = "RANDOM WEIGHTS (untrained)" if model.is_random else None
         heads = model.preset.num_heads
         self.cols = math.ceil(math.sqrt(heads))
-        self.mask_colors = render.head_colors(heads)
+        self.mask_colors = draw.head_colors(heads)
 
     def _heat(self, grid_map, out_hw):
-        return render.map_to_frame(grid_map, out_hw, self.geometry.resized_hw, self.patch)
+        return draw.map_to_frame(grid_map, out_hw, self.geometry.resized_hw, self.patch)
 
     def __call__(self, image, maps, pts_s):
         o = self.opts
@@ -216,21 +216,21 @@ class FrameRenderer:
             small = resize_frame(image, (ph, pw))
             panels = []
             for k, m in enumerate(maps):
-                panel = render.overlay(small, self._heat(m, (ph, pw)), self.lut, o.alpha)
-                panels.append(render.caption(panel, f"head {k}") if o.captions else panel)
-            out = render.grid(panels, cols=self.cols)
+                panel = draw.overlay(small, self._heat(m, (ph, pw)), self.lut, o.alpha)
+                panels.append(draw.caption(panel, f"head {k}") if o.captions else panel)
+            out = draw.grid(panels, cols=self.cols)
         elif o.view == "masks":
             masks = am.threshold_masks(maps[None], keep=o.threshold)[0]
-            out = render.draw_masks(image, masks, self.mask_colors, o.alpha, self.patch,
+            out = draw.draw_masks(image, masks, self.mask_colors, o.alpha, self.patch,
                                     self.geometry.resized_hw)
         else:
-            out = render.overlay(image, self._heat(maps[0], (h, w)), self.lut, o.alpha)
+            out = draw.overlay(image, self._heat(maps[0], (h, w)), self.lut, o.alpha)
             if o.view == "side-by-side":
-                out = render.side_by_side(image, out)
+                out = draw.side_by_side(image, out)
         if o.captions:
-            out = render.caption(out, f"t={pts_s:.2f}s", corner="br")
+            out = draw.caption(out, f"t={pts_s:.2f}s", corner="br")
         if self.random_label:
-            out = render.caption(out, self.random_label, corner="bl")
+            out = draw.caption(out, self.random_label, corner="bl")
         return out
 
 

@@ -9,8 +9,9 @@ Beside the image's figures (``OUTDIR/<stem>/``)::
     viewer/rollout.js        the rollout matrix's rows over the patch keys (``rollout_matrix``)
 
 A block's chunk is ``heads * T`` float32 scales, then ``heads * T * P`` bytes, each row as bytes of
-its own maximum over the patches (``pages.quantize``; the class tokens' columns, which no map
-shows, are left out); rollout's is ``T`` scales and ``T * P`` bytes. So the data is
+its own maximum over the patches (``pages.quantize``; the columns of the prefix tokens, class
+tokens and registers, which no map shows, are left out); rollout's is ``T`` scales and ``T * P``
+bytes. So the data is
 ``(depth * heads + 1) * T * (P + 4)`` bytes, a third more in base64: about 2.9 MB for ViT-S/16 at
 224 (T = 197) and 89 MB for ViT-B/8 (T = 785). The page loads the block it shows, when it shows it.
 
@@ -55,7 +56,7 @@ def write_image_viewer(model, image, outdir, size: int = DEFAULT_SIZE,
     name = name or (Path(image).name if not isinstance(image, np.ndarray) else "image")
     p = model.preset
     out = model.run(preprocess_image(pixels, p.preprocessing, size), attention="all")
-    attns, n_cls = out["attention"], p.num_class_tokens
+    attns, n_prefix = out["attention"], p.num_prefix_tokens
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     temp = temporary_folder(outdir / DATA_FOLDER)
@@ -63,10 +64,10 @@ def write_image_viewer(model, image, outdir, size: int = DEFAULT_SIZE,
         Image.fromarray(display_image(pixels, size)).save(temp / IMAGE_NAME, format="PNG")
         keys = []
         for b, attn in enumerate(attns):
-            data, scales = quantize(attn[0, :, :, n_cls:])
+            data, scales = quantize(attn[0, :, :, n_prefix:])
             keys.append(f"block-{b:02d}")
             write_chunk(temp, keys[-1], scales, data)
-        data, scales = quantize(am.rollout_matrix(attns)[0, :, n_cls:])
+        data, scales = quantize(am.rollout_matrix(attns)[0, :, n_prefix:])
         write_chunk(temp, "rollout", scales, data)
         publish_folder(temp, outdir / DATA_FOLDER)
     except BaseException:
@@ -75,7 +76,7 @@ def write_image_viewer(model, image, outdir, size: int = DEFAULT_SIZE,
     grid = size // p.patch_size
     meta = page_meta(
         model, kind="image", source=name, image=f"{DATA_FOLDER}/{IMAGE_NAME}", size=size,
-        grid=[grid, grid], tokens=n_cls + grid * grid,
+        grid=[grid, grid], tokens=n_prefix + grid * grid,
         chunks={"folder": DATA_FOLDER, "blocks": keys, "rollout": "rollout"},
         colormaps=colormap_tables(),
         defaults={"colormap": "inferno", "alpha": ALPHA, "threshold": threshold, "mode": "heat"},

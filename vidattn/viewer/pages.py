@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidattn import render
+from vidattn import draw
 from vidattn.io import atomic_path
 
 __all__ = [
@@ -54,7 +54,7 @@ def colormap_tables(extra: str | None = None) -> dict[str, str]:
     """``{name: base64 of its (256, 3) uint8 LUT}`` for ``COLORMAPS`` and ``extra`` (the one the
     run was asked for, any matplotlib name): the pages colour exactly as the rendered videos."""
     names = COLORMAPS if extra in (None, *COLORMAPS) else (extra, *COLORMAPS)
-    return {n: base64.b64encode(render.colormap_lut(n).tobytes()).decode("ascii") for n in names}
+    return {n: base64.b64encode(draw.colormap_lut(n).tobytes()).decode("ascii") for n in names}
 
 
 def page_meta(model, **fields) -> dict:
@@ -64,7 +64,7 @@ def page_meta(model, **fields) -> dict:
     return {
         "model": p.name, "weights": model.weights_label, "random": model.is_random,
         "patch": p.patch_size, "depth": p.depth, "heads": p.num_heads,
-        "class_tokens": p.num_class_tokens, "head_colors": render.head_colors(p.num_heads),
+        "prefix_tokens": p.num_prefix_tokens, "head_colors": draw.head_colors(p.num_heads),
         **fields,
     }
 

@@ -16,73 +16,33 @@ The official DINO ``.pth`` and timm's safetensors are already in it. Hugging Fac
 
 from __future__ import annotations
 
-import collections
 import re
 
-import numpy as np
+from vidattn.models.families.keys import rename, renames
 
-from vidattn.errors import VidattnError
-from vidattn.models.formats import LazyTensor, load_tensor
-
-# Hugging Face ViT/DeiT names (after the ``vit.``/``deit.`` prefix) -> canonical names.
 _LAYER, _WB = r"encoder\.layer\.(\d+)\.", r"\.(weight|bias)"
-_HF_RENAMES = [
-    (re.compile(pattern), replacement)
-    for pattern, replacement in (
-        (r"embeddings\.cls_token", "cls_token"),
-        (r"embeddings\.distillation_token", "dist_token"),
-        (r"embeddings\.position_embeddings", "pos_embed"),
-        (r"embeddings\.patch_embeddings\.projection" + _WB, r"patch_embed.proj.\1"),
-        (_LAYER + r"layernorm_before" + _WB, r"blocks.\1.norm1.\2"),
-        (_LAYER + r"layernorm_after" + _WB, r"blocks.\1.norm2.\2"),
-        (_LAYER + r"attention\.output\.dense" + _WB, r"blocks.\1.attn.proj.\2"),
-        (_LAYER + r"intermediate\.dense" + _WB, r"blocks.\1.mlp.fc1.\2"),
-        (_LAYER + r"output\.dense" + _WB, r"blocks.\1.mlp.fc2.\2"),
-        (r"layernorm" + _WB, r"norm.\1"),
-        (r"(?:cls_)?classifier" + _WB, r"head.\1"),
-        (r"distillation_classifier" + _WB, r"head_dist.\1"),
-    )
-]
-_HF_QKV = re.compile(_LAYER + r"attention\.attention\.(query|key|value)" + _WB)
+HF_RENAMES = renames([  # Hugging Face ViT/DeiT names (after the vit./deit. prefix) -> canonical
+    (r"embeddings\.cls_token", "cls_token"),
+    (r"embeddings\.distillation_token", "dist_token"),
+    (r"embeddings\.position_embeddings", "pos_embed"),
+    (r"embeddings\.patch_embeddings\.projection" + _WB, r"patch_embed.proj.\1"),
+    (_LAYER + r"layernorm_before" + _WB, r"blocks.\1.norm1.\2"),
+    (_LAYER + r"layernorm_after" + _WB, r"blocks.\1.norm2.\2"),
+    (_LAYER + r"attention\.output\.dense" + _WB, r"blocks.\1.attn.proj.\2"),
+    (_LAYER + r"intermediate\.dense" + _WB, r"blocks.\1.mlp.fc1.\2"),
+    (_LAYER + r"output\.dense" + _WB, r"blocks.\1.mlp.fc2.\2"),
+    (r"layernorm" + _WB, r"norm.\1"),
+    (r"(?:cls_)?classifier" + _WB, r"head.\1"),
+    (r"distillation_classifier" + _WB, r"head_dist.\1"),
+])
+HF_QKV = re.compile(_LAYER + r"attention\.attention\.(query|key|value)" + _WB)
 _HF_UNUSED = re.compile(r"pooler\.|embeddings\.mask_token$")  # not part of the forward pass
 _HF_MARKER = re.compile(r"((vit|deit)\.)?embeddings\.patch_embeddings\.")
 
 
-def fuse_qkv(parts: dict, name: str, path):
-    """One lazy ``qkv`` tensor from ``{"query"|"key"|"value": tensor}``, rows q, k, v as timm and
-    the official code store them; raises naming ``name`` when a part is missing."""
-    if len(parts) != 3:
-        found = "/".join(sorted(parts))
-        raise VidattnError(f"{name}: found only {found} of query/key/value", path)
-    return LazyTensor(lambda: np.concatenate([load_tensor(parts[k])
-                                              for k in ("query", "key", "value")]))
-
-
-def rename(tensors, renames, qkv_pattern, unused, path):
-    """Rename keys by the first matching ``(pattern, replacement)`` of ``renames``, drop keys
-    matching ``unused``, and fuse the separate query/key/value that ``qkv_pattern`` matches
-    (groups: layer, query|key|value, weight|bias) into ``blocks.{i}.attn.qkv.*``. Keys matching
-    nothing pass through."""
-    out, qkv = {}, collections.defaultdict(dict)
-    for key, value in tensors.items():
-        if unused.match(key):
-            continue
-        if m := qkv_pattern.fullmatch(key):
-            qkv[f"blocks.{m[1]}.attn.qkv.{m[3]}"][m[2]] = value
-            continue
-        for pattern, replacement in renames:
-            if pattern.fullmatch(key):
-                key = pattern.sub(replacement, key)
-                break
-        out[key] = value
-    for name, parts in qkv.items():
-        out[name] = fuse_qkv(parts, name, path)
-    return out
-
-
-def to_canonical(tensors, path):
+def to_canonical(tensors, preset, path):
     """Hugging Face ViT/DeiT names -> canonical; DINO and timm files pass unchanged."""
     if not any(_HF_MARKER.match(k) for k in tensors):
         return tensors
     tensors = {re.sub(r"^(vit|deit)\.", "", k): v for k, v in tensors.items()}
-    return rename(tensors, _HF_RENAMES, _HF_QKV, _HF_UNUSED, path)
+    return rename(tensors, HF_RENAMES, HF_QKV, _HF_UNUSED, path)

@@ -4,7 +4,7 @@
   const $ = (id) => document.getElementById(id);
   const stage = $("stage"), canvas = $("overlay");
   const [gh, gw] = info.grid, cells = gh * gw, T = info.tokens, H = info.heads;
-  const nCls = info.class_tokens, CANVAS_SIDE = 768;
+  const nPrefix = info.prefix_tokens, CANVAS_SIDE = 768;
 
   canvas.width = canvas.height = CANVAS_SIDE;
   stage.style.aspectRatio = `${gw} / ${gh}`;
@@ -74,7 +74,7 @@
   }
 
   function outlineQuery() {
-    const q = state.query - nCls;
+    const q = state.query - nPrefix;
     if (q < 0) return;
     const ctx = overlay.ctx, w = canvas.width / gw, h = canvas.height / gh;
     const x = (q % gw) * w, y = Math.floor(q / gw) * h;
@@ -88,7 +88,7 @@
   }
 
   function describeQuery() {
-    const q = state.query - nCls;
+    const q = state.query - nPrefix;
     $("query").textContent = q < 0
       ? "query: the CLS token (click a patch to see its row)"
       : `query: patch row ${Math.floor(q / gw)}, column ${q % gw}`;
@@ -128,7 +128,7 @@
   stage.addEventListener("click", (e) => {
     const cell = VA.cellAt(e, stage, gh, gw, gh, gw);
     if (!cell) return;
-    state.query = nCls + cell.row * gw + cell.col;
+    state.query = nPrefix + cell.row * gw + cell.col;
     sync();
     render();
   });

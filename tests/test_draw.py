@@ -1,11 +1,10 @@
-"""vidattn.render: matplotlib-exact colours, map-to-frame geometry, blends, layouts, captions."""
+"""vidattn.draw: matplotlib-exact colours, map-to-frame geometry, blends, layouts, captions."""
 
 import matplotlib
 import numpy as np
 import pytest
 
-from vidattn.errors import VidattnError
-from vidattn.render import (
+from vidattn.draw import (
     apply_colormap,
     caption,
     colormap_lut,
@@ -16,6 +15,7 @@ from vidattn.render import (
     overlay,
     side_by_side,
 )
+from vidattn.errors import VidattnError
 
 
 def random_frame(h, w, seed=0):
