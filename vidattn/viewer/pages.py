@@ -100,6 +100,7 @@ def write_page(path, title: str, body: str, meta: dict | None = None,
 
 def write_viewer_page(path, kind: str, title: str, meta: dict) -> Path:
     """A viewer page: the shared header (title, model, RANDOM banner, status line), then
-    ``static/KIND.html`` run by ``static/KIND.js`` (kind: video or image)."""
-    return write_page(path, title, _asset("header.html") + _asset(f"{kind}.html"), meta,
-                      f"{kind}.js")
+    ``static/KIND.html`` with the shared controls (``controls.html``) in it, run by
+    ``static/KIND.js`` (kind: video or image)."""
+    body = _asset(f"{kind}.html").replace("@@CONTROLS@@", _asset("controls.html"))
+    return write_page(path, title, _asset("header.html") + body, meta, f"{kind}.js")

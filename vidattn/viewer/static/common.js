@@ -174,6 +174,39 @@ const VA = (() => {
     select.value = String(chosen);
   }
 
+  /** [value, label] choices of the map control: the mean of the heads, then each head. */
+  function headChoices(heads) {
+    const choices = [["mean", "mean of the heads"]];
+    for (let h = 0; h < heads; h++) choices.push([h, `head ${h}`]);
+    return choices;
+  }
+
+  /** The block control's label of block b of a model `depth` blocks deep. */
+  const blockLabel = (b, depth) => `block ${b}${b === depth - 1 ? " (last)" : ""}`;
+
+  /** Wire the controls both viewers share (block, map, mode, colormap, opacity, mask share):
+   * their first values from `state`; a change stores the control's value into `state` (a number
+   * for the sliders, else the option's value as text) and calls `changed()`, which redraws. */
+  function controls(info, state, changed) {
+    const $ = (id) => document.getElementById(id);
+    options($("colormap"), Object.keys(info.colormaps).map((n) => [n, n]), state.colormap);
+    for (const id of ["mode", "alpha", "threshold"]) $(id).value = String(state[id]);
+    const sliders = new Set(["alpha", "threshold"]);
+    const show = () => {
+      $("alpha-out").textContent = `${Math.round(100 * state.alpha)} %`;
+      $("threshold-out").textContent = `${Math.round(100 * state.threshold)} %`;
+      $("threshold").disabled = state.mode !== "mask";
+    };
+    for (const id of ["block", "map", "mode", "colormap", "alpha", "threshold"]) {
+      $(id).addEventListener("input", (e) => {
+        state[id] = sliders.has(id) ? Number(e.target.value) : e.target.value;
+        show();
+        changed();
+      });
+    }
+    show();
+  }
+
   /** The header every page shares: title, model line, the RANDOM banner. */
   function header(info, title) {
     document.getElementById("title").textContent = title;
@@ -190,5 +223,8 @@ const VA = (() => {
 
   const fmt = (v) => (v === 0 ? "0" : Math.abs(v) >= 0.01 ? v.toFixed(4) : v.toExponential(2));
 
-  return { load, forget, meta, lut, keepMass, Overlay, cellAt, options, header, fail, fmt };
+  return {
+    load, forget, meta, lut, keepMass, Overlay, cellAt, options, headChoices, blockLabel,
+    controls, header, fail, fmt,
+  };
 })();

@@ -97,33 +97,14 @@
   // -- controls -------------------------------------------------------------------------------
   VA.header(info, info.source);
   $("image").src = info.image;
-  const blocks = [];
-  for (let b = 0; b < info.depth; b++) blocks.push([b, `block ${b}${b === info.depth - 1 ? " (last)" : ""}`]);
-  blocks.push(["rollout", "rollout (all blocks)"]);
-  VA.options($("block"), blocks, state.block);
-  const maps = [["mean", "mean of the heads"]];
-  for (let h = 0; h < H; h++) maps.push([h, `head ${h}`]);
-  VA.options($("map"), maps, state.map);
-  VA.options($("colormap"), Object.keys(info.colormaps).map((n) => [n, n]), state.colormap);
-  $("mode").value = state.mode;
-  $("alpha").value = String(state.alpha);
-  $("threshold").value = String(state.threshold);
-
-  function sync() {
-    $("alpha-out").textContent = `${Math.round(100 * state.alpha)} %`;
-    $("threshold-out").textContent = `${Math.round(100 * state.threshold)} %`;
-    $("threshold").disabled = state.mode !== "mask";
+  const blocks = Array.from({ length: info.depth }, (_, b) => [b, VA.blockLabel(b, info.depth)]);
+  VA.options($("block"), [...blocks, ["rollout", "rollout (all blocks)"]], state.block);
+  VA.options($("map"), VA.headChoices(H), state.map);
+  const sync = () => {
     $("map").disabled = state.block === "rollout";
     describeQuery();
-  }
-  const controls = {
-    block: (v) => { state.block = v; }, map: (v) => { state.map = v; },
-    mode: (v) => { state.mode = v; }, colormap: (v) => { state.colormap = v; },
-    alpha: (v) => { state.alpha = Number(v); }, threshold: (v) => { state.threshold = Number(v); },
   };
-  for (const [id, set] of Object.entries(controls)) {
-    $(id).addEventListener("input", (e) => { set(e.target.value); sync(); render(); });
-  }
+  VA.controls(info, state, () => { sync(); render(); });
   $("cls").addEventListener("click", () => { state.query = 0; sync(); render(); });
   stage.addEventListener("click", (e) => {
     const cell = VA.cellAt(e, stage, gh, gw, gh, gw);

@@ -46,7 +46,7 @@
   /** Which of a frame's K maps the controls choose. */
   function mapIndex() {
     if (state.map === "rollout") return K - 1;
-    const base = state.block * (H + 1);
+    const base = Number(state.block) * (H + 1);
     return state.map === "mean" ? base + H : base + Number(state.map);
   }
 
@@ -139,32 +139,16 @@
 
   // -- controls -------------------------------------------------------------------------------
   VA.header(info, info.source);
-  VA.options($("block"), info.blocks.map((b, i) => [i, `block ${b}${b === info.depth - 1 ? " (last)" : ""}`]), state.block);
-  $("block").disabled = info.blocks.length < 2;
-  const maps = [["mean", "mean of the heads"]];
-  for (let h = 0; h < H; h++) maps.push([h, `head ${h}`]);
+  VA.options($("block"), info.blocks.map((b, i) => [i, VA.blockLabel(b, info.depth)]),
+             state.block);
+  const maps = VA.headChoices(H);
   if (info.rollout) maps.push(["rollout", "rollout (all blocks)"]);
   VA.options($("map"), maps, state.map);
-  VA.options($("colormap"), Object.keys(info.colormaps).map((n) => [n, n]), state.colormap);
-  $("mode").value = state.mode;
-  $("alpha").value = String(state.alpha);
-  $("threshold").value = String(state.threshold);
   $("scrub").max = String(count - 1);
-
-  function sync() {
-    $("alpha-out").textContent = `${Math.round(100 * state.alpha)} %`;
-    $("threshold-out").textContent = `${Math.round(100 * state.threshold)} %`;
-    $("threshold").disabled = state.mode !== "mask";
+  const sync = () => {
     $("block").disabled = info.blocks.length < 2 || state.map === "rollout";
-  }
-  const controls = {
-    block: (v) => { state.block = Number(v); }, map: (v) => { state.map = v; },
-    mode: (v) => { state.mode = v; }, colormap: (v) => { state.colormap = v; },
-    alpha: (v) => { state.alpha = Number(v); }, threshold: (v) => { state.threshold = Number(v); },
   };
-  for (const [id, set] of Object.entries(controls)) {
-    $(id).addEventListener("input", (e) => { set(e.target.value); sync(); render(); });
-  }
+  VA.controls(info, state, () => { sync(); render(); });
   sync();
   $("play").addEventListener("click", togglePlay);
   $("prev").addEventListener("click", () => step(-1));
@@ -193,7 +177,7 @@
     const v = values[cell.row * gw + cell.col];
     const what = state.map === "rollout" ? "rollout (1 = its peak)"
       : `CLS attention, ${state.map === "mean" ? "mean of the heads" : `head ${state.map}`}, ` +
-        `block ${info.blocks[state.block]}`;
+        `block ${info.blocks[Number(state.block)]}`;
     $("cursor").textContent = `patch row ${cell.row}, column ${cell.col}: ${VA.fmt(v)} · ${what}`;
   }
   stage.addEventListener("pointermove", (e) => { state.pointer = e; readPointer(); });
