@@ -274,3 +274,27 @@ def test_image_command_adds_a_viewer_linked_from_the_index(tmp_path, monkeypatch
                                                         "viewer.html"]
     assert 'href="grey/viewer.html">viewer</a>' in (tmp_path / "out" / "index.html").read_text()
     assert math.isclose(read_meta(folder / "viewer.html")["size"], 64)
+
+
+def test_prefix_tokens_stay_out_of_the_viewers(tmp_path):
+    """Registers take part in attention but never appear in a map: the image viewer's rows and
+    the video viewer's maps are over the patches, and still peak on the planted red."""
+    planted = planted_model(registers=2)
+    pixels = np.full((256, 256, 3), 90, np.uint8)
+    pixels[48:80, 176:208] = (255, 0, 0)  # in the 224 crop: patches (2..3, 10..11)
+    page = write_image_viewer(planted, pixels, tmp_path / "img", size=224)
+    meta = read_meta(page)
+    t, p = 1 + 2 + 196, 196
+    assert (meta["tokens"], meta["prefix_tokens"]) == (t, 3)
+    raw = read_chunk(page.parent / "viewer" / "block-01.js")
+    assert len(raw) == 2 * t * (p + 4)
+    cls_row = np.frombuffer(raw[4 * 2 * t:], np.uint8).reshape(2, t, 14, 14)[0, 0]
+    assert set(zip(*np.nonzero(cls_row == 255))) <= {(2, 10), (2, 11), (3, 10), (3, 11)}
+    made = make_video(tmp_path / "sq.mp4", n_frames=4, size=(96, 64), square_size=32)
+    render_video(planted, made.path, None, VideoOptions(size=64, viewer=tmp_path / "v",
+                                                        progress=False))
+    scales, maps = video_maps(tmp_path / "v")
+    assert maps.shape == (4, 3, 4, 6)
+    for frame_maps, (cx, cy) in zip(maps, made.centres):
+        row, col = np.unravel_index(frame_maps[2].argmax(), (4, 6))
+        assert abs((col + 0.5) * 16 - cx) <= 24 and abs((row + 0.5) * 16 - cy) <= 24
