@@ -2,7 +2,7 @@
 """Benchmark vidattn on this machine and print one table (also written as JSON).
 
     python scripts/bench.py [--quick]
-        [--only startup,model,torch,families,ceiling,e2e,memory,fullres,rollout,batch]
+        [--only startup,model,torch,families,ceiling,e2e,memory,fullres,rollout,batch,viewer]
         [--json out/bench.json] [--cache out/bench-cache]
 
 Parts (all by default, in this order):
@@ -41,6 +41,10 @@ Parts (all by default, in this order):
   Ray instance started for it, each worker loading the model): both throughputs, Ray's start-up,
   the Ray run's throughput once its workers are up, and Ray's overhead per file (from handing a
   file out to its record on the driver, less the worker's own time on it). Needs vidattn[ray].
+- ``viewer``: ``vidattn video --viewer`` on a one-minute 640x360 clip at 30 fps (render rate,
+  the size of its map data and video), the page's load time in headless Chromium (navigation
+  timing, and the mark the page sets when it has drawn its first overlay), and the image
+  viewer's data of dino_vits16 and dino_vitb8 at 224 (every block's T x T attention).
 
 The backend is KERAS_BACKEND's (TensorFlow by default); nothing here needs TensorFlow itself.
 Generated clips are cached in ``--cache``. ``--quick`` is a smoke run: few iterations, short
@@ -78,7 +82,7 @@ from vidattn.preprocess import video_geometry  # noqa: E402
 from vidattn.runtime import keep_freed_memory  # noqa: E402
 
 PARTS = ("startup", "model", "torch", "families", "ceiling", "e2e", "memory", "fullres", "rollout",
-         "batch")
+         "batch", "viewer")
 FAMILY_PRESETS = ("dinov2_vits14_reg", "dinov3_vits16")
 FAMILY_HW = ((224, 224), (224, 400))  # the width is rounded down to whole patches (392 at 14)
 PRESET = "dino_vits16"
@@ -90,6 +94,8 @@ MEMORY_HW = (360, 640)  # the memory clip: 20 s, and the same model input size a
 BATCH_CLIPS, BATCH_FRAMES, BATCH_WORKERS = 8, 60, 2  # the batch part: 8 clips of 2 s at MEMORY_HW
 MEMORY_FRAMES = 600
 FPS = 30
+VIEWER_HW, VIEWER_FRAMES = MEMORY_HW, 60 * FPS  # the viewer's clip: one minute
+IMAGE_VIEWER_PRESETS = ("dino_vits16", "dino_vitb8")
 # Model.run arguments by mode: the last block's attention (heads, mean, masks views), none, or
 # the in-graph rollout row (rollout view)
 RUN_MODES = {"last": {"attention": "last"}, "none": {"attention": "none"},
@@ -856,6 +862,78 @@ def part_batch(bench):
     ]
 
 
+# -- part: viewer ----------------------------------------------------------------------------
+
+
+def _megabytes(paths) -> float:
+    return sum(p.stat().st_size for p in paths) / 1e6
+
+
+def part_viewer(bench):
+    """The browser viewer: data sizes, the render with the viewer alone, and the page's load
+    time in the tests' headless Chromium (tests/support/browser.py)."""
+    from tests.support.browser import Browser
+    from vidattn.video.pipeline import render_video
+    from vidattn.viewer.image import write_image_viewer
+
+    frames = 10 * FPS if bench.args.quick else VIEWER_FRAMES
+    clip = bench.clip(VIEWER_HW, frames)
+    model = bench.model(PRESET)
+    p = model.preset
+    size = f"{hw_str(VIEWER_HW)}, {frames / FPS:.0f} s"
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "viewer"
+        start = time.perf_counter()
+        result = render_video(model, clip, None, VideoOptions(viewer=folder, progress=False))
+        seconds = time.perf_counter() - start
+        geo = video_geometry(*VIEWER_HW, p.patch_size, DEFAULT_SIZE)
+        cells = geo.grid_hw[0] * geo.grid_hw[1]
+        data = _megabytes((folder / "data").glob("*.js"))
+        raw = result.frames * (p.num_heads + 1) * (cells + 4) / 1e6
+        every = raw * p.depth  # --viewer-blocks all: every block's heads and mean
+        bench.rows += [
+            Row("viewer alone: render", size, DEFAULT_BATCH, result.frames / seconds, "frames/s",
+                note="--viewer DIR without -o"),
+            Row("viewer: map data (chunk scripts)", size, None, data, "MB", raw, "raw MB",
+                data / raw, note=f"{result.frames} frames x {p.num_heads + 1} maps of "
+                f"{geo.grid_hw[0]}x{geo.grid_hw[1]}; base64; --viewer-blocks all: "
+                f"{every:.0f} MB raw"),
+            Row("viewer: page's video (H.264)", size, None, _megabytes([folder / "video.mp4"]),
+                "MB", note=f"{result.size[0]}x{result.size[1]}, with audio if any"),
+            Row("viewer: index.html", size, None, _megabytes([folder / "index.html"]), "MB",
+                note="inline CSS, scripts, times of every frame"),
+        ]
+        browser = Browser()
+        try:
+            page = browser.open(folder / "index.html")
+            page.wait_for("() => vidattnViewer.state.drawn >= 0 && "
+                          "document.getElementById('video').readyState >= 2")
+            timing = page.evaluate("""() => {
+                const nav = performance.getEntriesByType("navigation")[0];
+                const mark = performance.getEntriesByName("vidattn-first-overlay")[0];
+                return [nav.domContentLoadedEventEnd, nav.loadEventEnd, mark.startTime]; }""")
+        finally:
+            browser.close()
+        for label, ms in zip(("DOMContentLoaded", "load event", "first overlay drawn"), timing):
+            bench.rows.append(Row(f"viewer page: {label}", size, None, ms, "ms",
+                                  note="headless Chromium, file://, from navigation start"))
+        pixels = np.random.default_rng(0).integers(0, 255, (DEFAULT_SIZE, DEFAULT_SIZE, 3),
+                                                   np.uint8)
+        for name in IMAGE_VIEWER_PRESETS:
+            model = vidattn.load_model(name, weights="random")
+            start = time.perf_counter()
+            html = write_image_viewer(model, pixels, Path(tmp) / name, DEFAULT_SIZE)
+            seconds = time.perf_counter() - start
+            q = model.preset
+            tokens = q.num_prefix_tokens + (DEFAULT_SIZE // q.patch_size) ** 2
+            patches = tokens - q.num_prefix_tokens
+            raw = (q.depth * q.num_heads + 1) * tokens * (patches + 4) / 1e6
+            data = _megabytes((html.parent / "viewer").glob("*.js"))
+            bench.rows.append(Row(f"image viewer data: {name}", hw_str((DEFAULT_SIZE,) * 2), 1,
+                                  data, "MB", raw, "raw MB", data / raw,
+                                  note=f"T={tokens}; written in {seconds:.1f} s"))
+
+
 # -- output ----------------------------------------------------------------------------------
 
 
@@ -950,8 +1028,7 @@ def main(argv=None):
     runners = {"startup": part_startup, "model": part_model, "torch": part_torch,
                "families": part_families, "ceiling": part_ceiling,
                "e2e": part_e2e, "memory": part_memory, "fullres": part_fullres,
-               "rollout": part_rollout,
-               "batch": part_batch}
+               "rollout": part_rollout, "batch": part_batch, "viewer": part_viewer}
     for part in PARTS:
         if part not in args.parts:
             continue

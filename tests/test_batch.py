@@ -39,9 +39,9 @@ def _opts(**kw):
 
 
 def _mtimes(outdir):
-    """mtime_ns of every output file (the manifest and the index aside)."""
+    """mtime_ns of every output file (the manifest, the gallery and the probe report aside)."""
     return {p.relative_to(outdir).as_posix(): p.stat().st_mtime_ns for p in outdir.rglob("*")
-            if p.is_file() and p.name not in (vb.MANIFEST, vb.INDEX)}
+            if p.is_file() and p.name not in (vb.MANIFEST, vb.INDEX, vb.gallery.PROBES_REPORT)}
 
 
 def _run(*args):
@@ -81,7 +81,8 @@ def test_tree_failures_resume_and_touch(tmp_path):
     assert "done            8" in summary and "failed          2" in summary
     assert "ignored         1" in summary  # readme.txt; the hidden folder is not counted
     assert "sub/broken.mp4" in summary and "sub/notes.jpg" in summary
-    assert (out / vb.INDEX).is_file() and not (out / vb.pr.MODEL_FOLDER).exists()  # none asked for
+    assert (out / vb.INDEX).is_file() and (out / vb.gallery.PROBES_REPORT).is_file()
+    assert not (out / vb.pr.MODEL_FOLDER).exists()  # none asked for
 
     before = _mtimes(out)
     second = _run(src, "-o", out, *ARGS)
@@ -96,7 +97,7 @@ def test_tree_failures_resume_and_touch(tmp_path):
     redone = [r["input"] for r in manifest(out)[12:] if r["status"] == "ok"]
     assert redone == ["sub/p3.png"]
     changed = {k for k, v in _mtimes(out).items() if before.get(k) != v}
-    assert changed == {"sub/p3/probes.json", "sub/p3/rollout.png"}
+    assert changed == {"sub/p3/probes.json", "sub/p3/rollout.png", "_thumbs/sub/p3.jpg"}
 
 
 def test_fingerprint_follows_each_kinds_options(planted):
@@ -231,7 +232,9 @@ def test_sigterm_stops_after_the_current_file_and_resumes(tmp_path, monkeypatch)
     assert signal.getsignal(signal.SIGTERM) == handler
     assert [(r["input"], r["status"]) for r in manifest(out)] == \
         [("a.mp4", "ok"), ("b.mp4", "interrupted")]
-    assert sorted(p.name for p in out.iterdir()) == ["a.mp4", vb.MANIFEST]  # no partial b
+    assert sorted(p.name for p in out.iterdir()) == \
+        sorted(["a.mp4", vb.MANIFEST, vb.INDEX, vb.gallery.THUMBS_FOLDER])  # no partial b
+    assert [p.name for p in (out / vb.gallery.THUMBS_FOLDER).iterdir()] == ["a.mp4.jpg"]
 
     resumed = _run(src, "-o", out, *ARGS[:-1])
     assert resumed.exit_code == 0 and calls == ["a.mp4", "b.mp4", "b.mp4", "c.mp4"]

@@ -28,6 +28,7 @@ __all__ = [
     "normalize_maps",
     "peak_location",
     "rollout_map",
+    "rollout_matrix",
     "threshold_masks",
 ]
 
@@ -126,6 +127,22 @@ def rollout_map(row: np.ndarray, n_prefix: int, grid_hw) -> np.ndarray:
         )
     maps = row[:, n_prefix:].reshape(len(row), gh, gw)
     return maps / maps.max(axis=(-2, -1), keepdims=True)
+
+
+def rollout_matrix(attns) -> np.ndarray:
+    """Attention rollout of every token: one ``(N, heads, T, T)`` per block, first block first ->
+    float64 ``(N, T, T)``, the study's joint matrix ``J = R_L @ ... @ R_1`` with ``R_b`` the head
+    mean plus the identity, rows renormalised. Row ``t`` says how much of each input token flows
+    into token ``t``'s output; row 0 is what ``rollout_map`` shows (the model computes only that
+    row, in O(L T^2)). This is O(L T^3): for the image viewer's click-any-patch rollout.
+    """
+    joint = None
+    for attn in attns:
+        step = np.asarray(attn, np.float64).mean(axis=1)
+        step += np.eye(step.shape[-1])
+        step /= step.sum(axis=-1, keepdims=True)
+        joint = step if joint is None else step @ joint
+    return joint
 
 
 def _grid_distances(grid_hw) -> np.ndarray:

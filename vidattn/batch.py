@@ -5,8 +5,11 @@ Layout (``fmt`` = mp4 or gif)::
     INDIR/a/b/clip.mov    ->  OUTDIR/a/b/clip.mp4      the attention video (``vidattn video``)
     INDIR/a/photo.jpg     ->  OUTDIR/a/photo/          figures + probes.json (``vidattn image``)
     OUTDIR/manifest.jsonl     one JSON line per attempt, appended as the run goes
-    OUTDIR/index.html         the images' figures and numbers on one page
+    OUTDIR/index.html         the gallery: a card per input (``viewer.gallery``), rewritten as
+                              the run goes
+    OUTDIR/probes.html        the images' figures and numbers on one page
     OUTDIR/_model/            the per-model probe figures
+    OUTDIR/_thumbs/, _viewer/ the gallery's thumbnails; the videos' viewers (``--viewer``)
 
 Names that would clash in one output folder (``clip.mov`` and ``clip.mp4``, ``photo.jpg`` and
 ``photo.png``, a folder ``photo/`` beside ``photo.jpg``, the reserved names above) get ``-2``,
@@ -50,6 +53,8 @@ from vidattn.io import unique_names
 from vidattn.options import BatchOptions
 from vidattn.report import write_index
 from vidattn.video.pipeline import render_video
+from vidattn.viewer import gallery
+from vidattn.viewer.image import write_image_viewer
 
 VIDEO_SUFFIXES = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .wmv .flv .mpg .mpeg .ts .mts .m2ts .3gp .ogv .y4m .gif".split()
@@ -58,8 +63,10 @@ IMAGE_SUFFIXES = frozenset(
     ".jpg .jpeg .jpe .jfif .png .bmp .tif .tiff .webp .ppm .pgm .pbm".split()
 )
 MANIFEST = "manifest.jsonl"
-INDEX = "index.html"
-RESERVED = (MANIFEST, INDEX, pr.MODEL_FOLDER)  # OUTDIR's own top-level entries
+INDEX = gallery.GALLERY
+RESERVED = (MANIFEST, INDEX, gallery.PROBES_REPORT, pr.MODEL_FOLDER, gallery.VIEWER_FOLDER,
+            gallery.THUMBS_FOLDER)  # OUTDIR's own top-level entries
+GALLERY_EVERY_S = 2.0  # the gallery is rewritten after a file at most this often (and at the end)
 KINDS = ("video", "image")
 
 
@@ -276,25 +283,32 @@ def fingerprint(model, kind: str, opts: BatchOptions) -> str:
     that kind's options. A changed fingerprint means the output is redone."""
     if kind == "video":
         video = dataclasses.asdict(opts.video)
-        for key in ("progress", "save_maps"):
+        for key in ("progress", "save_maps", "viewer") + (() if opts.viewer else (
+                "viewer_blocks", "viewer_rollout")):
             video.pop(key)
         settings = {**video, "format": opts.format}
     else:
         settings = {"probes": opts.image.image_probes, "size": opts.image.size,
                     "threshold": opts.image.threshold}
+    if opts.viewer:
+        settings["viewer"] = True
     blob = json.dumps({"kind": kind, "model": model.preset.name, "weights": model.weights_label,
                        **settings}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _complete(path: Path, kind: str) -> bool:
-    """Whether a finished output is at ``path`` (an image's folder is finished by probes.json)."""
-    return (path / "probes.json").is_file() if kind == "image" else path.is_file()
+def _complete(outdir: Path, item: Item, viewer: bool) -> bool:
+    """Whether ``item``'s finished output is in ``outdir`` (an image's folder is finished by
+    probes.json), with its viewer if ``viewer``."""
+    path = outdir / item.out
+    done = (path / "probes.json").is_file() if item.kind == "image" else path.is_file()
+    return done and (not viewer or gallery.viewer_page(outdir, item.out, item.kind).is_file())
 
 
-def _is_current(record, item: Item, outdir: Path, fp: str) -> bool:
+def _is_current(record, item: Item, outdir: Path, fp: str, viewer: bool) -> bool:
     """Whether ``record`` (the input's latest manifest line) makes ``item`` up to date: ok, same
-    size, mtime_ns, options fingerprint ``fp`` and output name, and the output still there."""
+    size, mtime_ns, options fingerprint ``fp`` and output name, and the output (with its viewer
+    if ``viewer``) still there."""
     if not record or record.get("status") != "ok":
         return False
     try:
@@ -302,8 +316,7 @@ def _is_current(record, item: Item, outdir: Path, fp: str) -> bool:
     except OSError:
         return False
     same = (record.get("size"), record.get("mtime_ns"), record.get("options"), record.get("output"))
-    return same == (st.st_size, st.st_mtime_ns, fp, item.out) and _complete(outdir / item.out,
-                                                                            item.kind)
+    return same == (st.st_size, st.st_mtime_ns, fp, item.out) and _complete(outdir, item, viewer)
 
 
 def _reason(err: BaseException, item: Item) -> str:
@@ -317,21 +330,26 @@ def _reason(err: BaseException, item: Item) -> str:
     return " ".join(text.split())
 
 
-def _output_path(outdir: Path, item: Item, claimed: bool, overwrite: bool) -> Path:
-    """``OUTDIR/item.out``, checked to resolve inside OUTDIR and not to replace a file this batch
-    did not write; its folder is created."""
-    dst = outdir / item.out
+def _inside(outdir: Path, dst: Path) -> Path:
+    """``dst``, checked to resolve inside OUTDIR; its folder is created."""
     if not (dst.parent.resolve() / dst.name).is_relative_to(outdir.resolve()):
         raise VidattnError("output would land outside the output folder (a link there leads "
                            "elsewhere); nothing written", dst)
-    if not (claimed or overwrite) and (dst.exists() or dst.is_symlink()):
-        raise VidattnError("output exists but this batch's manifest did not write it (use "
-                           "--overwrite to replace it)", dst)
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise VidattnError(f"cannot create the output folder: {err.strerror}", dst.parent) from None
     return dst
+
+
+def _output_path(outdir: Path, item: Item, claimed: bool, overwrite: bool) -> Path:
+    """``OUTDIR/item.out``, checked to resolve inside OUTDIR and not to replace a file this batch
+    did not write; its folder is created."""
+    dst = outdir / item.out
+    if not (claimed or overwrite) and (dst.exists() or dst.is_symlink()):
+        raise VidattnError("output exists but this batch's manifest did not write it (use "
+                           "--overwrite to replace it)", dst)
+    return _inside(outdir, dst)
 
 
 def _record(model, item: Item, fp: str, **fields) -> dict:
@@ -352,9 +370,14 @@ def _attempt(model, item: Item, outdir: Path, opts: BatchOptions, fp: str, claim
             raise VidattnError(f"cannot read: {err.strerror}", item.src) from None
         dst = _output_path(outdir, item, claimed, opts.overwrite)
         if item.kind == "video":
-            extra["frames"] = render_video(model, item.src, dst, opts.video).frames
+            viewer = _inside(outdir, gallery.viewer_folder(outdir, item.out)) if opts.viewer else None
+            video = dataclasses.replace(opts.video, viewer=viewer)
+            extra["frames"] = render_video(model, item.src, dst, video).frames
         else:
             pr.probe_image(model, item.src, dst, opts.image, overwrite=True)
+            if opts.viewer:
+                write_image_viewer(model, item.src, dst, opts.image.size, opts.image.threshold)
+        gallery.make_thumbnail(outdir, item.kind, item.out, item.src)
     except Exception as err:  # noqa: BLE001 - one bad file must not stop the batch
         if opts.raise_unexpected and not isinstance(err, VidattnError):
             raise
@@ -367,14 +390,14 @@ def _attempt(model, item: Item, outdir: Path, opts: BatchOptions, fp: str, claim
 def _finish_images(model, outdir: Path, items, latest: dict, fp: str, opts: BatchOptions,
                    refresh_model: bool):
     """Write the per-model figures (if asked for and this run probed images, or they are missing)
-    and ``OUTDIR/index.html`` with every up-to-date image of the tree and the images that failed.
+    and ``OUTDIR/probes.html`` with every up-to-date image of the tree and the images that failed.
     ``latest``: the manifest's last line of each input (``Manifest.latest``)."""
     entries, failures = [], []
     for item in items:
         record = latest.get(item.rel) or {}
         if record.get("status") == "failed":
             failures.append(f"{item.rel}: {record.get('error')}")
-        elif _is_current(record, item, outdir, fp):
+        elif _is_current(record, item, outdir, fp, opts.viewer):
             try:
                 text = (outdir / item.out / "probes.json").read_text(encoding="utf-8")
                 entries.append((item.out, json.loads(text)))
@@ -386,7 +409,8 @@ def _finish_images(model, outdir: Path, items, latest: dict, fp: str, opts: Batc
         model_files = pr.write_model_probes(model, folder, wanted)
     else:
         model_files = {p: f"{p}.png" for p in wanted}
-    write_index(outdir, model, entries, model_files, pr.MODEL_FOLDER, failures)
+    write_index(outdir, model, entries, model_files, pr.MODEL_FOLDER, failures,
+                gallery.PROBES_REPORT)
 
 
 class BatchRun:
@@ -419,10 +443,11 @@ class BatchRun:
         make_output_folder(self.outdir)
         self.manifest = Manifest(self.outdir / MANIFEST)
         self.result = BatchResult(failed=list(found.unreadable), ignored=found.ignored)
+        self.items = found.items
         self.todo: list[Item] = []
         for item in found.items:
             if _is_current(self.manifest.latest.get(item.rel), item, self.outdir,
-                           self.fps[item.kind]):
+                           self.fps[item.kind], opts.viewer):
                 self.result.up_to_date.append(item.rel)
             else:
                 self.todo.append(item)
@@ -431,6 +456,15 @@ class BatchRun:
         self.signals = Interrupts()
         self._in_flight: dict[Item, float] = {}  # item -> when it was handed out
         self._bar = None
+        self._shown = 0.0  # when the gallery was last written
+
+    def show(self, finished: bool = False):
+        """Rewrite the gallery ``OUTDIR/index.html`` from the manifest: at the start, after a file
+        at most every ``GALLERY_EVERY_S`` seconds, and at the end (``finished``)."""
+        if finished or time.monotonic() - self._shown >= GALLERY_EVERY_S:
+            gallery.write_gallery(self.outdir, self.model, self.items, self.manifest.latest,
+                                  finished, MANIFEST)
+            self._shown = time.monotonic()
 
     def claimed(self, item: Item) -> bool:
         """Whether a manifest line claims ``item``'s output (this batch may replace it)."""
@@ -464,11 +498,13 @@ class BatchRun:
                 self.result.failed.append((item.rel, record["error"]))
                 tqdm.write(one_line(f"vidattn: error: {item.rel}: {record['error']}"),
                            file=sys.stderr)
+        self.show()
 
     def __enter__(self):
         self._bar = tqdm(total=len(self.todo), unit="file", disable=not self.opts.progress,
                          dynamic_ncols=True, desc="batch")
         self.signals.__enter__()
+        self.show()
         return self
 
     def __exit__(self, kind, err, tb):
@@ -507,6 +543,7 @@ def run_batch(model, indir, outdir, opts: BatchOptions | None = None) -> BatchRe
     if run.images and not run.result.interrupted:
         _finish_images(model, run.outdir, run.images, run.manifest.latest, run.fps["image"],
                        run.opts, run.probed)
+    run.show(finished=True)
     return run.result
 
 

@@ -52,7 +52,6 @@ from tqdm import tqdm
 
 from vidattn import probes as pr
 from vidattn.batch import (
-    INDEX,
     BatchResult,
     BatchRun,
     Item,
@@ -70,6 +69,7 @@ from vidattn.models.api import RANDOM
 from vidattn.models.presets import Preset
 from vidattn.options import BatchOptions, RayOptions
 from vidattn.runtime import keep_freed_memory
+from vidattn.viewer.gallery import PROBES_REPORT, viewer_folder
 
 try:
     import ray
@@ -249,10 +249,15 @@ class _Workers:
         self.idle.append(actor)
 
     def _clean(self, item: Item):
-        """Remove what a killed writer left of ``item``'s output; again at the end of the run."""
-        path = self.args[2] / item.out
-        remove_partials(path)
-        self.dirty.add(path)
+        """Remove what a killed writer left of ``item``'s output (and of its viewer); again at
+        the end of the run."""
+        outdir, opts = self.args[2], self.args[4]
+        paths = [outdir / item.out]
+        if opts.viewer and item.kind == "video":
+            paths.append(viewer_folder(outdir, item.out))
+        for path in paths:
+            remove_partials(path)
+            self.dirty.add(path)
 
     def call(self, method: str, *args):
         """``method(*args)`` on an idle worker, its result."""
@@ -441,9 +446,10 @@ def run_batch_ray(load, indir, outdir, opts: BatchOptions | None = None,
                            dynamic_ncols=True, leave=False) as frames:  # under the files' bar
                 _dispatch(run, workers, ray_opts.attempts, frames, trips)
             if run.images and not run.result.interrupted:
-                workers.dirty.update((outdir / INDEX, outdir / pr.MODEL_FOLDER))
+                workers.dirty.update((outdir / PROBES_REPORT, outdir / pr.MODEL_FOLDER))
                 latest = {item.rel: run.manifest.latest.get(item.rel) for item in run.images}
                 workers.call("finish_images", run.images, latest, run.fps["image"], run.probed)
+            run.show(finished=True)
         result = RayBatchResult(**{f.name: getattr(run.result, f.name)
                                    for f in dataclasses.fields(BatchResult)},
                                 workers=count, startup_seconds=startup, round_trips=trips)

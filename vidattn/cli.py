@@ -209,17 +209,22 @@ def options_from(cls, kw, **extra):
 
 @main.command()
 @click.argument("src", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", "dst", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--output", "dst", type=click.Path(dir_okay=False),
               help="Output video: .mp4 (H.264 + the input's audio), .mov, .mkv or .gif.")
 @options_of(ModelOptions)
 @options_of(VideoOptions)
 @click.option("--save-maps", type=click.Path(dir_okay=False),
               help="Also write the raw per-frame maps (and their times) to this .npz.")
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--viewer", "viewer", type=click.Path(file_okay=False), metavar="DIR",
+              help="Also (or, without -o, only) write a browser viewer into DIR: open "
+              "DIR/index.html from the disk to scrub the video with any head's attention, "
+              "colormap, opacity and mask threshold changed live.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT (and the viewer DIR) if it exists.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_friendly_errors
-def video(src, dst, save_maps, overwrite, quiet, **kw):
-    """Render what a ViT attends to in every frame of SRC into OUTPUT.
+def video(src, dst, save_maps, viewer, overwrite, quiet, **kw):
+    """Render what a ViT attends to in every frame of SRC into OUTPUT (-o), a browser viewer
+    (--viewer DIR), or both.
 
     \b
     Examples:
@@ -227,23 +232,36 @@ def video(src, dst, save_maps, overwrite, quiet, **kw):
       vidattn video clip.mp4 -o heads.mp4 --view heads         # every head in a grid
       vidattn video clip.mp4 -o masks.gif --view masks --gif-width 480
       vidattn video clip.mp4 -o a.mp4 --weights dino_deitsmall16_pretrain.pth --start 5 --end 9
+      vidattn video clip.mp4 --viewer clip-viewer/             # open clip-viewer/index.html
 
     Frames keep their aspect ratio, timestamps and audio; memory stays flat however long the
     video is. The output appears only once complete (a failed or interrupted run leaves none).
+
+    \b
+    The viewer folder holds index.html, video.mp4 (the kept frames, H.264, with the audio) and
+    data/ (every kept frame's maps: each head of the last block and their mean, or of every
+    block with --viewer-blocks all, and rollout with --viewer-rollout). The page works from the
+    disk, with no server and no network: arrow keys step one frame, space plays and pauses.
     """
     from pathlib import Path
 
     from vidattn.video.pipeline import render_video
 
-    if Path(dst).exists() and not overwrite:
-        raise VidattnError("output exists (use --overwrite to replace it)", dst)
+    if dst is None and viewer is None:
+        raise VidattnError("nothing to write: give -o OUTPUT, --viewer DIR, or both")
+    for path in (dst, viewer):
+        if path is not None and Path(path).exists() and not overwrite:
+            raise VidattnError("output exists (use --overwrite to replace it)", path)
     opts = options_from(VideoOptions, kw, save_maps=Path(save_maps) if save_maps else None,
-                        progress=not quiet)
+                        viewer=Path(viewer) if viewer else None, progress=not quiet)
     model = _load(kw, quiet)
     result = render_video(model, src, dst, opts)
     if not quiet:
+        w, h = result.size
+        wrote = [str(result.output)] if result.output else []
+        wrote += [str(result.viewer / "index.html")] if result.viewer else []
         click.echo(
-            f"wrote {result.output} ({result.frames} frames, {result.size[0]}x{result.size[1]}; "
+            f"wrote {' and '.join(wrote)} ({result.frames} frames, {w}x{h}; "
             f"processed at {result.frames / result.seconds:.3g} frames per second)", err=True,
         )
 
@@ -266,6 +284,7 @@ def image(images, outdir, overwrite, quiet, **kw):
       vidattn image photos/*.jpg -o probes/ --model vit_b16  # supervised ViT, with top-5 classes
       vidattn image cat.png -o out/ --probes heads,masks --threshold 0.5
       vidattn image cat.png -o out/ --model dino_vits8 --weights dino_deitsmall8_pretrain.pth
+      vidattn image cat.png -o out/ --viewer     # + out/cat/viewer.html: click a patch
 
     \b
     Probes (the study "Investigating Vision Transformer representations"):
@@ -287,6 +306,8 @@ def image(images, outdir, overwrite, quiet, **kw):
       OUTDIR/<stem>/<probe>.png     one figure per per-image probe
       OUTDIR/<stem>/probes.json     mean distances, rollout and head peaks, top-5, shapes
       OUTDIR/_model/<probe>.png     the per-model figures, written once per run
+      OUTDIR/<stem>/viewer.html     with --viewer: click any patch to see where it looks, in
+                                    any block and head, or rollout (data in <stem>/viewer/)
     Images whose names share a stem get <stem>-2, <stem>-3... The index shows this run's
     images. Each image is resized and centre-cropped as the study does; the maps are drawn on
     that crop. An image that cannot be read (or whose folder exists, without --overwrite) gets
@@ -340,7 +361,11 @@ def batch(indir, outdir, overwrite, quiet, **kw):
       INDIR/a/photo.jpg    ->  OUTDIR/a/photo/       probe figures and probes.json
       OUTDIR/manifest.jsonl    one JSON line per file and attempt: input, output, status, error,
                                seconds, model, weights, size, mtime_ns, options fingerprint
-      OUTDIR/index.html        every image's figures and numbers; OUTDIR/_model/ the model's
+      OUTDIR/index.html        the gallery: a card per file (thumbnail, status, error, links),
+                               rewritten as the run goes; open it in a browser
+      OUTDIR/probes.html       every image's figures and numbers; OUTDIR/_model/ the model's
+      OUTDIR/_viewer/a/b/clip.mp4/index.html   with --viewer: each video's browser viewer (an
+                               image's is OUTDIR/a/photo/viewer.html)
     Names that would clash in one folder (clip.mov and clip.mp4, photo.jpg and photo.png) get
     -2, -3... Hidden files and folders, OUTDIR, links to folders and links out of INDIR are
     passed over; other files that are not videos or images are ignored.

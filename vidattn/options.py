@@ -17,10 +17,9 @@ from vidattn.errors import VidattnError
 
 __all__ = [
     "DEFAULT_BATCH", "DEFAULT_PRESET", "DEFAULT_SIZE", "DEFAULT_THRESHOLD", "FORMATS",
-    "IMAGE_PROBES", "MODEL_PROBES", "PRECISIONS", "PROBES", "SIDE_MAPS", "VIEWS", "X264_PRESETS",
-    "BatchOptions",
-    "ImageOptions", "ModelOptions", "RayOptions", "VideoOptions", "check_ray_address",
-    "parse_probes",
+    "IMAGE_PROBES", "MODEL_PROBES", "PRECISIONS", "PROBES", "SIDE_MAPS", "VIEWER_BLOCKS", "VIEWS",
+    "X264_PRESETS", "BatchOptions", "ImageOptions", "ModelOptions", "RayOptions", "VideoOptions",
+    "check_ray_address", "parse_probes",
 ]
 
 DEFAULT_PRESET = "dino_vits16"  # the model of the commands and of vidattn.probe / vidattn.render
@@ -34,6 +33,7 @@ IMAGE_PROBES = ("distance", "rollout", "heads", "masks", "registers", "norms")
 MODEL_PROBES = ("filters", "posembed")
 PROBES = IMAGE_PROBES + MODEL_PROBES
 PRECISIONS = ("fp32", "bf16", "fp16")
+VIEWER_BLOCKS = ("last", "all")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
                 "slower", "veryslow")
 # Encoding shares the cores with the model, so the default is the fastest preset. CPU time per
@@ -137,7 +137,14 @@ class VideoOptions:
     audio: bool = option(
         True, "Copy the input's audio into MP4/MOV/MKV outputs; --no-audio makes a silent video "
         "(for an input whose audio is damaged or in an unknown codec).", flag=False)
+    viewer_blocks: str = option(
+        "last", "--viewer: the blocks whose maps (every head and their mean) the viewer stores: "
+        "the last, or all (depth times the data).", choices=VIEWER_BLOCKS)
+    viewer_rollout: bool = option(
+        False, "--viewer: store attention rollout too (always with --view rollout or "
+        "--side-map rollout).")
     save_maps: Path | None = None  # also write the raw per-frame maps here (.npz)
+    viewer: Path | None = None  # also write the browser viewer into this folder
     progress: bool = True  # a progress bar on stderr
 
     def __post_init__(self):
@@ -148,10 +155,17 @@ class VideoOptions:
         _check_threshold(self.threshold)
         if self.smooth < 1:
             raise VidattnError(f"--smooth must be >= 1 (1 = off), got {self.smooth}")
+        if self.viewer_blocks not in VIEWER_BLOCKS:
+            raise VidattnError(f"--viewer-blocks must be one of {', '.join(VIEWER_BLOCKS)}")
 
     @property
     def needs_rollout(self) -> bool:
         return self.view == "rollout" or (self.view == "side-by-side" and self.side_map == "rollout")
+
+    @property
+    def viewer_has_rollout(self) -> bool:
+        """Whether the viewer stores rollout: asked for, or computed for the view anyway."""
+        return self.viewer is not None and (self.viewer_rollout or self.needs_rollout)
 
 
 def _check_threshold(value: float):
@@ -186,6 +200,9 @@ class ImageOptions:
     threshold: float = option(
         DEFAULT_THRESHOLD, "masks: share of each head's attention mass to keep.", min=0, max=1,
         min_open=True)
+    viewer: bool = option(
+        False, "Also write a browser page per image, DIR/<stem>/viewer.html: click a patch to see "
+        "where it looks, in any block and head, or rollout (stores every block's attention).")
 
     def __post_init__(self):
         if isinstance(self.probes, str):
@@ -214,6 +231,9 @@ class BatchOptions:
     video: VideoOptions = field(default_factory=VideoOptions)
     image: ImageOptions = field(default_factory=ImageOptions)
     format: str = option("mp4", "Container of the rendered videos.", choices=FORMATS)
+    viewer: bool = option(
+        False, "Also write a browser viewer for every video (OUTDIR/_viewer/<output>/index.html) "
+        "and image (its folder's viewer.html), linked from the gallery OUTDIR/index.html.")
     overwrite: bool = False  # also replace outputs the manifest does not know (OUTDIR's own)
     progress: bool = True  # a bar over the files
     raise_unexpected: bool = False  # let a bug's exception out instead of recording it (--debug)

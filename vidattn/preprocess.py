@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import keras
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vidattn.backend import keras
 from vidattn.errors import VidattnError
 from vidattn.options import DEFAULT_SIZE
 

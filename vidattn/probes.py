@@ -43,6 +43,7 @@ from vidattn.io import unique_names, write_bytes_atomic
 from vidattn.options import DEFAULT_SIZE, IMAGE_PROBES, MODEL_PROBES, ImageOptions
 from vidattn.preprocess import display_image, imagenet_labels, load_image, preprocess_image
 from vidattn.report import write_index
+from vidattn.viewer.image import write_image_viewer
 
 MODEL_FOLDER = "_model"  # OUTDIR/_model/ holds the model-level figures of a run (and a batch's)
 
@@ -650,8 +651,9 @@ class ProbeRun:
 def probe_images(model, images, outdir, opts: ImageOptions | None = None, overwrite: bool = False,
                  progress: bool = False, on_error=None) -> ProbeRun:
     """What ``vidattn image`` does: probe each of ``images`` into ``outdir/<folder>/``
-    (``folder_names``: the stem, ``-2``... for repeats), then write the model-level figures into
-    ``outdir/_model/`` and ``outdir/index.html`` with every image done and every failure.
+    (``folder_names``: the stem, ``-2``... for repeats), with its browser viewer there if
+    ``opts.viewer`` (files only), then write the model-level figures into ``outdir/_model/`` and
+    ``outdir/index.html`` with every image done and every failure.
 
     images:   paths, or ``ImageProbes`` already measured with ``opts`` (the notebook's
               ``probe(...).save``): written without another forward pass.
@@ -680,6 +682,8 @@ def probe_images(model, images, outdir, opts: ImageOptions | None = None, overwr
                 record = write_probes(model, image, out / name, overwrite)
             else:
                 record = probe_image(model, image, out / name, opts, overwrite)
+                if opts.viewer:
+                    write_image_viewer(model, image, out / name, opts.size, opts.threshold)
         except VidattnError as err:
             if on_error is None:
                 raise

@@ -1,8 +1,9 @@
 """The HTML index of a ``vidattn image`` run: every image's figures and numbers on one page.
 
-``OUTDIR/index.html`` is self-contained (inline CSS, no scripts, nothing fetched) and links only
-relative paths, so the folder can be moved, zipped or served as it is. ``probe_html`` is one
-image's section of it as a fragment for a notebook, the figures embedded (``vidattn.probe``).
+``OUTDIR/index.html`` (``OUTDIR/probes.html`` in a batch, whose index is the gallery) is
+self-contained (inline CSS, no scripts, nothing fetched) and links only relative paths, so the
+folder can be moved, zipped or served as it is. ``probe_html`` is one image's section of it as a
+fragment for a notebook, the figures embedded (``vidattn.probe``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from vidattn.io import atomic_path
+from vidattn.viewer.image import PAGE as VIEWER_PAGE
 
 # The page's own layout; everything else is scoped to the .vidattn block, so that the same rules
 # style a notebook's inline results (probe_html) without touching the notebook around them.
@@ -75,17 +77,20 @@ def _distance_table(dist: dict) -> str:
             f"<tr><th></th>{head}<th>mean</th></tr>{rows}</table>")
 
 
-def _image_section(record: dict, urls: dict, anchor: str = "", json_url: str = "") -> str:
+def _image_section(record: dict, urls: dict, anchor: str = "", json_url: str = "",
+                   viewer_url: str = "") -> str:
     """One image's heading, numbers and figures (``urls``: ``{probe: url}``), from its
-    ``probes.json`` record; ``json_url`` links the record's file where there is one."""
+    ``probes.json`` record; ``json_url`` links the record's file and ``viewer_url`` its browser
+    viewer where there are some."""
     h, w = record["image_size"]
     size = record["input_size"][0]
     json_link = f' · <a href="{escape(json_url)}">probes.json</a>' if json_url else ""
+    viewer_link = f' · <a href="{escape(viewer_url)}">viewer</a>' if viewer_url else ""
     heading = f' id="{escape(anchor)}"' if anchor else ""
     parts = [
         f'<h2{heading}>{escape(Path(record["image"]).name)}</h2>',
         f'<p class="meta">{escape(record["image"])} · {w}x{h} px · model input {size}x{size}, '
-        f'{record["shapes"]["tokens"]} tokens{json_link}</p>',
+        f'{record["shapes"]["tokens"]} tokens{json_link}{viewer_link}</p>',
     ]
     if "top5" in record:
         parts.append(_top5_table(record["top5"]))
@@ -122,13 +127,15 @@ def probe_html(model, record: dict, urls: dict, model_urls: dict) -> str:
     return fragment(model.is_random, *parts)
 
 
-def write_index(outdir, model, entries, model_files, model_folder, failures=()):
-    """Write ``outdir/index.html`` atomically -> its path.
+def write_index(outdir, model, entries, model_files, model_folder, failures=(),
+                name="index.html"):
+    """Write ``outdir/name`` atomically -> its path.
 
     entries:     ``[(folder, record), ...]``, each image's folder name under ``outdir`` and its
                  ``probes.json`` record (``probes.probe_image``), in input order.
     model_files: ``{probe: file name}`` of the model-level figures in ``outdir/model_folder``.
     failures:    one-line errors (``"path: problem"``) of the images that could not be done.
+    Each image's interactive viewer (``vidattn image --viewer``) is linked where it exists.
     """
     p = model.preset
     title = _title(model, "vidattn probes")
@@ -150,13 +157,15 @@ def write_index(outdir, model, entries, model_files, model_folder, failures=()):
         body.append(f"<h2>Model</h2>{_figures(model_urls)}")
     body.extend(
         _image_section(record, {probe: _href(folder, f) for probe, f in record["files"].items()},
-                       anchor=folder, json_url=_href(folder, "probes.json"))
+                       anchor=folder, json_url=_href(folder, "probes.json"),
+                       viewer_url=_href(folder, VIEWER_PAGE)
+                       if (Path(outdir) / folder / VIEWER_PAGE).is_file() else "")
         for folder, record in entries)
     html = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>{escape(title)}</title><style>{_PAGE_CSS}{_CSS}</style></head>"
             '<body class="vidattn">\n'
             + "\n".join(body) + "\n</body></html>\n")
-    path = Path(outdir) / "index.html"
+    path = Path(outdir) / name
     with atomic_path(path) as tmp:
         Path(tmp).write_text(html, encoding="utf-8")
     return path

@@ -5,6 +5,12 @@ channel 0 and a constant 1 into channel 1. After LayerNorm, channel 0 is large a
 for red patches. Keys copy channel 0 into every head; queries are a constant bias; so the logits
 are proportional to redness. Values, the attention output and the MLP are zero, so every block
 sees the same tokens and plants the same attention: rollout must peak on the red patches too.
+
+``local_head=True`` makes the last head look from each patch at its own neighbourhood instead: the
+position embeddings carry a code of each patch's row and column (cosines and sines of two
+frequencies, and their negatives, so LayerNorm only scales them) in the channels of the last head,
+whose queries and keys are that code. So a grey patch's row in that head peaks on the patch
+itself, and the CLS token (no code) spreads that head's attention evenly.
 """
 
 from __future__ import annotations
@@ -19,11 +25,21 @@ from vidattn.models.presets import get_preset
 from vidattn.models.vit import load_state_dict
 
 
+def _position_code(grid, width):
+    """``(grid * grid, width)``: per patch (row by row) cos and sin of its row and column at two
+    frequencies, then the same negated (zero sum, equal norms); ``width`` is 16."""
+    rows, cols = np.divmod(np.arange(grid * grid), grid)
+    waves = [f(w * pos) for w in (np.pi / grid, np.pi / 4) for pos in (rows, cols)
+             for f in (np.cos, np.sin)]
+    code = np.stack(waves, axis=1)
+    return np.concatenate([code, -code], axis=1)[:, :width]
+
+
 def planted_model(patch=16, depth=2, heads=2, dim=32, grid=14, gain=6.0, name="planted",
-                  registers=0, precision="fp32") -> Model:
+                  registers=0, precision="fp32", local_head=False, local_gain=4.0) -> Model:
     """The planted model; with ``registers``, that many register tokens after CLS (as DINOv2's)
     that look redder than any patch, so they draw most of the attention: maps must still peak on
-    the red patches, since registers never appear in them."""
+    the red patches, since registers never appear in them. ``local_head``: see above."""
     preset = dataclasses.replace(
         get_preset("dino_vits16"), name=name, patch_size=patch, embed_dim=dim, depth=depth,
         num_heads=heads, image_size=grid * patch, num_register_tokens=registers,
@@ -49,6 +65,14 @@ def planted_model(patch=16, depth=2, heads=2, dim=32, grid=14, gain=6.0, name="p
     qkv_b = np.zeros(3 * dim, np.float32)
     qkv_b[:dim] = gain  # every query: a constant
     qkv_w[dim : 2 * dim, 0] = 1.0  # every key dimension: the normalised redness
+    if local_head:
+        width = dim // heads  # the last head's channels: [dim - width, dim)
+        last = slice(dim - width, dim)
+        state["pos_embed"][0, 1:, last] = _position_code(grid, width)
+        qkv_b[last] = 0.0
+        qkv_w[last, last] = local_gain * np.eye(width)  # queries: the code
+        qkv_w[dim + dim - width : 2 * dim] = 0.0
+        qkv_w[dim + dim - width : 2 * dim, last] = np.eye(width)  # keys: the code
     for i in range(depth):
         b = f"blocks.{i}."
         state.update({

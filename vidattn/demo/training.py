@@ -13,10 +13,10 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import keras
 import numpy as np
 import tensorflow as tf
 
+from vidattn.backend import keras
 from vidattn.demo.scenes import make_views
 from vidattn.models.presets import get_preset
 from vidattn.models.vit import ViT

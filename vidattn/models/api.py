@@ -12,9 +12,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import keras
 import numpy as np
 
+from vidattn.backend import keras
 from vidattn.errors import VidattnError
 from vidattn.models import hub, memory
 from vidattn.models.compile import Call, compiled
@@ -50,7 +50,8 @@ class Model:
         Returns numpy arrays: ``features`` ``(N, D)``, ``logits`` ``(N, C)`` where the preset has
         a head, ``attention``: a list with one array per returned block (``"all"``: every
         block's ``(N, heads, T, T)``; ``"last"``: the last block's; ``"cls"``: the class tokens'
-        rows of the last block, ``(N, heads, num_class_tokens, T)``; ``"none"``: empty), with
+        rows of the last block, ``(N, heads, num_class_tokens, T)``; ``"cls_all"``: those rows of
+        every block; ``"none"``: empty), with
         ``rollout=True`` ``rollout``: the CLS row of attention rollout ``(N, T)``, computed
         inside the compiled model (``attention.rollout_map`` turns it into maps), and with
         ``tokens=True`` ``patch_tokens``: the final-normed patch tokens ``(N, gh * gw, D)``,

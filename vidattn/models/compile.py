@@ -7,7 +7,7 @@ batch so a whole video is one shape).
 
 from __future__ import annotations
 
-import keras
+from vidattn.backend import keras
 
 __all__ = ["Call", "compiled"]
 

@@ -8,9 +8,9 @@ and keys (DINOv3) and a masked key bias (DINOv3). Weight layouts follow Keras (D
 
 from __future__ import annotations
 
-import keras
 import numpy as np
-from keras import ops
+
+from vidattn.backend import keras, ops
 
 __all__ = ["MLP", "Attention", "Block", "LayerScale", "PatchEmbed", "SwiGLU", "apply_rope",
            "attention_probs", "chunked_attention", "query_chunks"]
@@ -58,10 +58,12 @@ def apply_rope(x, sin, cos, num_prefix):
 
 def attention_probs(q, k, scale):
     """Softmax attention of queries ``q`` ``(N, Tq, heads, d)`` over keys ``k`` ``(N, T, heads,
-    d)``: ``(N, heads, Tq, T)`` float32, each row ``softmax(q . k * scale)``. The product runs in
-    the inputs' type (a reduced precision's), the softmax in float32."""
+    d)``: ``(N, heads, Tq, T)``, each row ``softmax(q . k * scale)``. The product runs in the
+    inputs' type; a reduced precision's scores are softmaxed in float32."""
     scores = ops.einsum("nqhd,nkhd->nhqk", q * ops.cast(scale, q.dtype), k)
-    return ops.softmax(ops.cast(scores, "float32"), axis=-1)
+    if keras.backend.standardize_dtype(scores.dtype) in ("float16", "bfloat16"):
+        scores = ops.cast(scores, "float32")
+    return ops.softmax(scores, axis=-1)
 
 
 def query_chunks(x, chunk):

@@ -84,8 +84,8 @@ class Plan:
 def estimate(preset, input_hw, batch: int, attention="none", rollout=False, tokens=False,
              chunk=None, extra_per_image: int = 0) -> int:
     """Working memory in bytes of one forward pass of ``batch`` images ``input_hw`` (multiples of
-    the patch) that returns ``attention`` ("none", "cls", "last", "all"), the rollout row and
-    the patch tokens, with attention in query chunks of ``chunk`` (None: in one piece), plus
+    the patch) that returns ``attention`` ("none", "cls", "cls_all", "last", "all"), the rollout
+    row and the patch tokens, with attention in query chunks of ``chunk`` (None: in one piece), plus
     ``extra_per_image`` bytes the caller holds per image (frames in its queues).
 
     Per image: a block's activations (tokens, their norm, q/k/v, the attention output, the

@@ -29,7 +29,8 @@ import math
 from functools import lru_cache
 
 import numpy as np
-from keras import ops
+
+from vidattn.backend import ops
 
 __all__ = ["RESIZES", "resize_matrix", "rope_coords", "rope_periods", "rope_sin_cos"]
 

@@ -23,10 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import keras
 import numpy as np
-from keras import ops
 
+from vidattn.backend import keras, ops
 from vidattn.errors import VidattnError
 from vidattn.models.layers import Block, PatchEmbed, attention_probs, query_chunks
 from vidattn.models.position import resize_matrix, rope_periods, rope_sin_cos
@@ -35,7 +34,7 @@ from vidattn.models.presets import Preset
 __all__ = ["ATTENTION_MODES", "Slot", "ViT", "cls_rollout", "export_state_dict",
            "load_state_dict", "randomize", "rollout_step"]
 
-ATTENTION_MODES = ("none", "cls", "last", "all")
+ATTENTION_MODES = ("none", "cls", "cls_all", "last", "all")
 
 
 def cls_rollout(mean_attns):
@@ -110,7 +109,8 @@ class ViT(keras.Model):
     - ``attention``: list of softmax probabilities, one per returned block (``attention="last"``:
       ``(N, heads, T, T)`` of the last block; ``"all"``: every block; ``"cls"``: the class
       tokens' rows of the last block, ``(N, heads, num_class_tokens, T)``, all that a map of
-      CLS attention needs; ``"none"``: empty), where ``T = num_prefix_tokens + (H/p) * (W/p)``,
+      CLS attention needs; ``"cls_all"``: those rows of every block; ``"none"``: empty), where
+      ``T = num_prefix_tokens + (H/p) * (W/p)``,
       prefix tokens first, patches row by row;
     - ``rollout``: ``(N, T)``, the CLS row of attention rollout through every block
       (:func:`cls_rollout`), only with ``rollout=True``;
@@ -209,7 +209,7 @@ class ViT(keras.Model):
         kept, means, inputs = [], [], []
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            keep = attention == "all" or (attention in ("last", "cls") and i == last)
+            keep = attention in ("all", "cls_all") or (attention in ("last", "cls") and i == last)
             probs = None
             if attention == "all" or (attention == "last" and i == last) or (rollout and not chunk):
                 probs = "all"
@@ -220,8 +220,8 @@ class ViT(keras.Model):
             x, probabilities = block(x, rope=rope, num_prefix=p.num_prefix_tokens, probs=probs,
                                      chunk=chunk)
             if keep:
-                kept.append(probabilities if probs != "all" or attention != "cls"
-                            else probabilities[:, :, : p.num_class_tokens])
+                rows = attention in ("cls", "cls_all") and probs == "all"
+                kept.append(probabilities[:, :, : p.num_class_tokens] if rows else probabilities)
             if rollout and not chunk:
                 means.append(ops.mean(probabilities, axis=1))
         if tokens:

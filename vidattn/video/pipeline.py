@@ -40,13 +40,16 @@ WORKERS = max(1, min(8, (os.cpu_count() or 1) // 2))
 
 @dataclass
 class VideoResult:
-    """What a render did: frames written, wall time, the output path and its frame size."""
+    """What a render did: frames written, wall time, the output path (None for a viewer alone)
+    and its frame size (the viewer's video's without one), the saved maps' shape, the viewer
+    folder (None without one)."""
 
     frames: int
     seconds: float
-    output: Path
+    output: Path | None
     size: tuple[int, int]
     maps_shape: tuple[int, ...] = field(default=())
+    viewer: Path | None = None
 
 
 def _batches(frames, size):
@@ -115,30 +118,73 @@ class _Sink:
         self._finished.wait()
 
 
-class MapMaker:
-    """Turns a batch of model inputs into the maps a view shows, ``(N, k, gh, gw)`` float32:
-    k = heads for ``heads`` and ``masks``, 1 for ``mean`` and ``rollout``. Smoothing (an
-    exponential moving average with time constant ``smooth`` frames) runs across batches."""
+@dataclass(frozen=True)
+class MapLayout:
+    """The maps ``MapMaker`` computes for each frame, in order: for each block of ``blocks``, its
+    ``heads`` CLS maps then their mean; then the rollout map if ``rollout``. ``count`` maps in
+    all; ``view`` indexes the ones the chosen view draws."""
 
-    def __init__(self, model, opts: VideoOptions, grid_hw):
-        self.model, self.opts, self.grid_hw = model, opts, grid_hw
+    blocks: tuple[int, ...]
+    heads: int
+    rollout: bool
+    view: tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.blocks) * (self.heads + 1) + self.rollout
+
+    @classmethod
+    def of(cls, model, opts: VideoOptions) -> MapLayout:
+        """What ``opts`` needs: the view's maps, and every map the viewer stores when it is on."""
+        depth, heads = model.preset.depth, model.preset.num_heads
+        if opts.viewer is not None:
+            blocks = tuple(range(depth)) if opts.viewer_blocks == "all" else (depth - 1,)
+        else:
+            blocks = () if opts.view == "rollout" else (depth - 1,)
+        rollout = opts.needs_rollout or opts.viewer_has_rollout
+        last = (len(blocks) - 1) * (heads + 1)  # the last block's first map
+        if opts.needs_rollout:
+            view = (len(blocks) * (heads + 1),)
+        elif opts.view in ("heads", "masks"):
+            view = tuple(range(last, last + heads))
+        else:
+            view = (last + heads,)
+        return cls(blocks, heads, rollout, view)
+
+    def attention(self, depth: int) -> str:
+        """The ``Model.run`` attention mode that gives these maps: the class tokens' rows only,
+        of the last block or of every block (none for rollout alone)."""
+        return "none" if not self.blocks else "cls" if self.blocks == (depth - 1,) else "cls_all"
+
+
+class MapMaker:
+    """Turns a batch of model inputs into maps ``(N, count, gh, gw)`` float32 as ``layout`` says
+    (``MapLayout.of``): what the view draws is ``maps[:, layout.view]``, and the viewer stores all
+    of them. Smoothing (an exponential moving average with time constant ``smooth`` frames) runs
+    across batches."""
+
+    def __init__(self, model, opts: VideoOptions, grid_hw, layout: MapLayout):
+        self.model, self.opts, self.grid_hw, self.layout = model, opts, grid_hw, layout
         self.n_prefix = model.preset.num_prefix_tokens
+        depth = model.preset.depth
+        self._attention = layout.attention(depth)
+        self._returned = range(depth) if self._attention == "cls_all" else (depth - 1,)
         self._state = None
 
     def __call__(self, inputs):
-        o = self.opts
+        o, layout = self.opts, self.layout
         n = len(inputs)
         if n < o.batch_size:  # pad the last batch: one compiled shape for the whole video
             inputs = np.concatenate([inputs, np.repeat(inputs[-1:], o.batch_size - n, 0)])
-        if o.needs_rollout:
-            out = self.model.run(inputs, rollout=True)
-            maps = am.rollout_map(out["rollout"][:n], self.n_prefix, self.grid_hw)[:, None]
-        else:
-            out = self.model.run(inputs, attention="cls")
-            maps = am.cls_maps(out["attention"][-1][:n], self.n_prefix, self.grid_hw)
-            if o.view in ("mean", "side-by-side"):
-                maps = am.head_mean(maps)[:, None]
-        maps = np.ascontiguousarray(maps, np.float32)
+        out = self.model.run(inputs, attention=self._attention, rollout=layout.rollout)
+        attns = dict(zip(self._returned, out["attention"]))
+        parts = []
+        for block in layout.blocks:
+            maps = am.cls_maps(attns[block][:n], self.n_prefix, self.grid_hw)
+            parts += [maps, am.head_mean(maps)[:, None]]
+        if layout.rollout:
+            parts.append(am.rollout_map(out["rollout"][:n], self.n_prefix, self.grid_hw)[:, None])
+        maps = np.ascontiguousarray(np.concatenate(parts, axis=1), np.float32)
         if o.smooth > 1:
             rate = 1.0 / o.smooth
             for i in range(len(maps)):  # per frame, not per pixel: the recurrence is sequential
@@ -204,12 +250,16 @@ class FrameRenderer:
 
 
 def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResult:
-    """Render the attention of ``model`` on every (kept) frame of ``src`` into ``dst``.
+    """Render the attention of ``model`` on every (kept) frame of ``src`` into ``dst``, and into
+    the browser viewer folder ``opts.viewer`` when that is set (``vidattn.viewer.video``).
 
-    ``dst`` ends in .mp4/.mov/.mkv (H.264 with the source's audio) or .gif. Nothing is left at
-    ``dst`` unless the whole video was written.
+    ``dst`` ends in .mp4/.mov/.mkv (H.264 with the source's audio) or .gif; it may be None when
+    the viewer is the only output. Nothing is left at ``dst`` or the viewer folder unless the
+    whole video was written.
     """
     opts = opts or VideoOptions()
+    if dst is None and opts.viewer is None:
+        raise ValueError("render_video needs an output: dst, opts.viewer or both")
     info = probe(src)
     total = _expected_frames(info, opts)
     if total and total < opts.batch_size:  # a short run: one smaller batch, no padded frames
@@ -219,7 +269,8 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
     )
     opts = _plan_batch(model, opts, geometry)
     kind = model.preset.preprocessing
-    make_maps = MapMaker(model, opts, geometry.grid_hw)
+    layout = MapLayout.of(model, opts)
+    make_maps = MapMaker(model, opts, geometry.grid_hw, layout)
     render_frame = FrameRenderer(model, opts, geometry)
     saved_maps, saved_pts = [], []
     started = time.perf_counter()
@@ -236,55 +287,82 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
                 parts = _in_parallel(pool, prepare, _split([f.image for f in batch], WORKERS))
                 yield batch, np.concatenate(parts)
 
+    def open_writer(path, width, height):
+        return VideoWriter(
+            path, info.fps or DEFAULT_FPS, width, height,
+            audio_from=src if opts.audio else None, crf=opts.crf, preset=opts.x264_preset,
+            gif_fps=opts.gif_fps, gif_width=opts.gif_width,
+        )
+
     bar = tqdm(total=total, unit="frame", disable=not opts.progress, dynamic_ncols=True,
                desc=Path(src).name, leave=True)
-    first = {}
-    writer = None
+    writer = viewer = None
 
     def consume(item):
         nonlocal writer, written
         batch, maps = item
-        images = _in_parallel(pool, lambda args: render_frame(*args),
-                              [(f.image, m, f.pts_s) for f, m in zip(batch, maps)])
-        for frame, image in zip(batch, images):
-            if writer is None:
-                first["pts"] = frame.pts_s
-                writer = VideoWriter(
-                    dst, info.fps or DEFAULT_FPS, image.shape[1], image.shape[0],
-                    audio_from=src if opts.audio else None, crf=opts.crf,
-                    preset=opts.x264_preset, gif_fps=opts.gif_fps, gif_width=opts.gif_width,
-                )
-            writer.write(image, frame.pts_s)
+        images = [None] * len(batch) if dst is None else _in_parallel(
+            pool, lambda args: render_frame(*args),
+            [(f.image, m[list(layout.view)], f.pts_s) for f, m in zip(batch, maps)])
+        for frame, frame_maps, image in zip(batch, maps, images):
+            if image is not None:
+                if writer is None:
+                    writer = open_writer(dst, image.shape[1], image.shape[0])
+                writer.write(image, frame.pts_s)
+            if viewer is not None:
+                viewer.write(frame.image, frame.pts_s, frame_maps)
             written += 1
         bar.update(len(batch))
 
-    _check_writable(dst)
+    if dst is not None:
+        _check_writable(dst)
+    if opts.viewer is not None:
+        from vidattn.viewer.video import VideoViewer
+
+        viewer = VideoViewer(opts.viewer, model, geometry, layout, open_writer, Path(src).name,
+                             _viewer_defaults(opts))
     sink = _Sink(consume)
     try:
         with Prefetcher(prepared(), maxsize=2, name="vidattn-prepare") as batches:
             for batch, inputs in batches:
                 maps = make_maps(inputs)
                 if opts.save_maps is not None:
-                    saved_maps.append(maps.astype(np.float16))
+                    saved_maps.append(maps[:, list(layout.view)].astype(np.float16))
                     saved_pts.extend(f.pts_s for f in batch)
                 sink.put((batch, maps))
         sink.close()
-        if writer is None:
+        if not written:
             raise VidattnError("no frames in the requested range", src)
         if opts.save_maps is not None:
             _save_maps(opts.save_maps, saved_maps, saved_pts, opts, model, geometry)
-        writer.close()
+        if viewer is not None:
+            viewer.finish()
+        if writer is not None:
+            writer.close()
+        if viewer is not None:
+            viewer.publish()
     except BaseException:
         sink.stop()
         if writer is not None:
             writer.abort()
+        if viewer is not None:
+            viewer.abort()
         raise
     finally:
         bar.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    return VideoResult(written, time.perf_counter() - started, Path(dst), writer.size,
-                       tuple(np.concatenate(saved_maps).shape) if saved_maps else ())
+    return VideoResult(written, time.perf_counter() - started,
+                       None if dst is None else Path(dst), (writer or viewer).size,
+                       tuple(np.concatenate(saved_maps).shape) if saved_maps else (),
+                       opts.viewer)
+
+
+def _viewer_defaults(opts: VideoOptions) -> dict:
+    """The viewer's first state: the view's map, its colours and threshold."""
+    return {"map": "rollout" if opts.needs_rollout else "mean",
+            "mode": "mask" if opts.view == "masks" else "heat",
+            "colormap": opts.colormap, "alpha": opts.alpha, "threshold": opts.threshold}
 
 
 def _split(items, parts: int) -> list[list]:
@@ -306,8 +384,9 @@ def _plan_batch(model, opts: VideoOptions, geometry) -> VideoOptions:
     when one frame cannot fit. Besides the model's working memory, each frame of a batch is held
     about five times as decoded pixels in the pipeline's queues."""
     (fh, fw), p = geometry.frame_hw, model.preset.patch_size
+    layout = MapLayout.of(model, opts)
     plan = model.plan(
-        geometry.input_hw, opts.batch_size, *(("none", True) if opts.needs_rollout else ("cls",)),
+        geometry.input_hw, opts.batch_size, layout.attention(model.preset.depth), layout.rollout,
         extra_per_image=5 * fh * fw * 3,
         sizes=(min(geometry.resized_hw), lambda s: video_geometry(fh, fw, p, s).input_hw))
     if plan.batch < opts.batch_size:

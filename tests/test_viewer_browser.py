@@ -1,0 +1,387 @@
+"""The viewer pages in a real headless Chromium (tests/support/browser.py), opened from the disk
+as a user would: the overlay on the exact frame shown, the controls, the clicked patch's row,
+the gallery's links. Planted models (tests/support/planted.py) say where the heat must be: head 0
+looks at the red square, head 1 (``local_head``) from each patch at its own neighbourhood."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import vidattn
+from tests.support.browser import (
+    Browser,
+    expected_overlay,
+    read_chunk,
+    read_meta,
+    video_maps,
+)
+from tests.support.planted import planted_model
+from tests.support.reliability import reliability
+from tests.support.videos import make_truncated_copy, make_video
+from vidattn import attention as am
+from vidattn.batch import run_batch
+from vidattn.options import BatchOptions, ImageOptions, VideoOptions
+from vidattn.preprocess import preprocess_image, video_geometry
+from vidattn.video.pipeline import render_video
+from vidattn.viewer.image import write_image_viewer
+
+ALPHA = 0.5  # VideoOptions' default opacity: the first state of the page
+FRAMES, FPS, SIDE = 40, 20, 48  # a side of 3 patches: whole patches of red around its centre
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = Browser()
+    yield chromium
+    chromium.close()
+
+
+@pytest.fixture(scope="module")
+def planted():
+    # a low gain spreads head 0 evenly over the red patches (codec noise in their redness does
+    # not pick one), so the square's centre is at the map's peak
+    return planted_model(patch=16, depth=2, heads=2, dim=32, grid=14, gain=0.5, local_head=True)
+
+
+@pytest.fixture(scope="module")
+def square(tmp_path_factory, planted):
+    """A 192x112 clip of a red square moving right (with audio), and its viewer: every map of
+    the last block and rollout."""
+    folder = tmp_path_factory.mktemp("video")
+    made = make_video(folder / "square.mp4", n_frames=FRAMES, fps=FPS, size=(192, 112),
+                      square_size=SIDE, audio=True)
+    opts = VideoOptions(size=112, viewer=folder / "viewer", viewer_rollout=True, progress=False)
+    render_video(planted, made.path, None, opts)
+    return made, folder / "viewer"
+
+
+def _set(page, control, value):
+    """Change a control as a user does (its value, then an input event)."""
+    page.evaluate("([id, v]) => { const e = document.getElementById(id); e.value = v; "
+                  "e.dispatchEvent(new Event('input')); }", [control, str(value)])
+
+
+def _frame_shown(page, made) -> float:
+    """Where the red square is in the video as the page shows it (overlay hidden), in frames
+    along its path: the x of its red pixels' centre, over the distance it moves per frame."""
+    _set(page, "alpha", 0)
+    page.page.wait_for_timeout(50)
+    picture = page.stage_picture().astype(int)
+    _set(page, "alpha", ALPHA)
+    red = (picture[..., 0] > 150) & (picture[..., 1] < 90) & (picture[..., 2] < 90)
+    x = np.nonzero(red)[1].mean() * made.width / picture.shape[1]
+    return (x - SIDE / 2) / ((made.width - SIDE) / (FRAMES - 1))
+
+
+def _canvas_point(pixels, made, x, y):
+    """The canvas pixel at video pixel (x, y)."""
+    h, w = pixels.shape[:2]
+    return pixels[min(h - 1, int(y * h / made.height)), min(w - 1, int(x * w / made.width))]
+
+
+def _wait_drawn(page, frame):
+    page.wait_for("j => vidattnViewer.state.drawn === j && !document.getElementById('video')"
+                  ".seeking", frame)
+
+
+def test_video_viewer_folder(square, planted):
+    made, folder = square
+    import av
+
+    with av.open(str(folder / "video.mp4")) as c:
+        stream = c.streams.video[0]
+        times = [f.time for f in c.decode(stream)]
+        assert (stream.codec_context.name, stream.codec_context.pix_fmt) == ("h264", "yuv420p")
+        assert len(c.streams.audio) == 1
+    meta = read_meta(folder / "index.html")
+    np.testing.assert_allclose(times, made.pts_s - made.pts_s[0], atol=1e-3)
+    np.testing.assert_allclose(meta["times"], times, atol=1e-4)
+    assert (meta["model"], meta["random"], meta["grid"], meta["blocks"], meta["rollout"]) == (
+        "planted", False, [7, 12], [1], True)
+    scales, maps = video_maps(folder)
+    assert maps.shape == (FRAMES, 2 + 1 + 1, 7, 12)  # heads 0 and 1, their mean, rollout
+    assert sorted(p.name for p in folder.iterdir()) == ["data", "index.html", "video.mp4"]
+
+
+def test_video_overlay_follows_the_frame_shown(browser, square):
+    made, folder = square
+    page = browser.open(folder / "index.html")
+    _wait_drawn(page, 0)
+    assert "planted (test weights)" in page.evaluate("document.getElementById('model').textContent")
+    assert page.evaluate("document.getElementById('random').hidden")
+    far_corner = [(made.width - 4, made.height - 4) if x < made.width / 2 else (4, made.height - 4)
+                  for x, _ in made.centres]
+    for j in (5, 17, 31, FRAMES - 1):
+        t = made.pts_s[j] - made.pts_s[0] + 0.3 / FPS  # a time within frame j
+        page.evaluate("t => { document.getElementById('video').currentTime = t; }", t)
+        _wait_drawn(page, j)
+        pixels = page.canvas()
+        hot = _canvas_point(pixels, made, *made.centres[j])
+        cold = _canvas_point(pixels, made, *far_corner[j])
+        assert hot[3] >= 0.8 * 255 * ALPHA and hot[:2].min() > 200, (j, hot)  # inferno: yellow
+        assert cold[3] <= 0.1 * 255 * ALPHA, (j, cold)  # the mean: head 1 spreads a little
+        assert abs(_frame_shown(page, made) - j) < 0.4  # the video shows that frame too
+        if j == 17:
+            page.screenshot("viewer-video.png")
+    assert page.errors == []
+
+
+def test_keys_step_frames_and_play(browser, square):
+    made, folder = square
+    page = browser.open(folder / "index.html")
+    _wait_drawn(page, 0)
+    page.evaluate("vidattnViewer.seekFrame(10)")
+    _wait_drawn(page, 10)
+    page.page.keyboard.press("ArrowRight")
+    _wait_drawn(page, 11)
+    assert abs(_frame_shown(page, made) - 11) < 0.4
+    page.page.keyboard.press("ArrowLeft")
+    page.page.keyboard.press("ArrowLeft")
+    _wait_drawn(page, 9)
+    assert abs(_frame_shown(page, made) - 9) < 0.4
+    page.page.keyboard.press(" ")
+    page.wait_for("() => !document.getElementById('video').paused && "
+                  "vidattnViewer.state.drawn > 12")
+    page.page.keyboard.press(" ")
+    page.wait_for("() => document.getElementById('video').paused")
+    page.page.wait_for_timeout(200)
+    drawn = page.evaluate("vidattnViewer.state.drawn")
+    assert abs(_frame_shown(page, made) - drawn) < 0.4  # overlay and video agree after playing
+    assert page.evaluate("vidattnViewer.state.drawn") == drawn
+    assert page.errors == []
+
+
+def test_every_map_drawn_as_stored(browser, square):
+    """Each choice of the map control draws the stored map of that frame exactly as the
+    rendered videos draw maps; head 0 looks at the square, head 1 (the CLS token has no
+    neighbourhood) everywhere."""
+    made, folder = square
+    meta = read_meta(folder / "index.html")
+    scales, maps = video_maps(folder)
+    geo = video_geometry(made.height, made.width, 16, 112)
+    page = browser.open(folder / "index.html")
+    j = 23
+    page.evaluate(f"vidattnViewer.seekFrame({j})")
+    _wait_drawn(page, j)
+    corner = (4, made.height - 4)
+    far = {}
+    for value, k in (("0", 0), ("1", 1), ("mean", 2), ("rollout", 3)):
+        _set(page, "map", value)
+        page.wait_for("k => vidattnViewer.canvas.dataset.map === String(k)", k)
+        pixels = page.canvas().astype(float)
+        want = expected_overlay(maps[j, k], pixels.shape[:2], geo.resized_hw, 16,
+                                meta["defaults"]["colormap"], ALPHA)
+        seen = pixels[..., 3] >= 64  # colours read back exactly enough where fairly opaque
+        assert np.abs(pixels[..., 3] - want[..., 3]).max() <= 2, value
+        assert np.abs(pixels[..., :3] - want[..., :3])[seen].max() <= 8, value
+        assert _canvas_point(pixels, made, *made.centres[j])[3] >= 0.8 * 255 * ALPHA, value
+        far[value] = _canvas_point(pixels, made, *corner)[3]
+    assert far["0"] <= 3 and far["1"] >= 0.5 * 255 * ALPHA  # switching head moves the heat
+    assert page.errors == []
+
+
+def test_mask_threshold_and_the_value_under_the_pointer(browser, square):
+    made, folder = square
+    scales, maps = video_maps(folder)
+    gh, gw = maps.shape[2:]
+    page = browser.open(folder / "index.html")
+    j = 12
+    page.evaluate(f"vidattnViewer.seekFrame({j})")
+    _wait_drawn(page, j)
+    _set(page, "map", "1")
+    _set(page, "mode", "mask")
+    box = page.page.locator("#stage").bounding_box()
+    rh, rw = video_geometry(made.height, made.width, 16, 112).resized_hw
+    for keep in (0.3, 0.9):
+        _set(page, "threshold", keep)
+        page.page.wait_for_timeout(50)
+        pixels = page.canvas()
+        kept = am.threshold_masks(maps[j, 1].astype(np.float64), keep)
+        h, w = pixels.shape[:2]
+        rows = ((np.arange(gh) + 0.5) * 16 / rh * h).astype(int)  # each cell's centre
+        cols = ((np.arange(gw) + 0.5) * 16 / rw * w).astype(int)
+        inside = (rows[:, None] < h) & (cols[None, :] < w)
+        drawn = pixels[np.minimum(rows, h - 1)[:, None], np.minimum(cols, w - 1)[None, :], 3] > 0
+        assert (drawn == kept)[inside].all(), keep
+    assert 0 < kept.sum() < gh * gw
+    _set(page, "mode", "heat")
+    _set(page, "map", "0")
+    cx, cy = made.centres[j]
+    page.page.mouse.move(box["x"] + cx / made.width * box["width"],
+                         box["y"] + cy / made.height * box["height"])
+    text = page.evaluate("document.getElementById('cursor').textContent")
+    row, col = int(cy * rh / made.height // 16), int(cx * rw / made.width // 16)
+    value = maps[j, 0, row, col] / 255 * scales[j, 0]
+    assert text.startswith(f"patch row {row}, column {col}: "), text
+    assert float(text.split(": ")[1].split(" ")[0]) == pytest.approx(value, rel=1e-3)
+    assert page.errors == []
+
+
+def test_random_weights_are_labelled(browser, tmp_path):
+    tiny = vidattn.models.presets.get_preset("dino_vits16")
+    import dataclasses
+
+    model = vidattn.load_model(dataclasses.replace(tiny, embed_dim=32, depth=2, num_heads=2),
+                               weights="random")
+    made = make_video(tmp_path / "clip.mp4", n_frames=6, size=(96, 64))
+    render_video(model, made.path, None, VideoOptions(size=64, viewer=tmp_path / "v",
+                                                      viewer_blocks="all", progress=False))
+    page = browser.open(tmp_path / "v" / "index.html")
+    _wait_drawn(page, 0)
+    assert not page.evaluate("document.getElementById('random').hidden")
+    assert page.evaluate("document.title").startswith("RANDOM WEIGHTS")
+    assert page.evaluate("document.getElementById('block').options.length") == 2
+    label = page.canvas()[-30:, :200]  # the caption, bottom left: dark box, white text
+    assert (label[..., 3] > 150).all() and (label[..., :3] > 230).all(axis=-1).mean() > 0.05
+    assert page.errors == []
+
+
+@reliability(("a video viewer whose map data file is cut short, or missing",
+              "the page names the damaged or missing file in its status line; the browser logs "
+              "only that file's load or syntax error"))
+@pytest.mark.parametrize("damage", ["cut", "missing"])
+def test_damaged_data_is_named_on_the_page(browser, square, tmp_path, damage):
+    made, folder = square
+    copy = tmp_path / "viewer"
+    shutil.copytree(folder, copy)
+    chunk = copy / "data" / "maps-00000.js"
+    if damage == "cut":
+        chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+    else:
+        chunk.unlink()
+    page = browser.open(copy / "index.html")
+    page.wait_for("() => document.getElementById('status').textContent !== ''")
+    status = page.evaluate("document.getElementById('status').textContent")
+    assert "maps-00000.js" in status
+    assert ("damaged" if damage == "cut" else "cannot load") in status
+    if damage == "cut":
+        assert len(page.errors) == 1 and "SyntaxError" in page.errors[0], page.errors
+    else:
+        assert page.errors and all("maps-00000.js" in e or "ERR_FILE_NOT_FOUND" in e
+                                   for e in page.errors), page.errors
+
+
+# -- the image viewer --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def still(tmp_path_factory, planted):
+    folder = tmp_path_factory.mktemp("image")
+    rng = np.random.default_rng(0)
+    pixels = np.repeat(rng.integers(40, 140, (256, 256, 1), np.uint8), 3, axis=2)
+    pixels[48:80, 176:208] = (255, 0, 0)  # the 224 crop starts at 16: patches (2..3, 10..11)
+    Image.fromarray(pixels).save(folder / "red.png")
+    page = write_image_viewer(planted, folder / "red.png", folder / "red")
+    return pixels, page
+
+
+def _cell_pixel(pixels, row, col, grid=14):
+    h, w = pixels.shape[:2]
+    return pixels[int((row + 0.5) * h / grid), int((col + 0.5) * w / grid)]
+
+
+def test_image_viewer_shows_the_clicked_patch_row(browser, still, planted):
+    pixels, html = still
+    page = browser.open(html, "() => window.vidattnViewer && vidattnViewer.state.drawn")
+    assert page.evaluate("vidattnViewer.state.drawn") == "1/mean/0"  # last block, CLS row
+    canvas = page.canvas()
+    assert _cell_pixel(canvas, 2, 10)[3] > 0.5 * 255 * 0.6  # the CLS token looks at red
+    assert _cell_pixel(canvas, 10, 2)[3] <= 3
+    _set(page, "map", "1")
+    box = page.page.locator("#stage").bounding_box()
+    out = planted.run(preprocess_image(pixels, "imagenet", 224), attention="all")
+    for row, col in ((8, 3), (11, 12), (5, 6)):
+        page.page.mouse.click(box["x"] + (col + 0.5) / 14 * box["width"],
+                              box["y"] + (row + 0.5) / 14 * box["height"])
+        query = 1 + row * 14 + col
+        page.wait_for("d => vidattnViewer.state.drawn === d", f"1/1/{query}")
+        canvas = page.canvas().astype(float)
+        assert _cell_pixel(canvas, row, col)[3] >= 0.8 * 255 * 0.6  # the patch looks at itself
+        assert _cell_pixel(canvas, 13 - row, 13 - col)[3] <= 3
+        row_map = out["attention"][1][0, 1, query, 1:].reshape(14, 14)  # the model's own row
+        want = expected_overlay(row_map, canvas.shape[:2], (224, 224), 16, "inferno", 0.6)
+        outline = np.zeros(canvas.shape[:2], bool)  # the clicked patch's frame, drawn over
+        cell = canvas.shape[0] / 14
+        outline[max(0, int(row * cell) - 6):int((row + 1) * cell) + 6,
+                max(0, int(col * cell) - 6):int((col + 1) * cell) + 6] = True
+        assert np.abs(canvas[..., 3] - want[..., 3])[~outline].max() <= 2
+        assert page.evaluate("document.getElementById('query').textContent") == \
+            f"query: patch row {row}, column {col}"
+    page.screenshot("viewer-image.png")
+    _set(page, "block", "rollout")
+    page.wait_for("d => vidattnViewer.state.drawn === d", f"rollout/1/{query}")
+    rollout = am.rollout_matrix(out["attention"])[0, query, 1:].reshape(14, 14)
+    canvas = page.canvas().astype(float)
+    want = expected_overlay(rollout, canvas.shape[:2], (224, 224), 16, "inferno", 0.6)
+    assert np.abs(canvas[..., 3] - want[..., 3])[~outline].max() <= 2
+    page.page.click("#cls")
+    page.wait_for("d => vidattnViewer.state.drawn === d", "rollout/1/0")
+    assert page.errors == []
+
+
+def test_image_viewer_data(still):
+    """Every block's chunk holds each head's rows over the patches; rollout the rollout rows."""
+    _, html = still
+    meta = read_meta(html)
+    folder = html.parent / meta["chunks"]["folder"]
+    t, p = meta["tokens"], 14 * 14
+    for key in meta["chunks"]["blocks"]:
+        assert len(read_chunk(folder / f"{key}.js")) == 2 * t * (p + 4)
+    assert len(read_chunk(folder / "rollout.js")) == t * (p + 4)
+    assert (t, meta["grid"], meta["image"]) == (197, [14, 14], "viewer/input.png")
+    assert Image.open(folder / "input.png").size == (224, 224)
+
+
+# -- the batch gallery -------------------------------------------------------------------------
+
+def _files_linked(page, html: Path) -> list[Path]:
+    urls = page.evaluate("[...document.querySelectorAll('a[href]')].map(a => a.href).concat("
+                         "[...document.querySelectorAll('img[src]')].map(i => i.src))")
+    assert all(u.startswith("file://") for u in urls), urls
+    return [Path(unquote(urlparse(u).path)) for u in urls]
+
+
+@reliability(("`vidattn batch` over a video, an image, a cut video and a text file named .jpg, "
+              "then again with one more video (a resume)",
+              "OUTDIR/index.html: one card per input in walk order, each failure with its error "
+              "line, and every link and thumbnail an existing file"))
+def test_gallery_links_resolve_after_a_resume(browser, planted, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    (src / "sub").mkdir(parents=True)
+    clip = make_video(src / "clip one.mp4", n_frames=8, size=(96, 64)).path
+    make_truncated_copy(clip, src / "sub" / "broken.mp4", 0.5)
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), np.uint8)).save(src / "photo #1.png")
+    (src / "notes.jpg").write_text("not an image")
+    opts = BatchOptions(video=VideoOptions(size=64), image=ImageOptions(probes="rollout,heads",
+                        size=64), viewer=True, progress=False)
+    run_batch(planted, src, out, opts)
+    make_video(src / "sub" / "later.mp4", n_frames=6, size=(64, 64), seed=2)
+    result = run_batch(planted, src, out, opts)  # the resume: one new file, the failures again
+    assert result.done == ["sub/later.mp4"] and len(result.up_to_date) == 2
+    page = browser.open(out / "index.html", "() => document.readyState === 'complete'")
+    cards = page.evaluate("[...document.querySelectorAll('.card')].map(c => "
+                          "[c.querySelector('.name').textContent, "
+                          "c.querySelector('.badge').textContent, "
+                          "(c.querySelector('.error') || {}).textContent || ''])")
+    assert [(name, status) for name, status, _ in cards] == [
+        ("clip one.mp4", "done"), ("notes.jpg", "failed"), ("photo #1.png", "done"),
+        ("sub/broken.mp4", "failed"), ("sub/later.mp4", "done")]
+    assert "not an image" in cards[1][2] and "truncated" in cards[3][2]
+    linked = _files_linked(page, out / "index.html")
+    assert len(linked) >= 15 and all(p.is_file() for p in linked), linked
+    assert page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot("gallery.png")
+    viewers = sorted({p for p in linked if p.name in ("index.html", "viewer.html")} -
+                     {out / "index.html"})
+    assert len(viewers) == 3
+    for viewer in viewers:
+        seen = browser.open(viewer, "() => window.vidattnViewer && "
+                            "![-1, null].includes(vidattnViewer.state.drawn)")
+        assert seen.errors == [], viewer
+    assert page.errors == []

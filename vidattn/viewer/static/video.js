@@ -1,0 +1,188 @@
+// vidattn video viewer: the overlay follows the exact frame the video shows.
+(() => {
+  const info = VA.meta();
+  const $ = (id) => document.getElementById(id);
+  const video = $("video"), stage = $("stage"), canvas = $("overlay");
+  const [gh, gw] = info.grid, cells = gh * gw, K = info.maps, H = info.heads;
+  const [fh, fw] = info.frame, cellsH = info.resized[0] / info.patch;
+  const cellsW = info.resized[1] / info.patch;
+  const times = info.times, count = times.length, perChunk = info.chunks.frames;
+  const CANVAS_SIDE = 960;  // the overlay's long side in canvas pixels
+  const NEAR = 2;  // chunks kept either side of the one shown
+
+  const scale = CANVAS_SIDE / Math.max(fh, fw);
+  canvas.width = Math.max(1, Math.round(fw * scale));
+  canvas.height = Math.max(1, Math.round(fh * scale));
+  stage.style.aspectRatio = `${fw} / ${fh}`;
+  const overlay = new VA.Overlay(canvas, gh, gw, cellsH, cellsW);
+
+  const d = info.defaults;
+  const state = {
+    frame: -1, drawn: -1, block: info.blocks.length - 1,
+    map: d.map === "rollout" && !info.rollout ? "mean" : d.map, mode: d.mode,
+    colormap: d.colormap, alpha: d.alpha, threshold: d.threshold, pointer: null,
+  };
+
+  // -- data: chunk c holds frames c * perChunk ...; n * K float32 scales, then n * K maps -----
+  const chunks = new Map();  // chunk index -> {first, n, scales, bytes}
+
+  function chunk(c) {
+    if (chunks.has(c)) return Promise.resolve(chunks.get(c));
+    return VA.load(info.chunks.folder, info.chunks.keys[c]).then((bytes) => {
+      const n = bytes.length / (K * (cells + 4));
+      if (!Number.isInteger(n) || n !== Math.min(perChunk, count - c * perChunk)) {
+        throw new Error(`${info.chunks.keys[c]}.js: damaged map data (${bytes.length} bytes)`);
+      }
+      const scales = new Float32Array(bytes.buffer, bytes.byteOffset, n * K);
+      const entry = { first: c * perChunk, n, scales, bytes: bytes.subarray(n * K * 4) };
+      chunks.set(c, entry);
+      for (const k of chunks.keys()) {
+        if (Math.abs(k - c) > NEAR) { chunks.delete(k); VA.forget(info.chunks.keys[k]); }
+      }
+      return entry;
+    });
+  }
+
+  /** Which of a frame's K maps the controls choose. */
+  function mapIndex() {
+    if (state.map === "rollout") return K - 1;
+    const base = Number(state.block) * (H + 1);
+    return state.map === "mean" ? base + H : base + Number(state.map);
+  }
+
+  /** Map k of frame i as attention values (Float32Array of gh * gw), or null if not loaded. */
+  function mapOf(i, k) {
+    const entry = chunks.get(Math.floor(i / perChunk));
+    if (!entry) return null;
+    const j = (i - entry.first) * K + k, s = entry.scales[j] / 255;
+    const bytes = entry.bytes.subarray(j * cells, (j + 1) * cells);
+    return Float32Array.from(bytes, (b) => b * s);
+  }
+
+  // -- drawing --------------------------------------------------------------------------------
+  function render() {
+    const i = state.frame, k = mapIndex(), values = mapOf(i, k);
+    if (!values) return;
+    const color = state.map === "mean" || state.map === "rollout"
+      ? [255, 255, 255] : info.head_colors[Number(state.map)];
+    overlay.draw(values, {
+      mode: state.mode, table: VA.lut(info, state.colormap), alpha: state.alpha,
+      keep: state.threshold, color,
+    });
+    if (info.random) overlay.caption("RANDOM WEIGHTS (untrained)");
+    if (state.drawn < 0) performance.mark("vidattn-first-overlay");
+    state.drawn = i;
+    canvas.dataset.frame = String(i);
+    canvas.dataset.map = String(k);
+    readPointer();
+  }
+
+  /** Show frame i: draw it now if its chunk is here, else once it has loaded. */
+  function show(i) {
+    i = Math.min(Math.max(i, 0), count - 1);
+    state.frame = i;
+    $("scrub").value = String(i);
+    $("clock").textContent = `frame ${i + 1} of ${count} · ${times[i].toFixed(3)} s`;
+    const c = Math.floor(i / perChunk);
+    chunk(c).then(() => { if (Math.floor(state.frame / perChunk) === c) render(); }, VA.fail);
+    if (c + 1 < info.chunks.keys.length) chunk(c + 1).catch(VA.fail);
+  }
+
+  /** The frame shown at media time t: the last one whose time is not after t. */
+  function frameAt(t) {
+    let lo = 0, hi = count - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (times[mid] <= t + 1e-4) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+  }
+
+  /** Seek the video into frame j (a little past its start, never into the next frame). */
+  function seekFrame(j) {
+    j = Math.min(Math.max(j, 0), count - 1);
+    const next = j + 1 < count ? times[j + 1] : times[j] + 1 / (info.fps || 25);
+    video.currentTime = times[j] + Math.min((next - times[j]) / 2, 0.001);
+    show(j);
+  }
+
+  function step(by) {
+    video.pause();
+    seekFrame(state.frame + by);
+  }
+
+  // -- the video ------------------------------------------------------------------------------
+  video.src = info.video;
+  if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) {
+    const onFrame = (now, frame) => {
+      show(frameAt(frame.mediaTime));
+      video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+  } else {  // no per-frame callback: follow currentTime on every animation frame
+    const tick = () => {
+      if (!video.paused) show(frameAt(video.currentTime));
+      requestAnimationFrame(tick);
+    };
+    requestAnimationFrame(tick);
+  }
+  video.addEventListener("loadeddata", () => show(frameAt(video.currentTime)));
+  video.addEventListener("seeked", () => show(frameAt(video.currentTime)));
+  video.addEventListener("play", () => { $("play").textContent = "pause"; });
+  video.addEventListener("pause", () => { $("play").textContent = "play"; });
+  video.addEventListener("error", () => VA.fail(new Error(
+    `cannot play ${info.video}: ${video.error ? video.error.message || video.error.code : ""}`)));
+
+  function togglePlay() {
+    if (video.paused) video.play().catch(VA.fail); else video.pause();
+  }
+
+  // -- controls -------------------------------------------------------------------------------
+  VA.header(info, info.source);
+  VA.options($("block"), info.blocks.map((b, i) => [i, VA.blockLabel(b, info.depth)]),
+             state.block);
+  const maps = VA.headChoices(H);
+  if (info.rollout) maps.push(["rollout", "rollout (all blocks)"]);
+  VA.options($("map"), maps, state.map);
+  $("scrub").max = String(count - 1);
+  const sync = () => {
+    $("block").disabled = info.blocks.length < 2 || state.map === "rollout";
+  };
+  VA.controls(info, state, () => { sync(); render(); });
+  sync();
+  $("play").addEventListener("click", togglePlay);
+  $("prev").addEventListener("click", () => step(-1));
+  $("next").addEventListener("click", () => step(1));
+  $("mute").addEventListener("click", () => {
+    video.muted = !video.muted;
+    $("mute").textContent = video.muted ? "sound on" : "sound off";
+  });
+  $("scrub").addEventListener("input", (e) => seekFrame(Number(e.target.value)));
+
+  document.addEventListener("keydown", (e) => {
+    if (e.target.tagName === "SELECT" || e.altKey || e.ctrlKey || e.metaKey) return;
+    if (e.key === " ") togglePlay();
+    else if (e.key === "ArrowRight") step(1);
+    else if (e.key === "ArrowLeft") step(-1);
+    else return;
+    e.preventDefault();
+  }, true);
+  document.addEventListener("keyup", (e) => { if (e.key === " ") e.preventDefault(); }, true);
+
+  // -- the value under the pointer ------------------------------------------------------------
+  function readPointer() {
+    const cell = state.pointer && VA.cellAt(state.pointer, stage, cellsH, cellsW, gh, gw);
+    const values = cell && mapOf(state.frame, mapIndex());
+    if (!values) return;
+    const v = values[cell.row * gw + cell.col];
+    const what = state.map === "rollout" ? "rollout (1 = its peak)"
+      : `CLS attention, ${state.map === "mean" ? "mean of the heads" : `head ${state.map}`}, ` +
+        `block ${info.blocks[Number(state.block)]}`;
+    $("cursor").textContent = `patch row ${cell.row}, column ${cell.col}: ${VA.fmt(v)} · ${what}`;
+  }
+  stage.addEventListener("pointermove", (e) => { state.pointer = e; readPointer(); });
+  stage.addEventListener("pointerleave", () => { state.pointer = null; });
+
+  show(0);
+  window.vidattnViewer = { state, frameAt, seekFrame, mapIndex, mapOf, canvas };
+})();
