@@ -147,8 +147,10 @@ def test_planner_refuses_a_frame_that_cannot_fit_naming_the_size_that_does(hd_cl
     assert ok.returncode == 0, ok.stderr
 
 
+# The child's peak RSS is /proc/self/status's VmHWM, which starts afresh at exec: ru_maxrss would
+# carry the pytest process's own peak into the child (Linux keeps it across fork and exec).
 _RSS_RUN = """
-import dataclasses, json, resource, sys
+import dataclasses, json, sys
 from pathlib import Path
 import vidattn
 from vidattn.models.presets import get_preset
@@ -164,7 +166,8 @@ for view in ("heads", "mean", "masks", "rollout", "side-by-side"):
         view=view, full_res=True, max_frames=2, progress=False))
     frames[view] = result.frames
 print(json.dumps({"frames": frames,
-                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_mib": int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0])
+                              / 1024}))
 """
 
 

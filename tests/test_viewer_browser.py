@@ -86,8 +86,10 @@ def _canvas_point(pixels, made, x, y):
 
 
 def _wait_drawn(page, frame):
-    page.wait_for("j => vidattnViewer.state.drawn === j && !document.getElementById('video')"
-                  ".seeking", frame)
+    """Wait until the video has put ``frame`` on screen (the browser's per-frame callback says
+    so) and the overlay has drawn it: a seek settles before its frame is presented."""
+    page.wait_for("j => vidattnViewer.state.drawn === j && vidattnViewer.state.presented === j"
+                  " && !document.getElementById('video').seeking", frame)
 
 
 def test_video_viewer_folder(square, planted):

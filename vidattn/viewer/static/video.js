@@ -18,7 +18,7 @@
 
   const d = info.defaults;
   const state = {
-    frame: -1, drawn: -1, block: info.blocks.length - 1,
+    frame: -1, drawn: -1, presented: -1, block: info.blocks.length - 1,
     map: d.map === "rollout" && !info.rollout ? "mean" : d.map, mode: d.mode,
     colormap: d.colormap, alpha: d.alpha, threshold: d.threshold, pointer: null,
   };
@@ -112,22 +112,30 @@
   }
 
   // -- the video ------------------------------------------------------------------------------
+  // state.presented: the frame the video has put on screen, as far as the browser says (the
+  // per-frame callback's media time; else the time after a seek or on an animation frame)
   video.src = info.video;
-  if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) {
+  const perFrame = "requestVideoFrameCallback" in HTMLVideoElement.prototype;
+  if (perFrame) {
     const onFrame = (now, frame) => {
-      show(frameAt(frame.mediaTime));
+      show(state.presented = frameAt(frame.mediaTime));
       video.requestVideoFrameCallback(onFrame);
     };
     video.requestVideoFrameCallback(onFrame);
   } else {  // no per-frame callback: follow currentTime on every animation frame
     const tick = () => {
-      if (!video.paused) show(frameAt(video.currentTime));
+      if (!video.paused) show(state.presented = frameAt(video.currentTime));
       requestAnimationFrame(tick);
     };
     requestAnimationFrame(tick);
   }
-  video.addEventListener("loadeddata", () => show(frameAt(video.currentTime)));
-  video.addEventListener("seeked", () => show(frameAt(video.currentTime)));
+  const onSettled = () => {
+    const i = frameAt(video.currentTime);
+    if (!perFrame) state.presented = i;
+    show(i);
+  };
+  video.addEventListener("loadeddata", onSettled);
+  video.addEventListener("seeked", onSettled);
   video.addEventListener("play", () => { $("play").textContent = "pause"; });
   video.addEventListener("pause", () => { $("play").textContent = "play"; });
   video.addEventListener("error", () => VA.fail(new Error(
