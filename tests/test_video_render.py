@@ -46,7 +46,7 @@ def clip(tmp_path_factory):
     return make_video(path, n_frames=30, fps=25, size=(160, 96), audio=True)
 
 
-@pytest.mark.parametrize("view", ["heads", "mean", "masks", "rollout", "side-by-side"])
+@pytest.mark.parametrize("view", ["heads", "mean", "masks", "rollout", "pca", "side-by-side"])
 def test_every_view_keeps_count_times_rate_and_audio(planted, clip, tmp_path, view):
     out = tmp_path / "out.mp4"
     result = render_video(planted, clip.path, out, VideoOptions(view=view, batch_size=4, **QUIET))
@@ -57,7 +57,7 @@ def test_every_view_keeps_count_times_rate_and_audio(planted, clip, tmp_path, vi
     h, w = frames[0][1].shape[:2]
     assert h % 2 == 0 and w % 2 == 0
     expected = {"mean": (96, 160), "masks": (96, 160), "rollout": (96, 160),
-                "side-by-side": (96, 322)}
+                "pca": (96, 160), "side-by-side": (96, 322)}
     if view == "heads":  # 2 heads -> 2 columns of full-size panels (short side 96 < 240)
         assert (h, w) == (96, 322)
     else:

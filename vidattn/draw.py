@@ -118,10 +118,22 @@ def overlay(frame: np.ndarray, heat: np.ndarray, lut: np.ndarray, alpha: float) 
     darkens the unattended parts of the video. Heat outside [0, 1] is clipped.
     """
     heat = np.clip(np.asarray(heat, dtype=np.float32), 0, 1)
-    if frame.shape != (*heat.shape, 3):
-        raise ValueError(f"frame {frame.shape} and heat {heat.shape} sizes differ")
-    weight = heat * np.float32(alpha)
-    return cv2.blendLinear(frame, apply_colormap(heat, lut), 1 - weight, weight)
+    return blend(frame, apply_colormap(heat, lut), heat * np.float32(alpha))
+
+
+def blend(frame: np.ndarray, colours: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Per-pixel mix of two uint8 ``(H, W, 3)`` images: ``weight`` ``(H, W)`` (clipped to
+    [0, 1]) of ``colours`` into ``1 - weight`` of ``frame`` -> uint8 ``(H, W, 3)``."""
+    weight = np.clip(np.asarray(weight, dtype=np.float32), 0, 1)
+    if frame.shape != (*weight.shape, 3) or colours.shape != frame.shape:
+        raise ValueError(f"frame {frame.shape}, colours {colours.shape} and weight "
+                         f"{weight.shape} sizes differ")
+    return cv2.blendLinear(frame, colours, 1 - weight, weight)
+
+
+def to_uint8(values: np.ndarray) -> np.ndarray:
+    """Floats in [0, 1] (clipped) -> uint8 0..255, rounded."""
+    return np.rint(np.clip(values, 0, 1) * 255).astype(np.uint8)
 
 
 OUTLINE_TRACE_PX = 180  # mask outlines are traced on a grid about this size on the short side

@@ -26,10 +26,10 @@ DEFAULT_PRESET = "dino_vits16"  # the model of the commands and of vidattn.probe
 DEFAULT_SIZE = 224  # the resolution the presets were trained at (DINOv2's 518 aside)
 DEFAULT_BATCH = 8
 DEFAULT_THRESHOLD = 0.6  # DINO's masks keep 60 % of each head's attention mass
-VIEWS = ("heads", "mean", "masks", "rollout", "side-by-side")
-SIDE_MAPS = ("mean", "rollout")
+VIEWS = ("heads", "mean", "masks", "rollout", "pca", "side-by-side")
+SIDE_MAPS = ("mean", "rollout", "pca")
 FORMATS = ("mp4", "gif")
-IMAGE_PROBES = ("distance", "rollout", "heads", "masks", "registers", "norms")
+IMAGE_PROBES = ("distance", "rollout", "heads", "masks", "registers", "norms", "pca")
 MODEL_PROBES = ("filters", "posembed")
 PROBES = IMAGE_PROBES + MODEL_PROBES
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -40,6 +40,7 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 # 720p frame measured here at the same CRF: ultrafast 9 ms, superfast 15 ms, veryfast 23 ms, with
 # files about 2.8x and 1.5x the size of veryfast's for the first two (--x264-preset to choose).
 DEFAULT_X264_PRESET = "ultrafast"
+DEFAULT_PCA_FRAMES = 32  # frames a video's PCA is fitted on: ~6000 tokens at 224, one second
 
 
 def option(default, help: str, **cli):  # noqa: A002 - "help" as click names it
@@ -91,6 +92,29 @@ class ModelOptions:
                           memory_budget=self.memory_budget, precision=self.precision)
 
 
+def _check_pca_background(value):
+    """A VidattnError (one line, from the command's body) unless ``value`` is None or in (0, 1)."""
+    if value is not None and not 0 < value < 1:
+        raise VidattnError(f"--pca-background must be between 0 and 1 (exclusive), got {value}")
+
+
+def check_features_path(path):
+    """A VidattnError naming ``path`` unless it is None or names a .npy file (--save-features:
+    the tokens go there, their .json sidecar beside it)."""
+    if path is not None and Path(path).suffix.lower() != ".npy":
+        raise VidattnError("--save-features must name a .npy file", path)
+
+
+def pca_background_option():
+    """The --pca-background field of VideoOptions and ImageOptions (declared here, once)."""
+    return option(
+        None, "pca: remove the background as DINOv2 does: a patch is background when its first "
+        "principal component, scaled to 0..1 by the fit sample's 1st and 99th percentiles, is "
+        "at most T; the component's sign is chosen so that the foreground (above T) is the "
+        "smaller part of the sample. The colours are then fitted on the foreground alone. T in "
+        "(0, 1), e.g. 0.5. Default: keep every patch.", type=float, metavar="T")
+
+
 def cli_fields(cls):
     """The fields of an options dataclass that the command line offers (those with help)."""
     return [f for f in fields(cls) if "help" in f.metadata]
@@ -103,7 +127,9 @@ class VideoOptions:
     view: str = option(
         "mean", "heads: a grid with every head's CLS attention; mean: the head mean; masks: "
         "DINO's threshold masks, one colour per head; rollout: attention rollout through all "
-        "blocks; side-by-side: the frame beside the map (--side-map).", choices=VIEWS)
+        "blocks; pca: three principal components of the patch features as red, green and "
+        "blue, one basis for the whole video (--pca-frames); side-by-side: the frame beside "
+        "the map (--side-map).", choices=VIEWS)
     side_map: str = option("mean", "Map shown by --view side-by-side.", choices=SIDE_MAPS)
     size: int = option(
         DEFAULT_SIZE, "Short side, in pixels, of the frames the model sees (aspect kept, padded "
@@ -137,6 +163,12 @@ class VideoOptions:
     audio: bool = option(
         True, "Copy the input's audio into MP4/MOV/MKV outputs; --no-audio makes a silent video "
         "(for an input whose audio is damaged or in an unknown codec).", flag=False)
+    pca_frames: int = option(
+        DEFAULT_PCA_FRAMES, "pca: frames the one PCA basis of the video is fitted on, spread "
+        "evenly over the requested range (--start, --end, --max-frames) and each read by "
+        "seeking; their patch tokens' 1st and 99th percentiles fix the colour scale, so "
+        "colours mean the same in every frame and do not flicker.", min=1)
+    pca_background: float | None = pca_background_option()
     viewer_blocks: str = option(
         "last", "--viewer: the blocks whose maps (every head and their mean) the viewer stores: "
         "the last, or all (depth times the data).", choices=VIEWER_BLOCKS)
@@ -144,6 +176,7 @@ class VideoOptions:
         False, "--viewer: store attention rollout too (always with --view rollout or "
         "--side-map rollout).")
     save_maps: Path | None = None  # also write the raw per-frame maps here (.npz)
+    save_features: Path | None = None  # also stream the patch tokens here (.npy + .json)
     viewer: Path | None = None  # also write the browser viewer into this folder
     progress: bool = True  # a progress bar on stderr
 
@@ -157,6 +190,14 @@ class VideoOptions:
             raise VidattnError(f"--smooth must be >= 1 (1 = off), got {self.smooth}")
         if self.viewer_blocks not in VIEWER_BLOCKS:
             raise VidattnError(f"--viewer-blocks must be one of {', '.join(VIEWER_BLOCKS)}")
+        _check_pca_background(self.pca_background)
+        check_features_path(self.save_features)
+        if self.needs_pca and self.viewer is not None:
+            raise VidattnError("--viewer shows attention; it cannot be combined with a pca view")
+
+    @property
+    def needs_pca(self) -> bool:
+        return self.view == "pca" or (self.view == "side-by-side" and self.side_map == "pca")
 
     @property
     def needs_rollout(self) -> bool:
@@ -203,11 +244,15 @@ class ImageOptions:
     viewer: bool = option(
         False, "Also write a browser page per image, DIR/<stem>/viewer.html: click a patch to see "
         "where it looks, in any block and head, or rollout (stores every block's attention).")
+    pca_background: float | None = pca_background_option()
+    save_features: Path | None = None  # also write every image's patch tokens here (.npy + .json)
 
     def __post_init__(self):
         if isinstance(self.probes, str):
             self.probes = parse_probes(self.probes)
         _check_threshold(self.threshold)
+        _check_pca_background(self.pca_background)
+        check_features_path(self.save_features)
 
     @property
     def image_probes(self) -> list[str]:

@@ -36,10 +36,17 @@ def _position_code(grid, width):
 
 
 def planted_model(patch=16, depth=2, heads=2, dim=32, grid=14, gain=6.0, name="planted",
-                  registers=0, precision="fp32", local_head=False, local_gain=4.0) -> Model:
+                  registers=0, precision="fp32", local_head=False, local_gain=4.0,
+                  colour_tokens=False) -> Model:
     """The planted model; with ``registers``, that many register tokens after CLS (as DINOv2's)
     that look redder than any patch, so they draw most of the attention: maps must still peak on
-    the red patches, since registers never appear in them. ``local_head``: see above."""
+    the red patches, since registers never appear in them. ``local_head``: see above.
+
+    ``colour_tokens``: the patch projection also writes each patch's mean red, green and blue
+    (of the normalised input) into channels 2, 3 and 4, so the output patch tokens are known:
+    ``LayerNorm([redness, 1, R, G, B, 0, ...] + position)`` (the blocks add nothing). A red
+    object's patches lie along one direction, a grey background's along another, and noise in
+    the picture is noise in the tokens (``planted_tokens`` computes them)."""
     preset = dataclasses.replace(
         get_preset("dino_vits16"), name=name, patch_size=patch, embed_dim=dim, depth=depth,
         num_heads=heads, image_size=grid * patch, num_register_tokens=registers,
@@ -47,6 +54,9 @@ def planted_model(patch=16, depth=2, heads=2, dim=32, grid=14, gain=6.0, name="p
     hidden = preset.hidden
     redness = np.zeros((dim, 3, patch, patch), np.float32)
     redness[0] = np.array([1.0, -0.5, -0.5])[:, None, None] / patch**2
+    if colour_tokens:
+        for c in range(3):
+            redness[2 + c, c] = 1.0 / patch**2
     proj_bias = np.zeros(dim, np.float32)
     proj_bias[1] = 1.0
     state = {
@@ -90,6 +100,21 @@ def planted_model(patch=16, depth=2, heads=2, dim=32, grid=14, gain=6.0, name="p
     load_state_dict(backbone, state, source="planted")
     return Model(preset, backbone, labelled("planted (test weights)", precision),
                  precision=precision)
+
+
+def planted_tokens(images, patch=16) -> np.ndarray:
+    """What ``planted_model(colour_tokens=True)`` returns as ``patch_tokens`` for preprocessed
+    ``images`` ``(N, H, W, 3)`` (dim 32, no local head): ``(N, gh * gw, 32)``, computed here
+    with numpy (the embedding, LayerNorm with eps 1e-6)."""
+    n, h, w, _ = images.shape
+    means = images.reshape(n, h // patch, patch, w // patch, patch, 3).mean((2, 4))
+    means = means.reshape(n, -1, 3).astype(np.float64)
+    x = np.zeros((*means.shape[:2], 32))
+    x[..., 0] = means @ np.array([1.0, -0.5, -0.5])
+    x[..., 1] = 1.0
+    x[..., 2:5] = means
+    centred = x - x.mean(-1, keepdims=True)
+    return centred / np.sqrt((centred**2).mean(-1, keepdims=True) + 1e-6)
 
 
 class Dawdling:

@@ -26,12 +26,14 @@ from tqdm.auto import tqdm
 from vidattn import attention as am
 from vidattn import draw
 from vidattn.errors import VidattnError
+from vidattn.features import FeatureWriter, PcaBasis, fit_basis, fit_times, model_meta
 from vidattn.models.memory import format_bytes
 from vidattn.options import VideoOptions
 from vidattn.preprocess import prepare_frames, resize_frame, video_geometry
 from vidattn.video.reader import DEFAULT_FPS, Prefetcher, probe, read_frames
 from vidattn.video.writer import VideoWriter
 
+PCA_CHANNELS = 4  # a pca view's maps: red, green, blue, foreground (features.PcaBasis.draw)
 HEAD_PANEL_MIN = 240  # heads view: panels are the frame scaled by 1/cols, but not below this
 # Threads that resize and normalise a batch's frames, and that draw them: the cores beside the
 # model's (decoding and encoding are FFmpeg's and x264's own threads); one on a 2-core machine.
@@ -121,22 +123,26 @@ class _Sink:
 @dataclass(frozen=True)
 class MapLayout:
     """The maps ``MapMaker`` computes for each frame, in order: for each block of ``blocks``, its
-    ``heads`` CLS maps then their mean; then the rollout map if ``rollout``. ``count`` maps in
-    all; ``view`` indexes the ones the chosen view draws."""
+    ``heads`` CLS maps then their mean; then the rollout map if ``rollout``; then, if ``pca``,
+    the ``PCA_CHANNELS`` maps of the PCA view. ``count`` maps in all; ``view`` indexes the ones
+    the chosen view draws."""
 
     blocks: tuple[int, ...]
     heads: int
     rollout: bool
     view: tuple[int, ...]
+    pca: bool = False
 
     @property
     def count(self) -> int:
-        return len(self.blocks) * (self.heads + 1) + self.rollout
+        return len(self.blocks) * (self.heads + 1) + self.rollout + PCA_CHANNELS * self.pca
 
     @classmethod
     def of(cls, model, opts: VideoOptions) -> MapLayout:
         """What ``opts`` needs: the view's maps, and every map the viewer stores when it is on."""
         depth, heads = model.preset.depth, model.preset.num_heads
+        if opts.needs_pca:  # options refuse a viewer here: the maps are the PCA's alone
+            return cls((), heads, False, tuple(range(PCA_CHANNELS)), pca=True)
         if opts.viewer is not None:
             blocks = tuple(range(depth)) if opts.viewer_blocks == "all" else (depth - 1,)
         else:
@@ -157,14 +163,26 @@ class MapLayout:
         return "none" if not self.blocks else "cls" if self.blocks == (depth - 1,) else "cls_all"
 
 
+def _padded(inputs, size: int):
+    """A batch of model inputs padded to ``size`` by repeating its last: the last batch of a video
+    runs through the same compiled shape as the others."""
+    n = len(inputs)
+    return inputs if n >= size else np.concatenate([inputs, np.repeat(inputs[-1:], size - n, 0)])
+
+
 class MapMaker:
     """Turns a batch of model inputs into maps ``(N, count, gh, gw)`` float32 as ``layout`` says
     (``MapLayout.of``): what the view draws is ``maps[:, layout.view]``, and the viewer stores all
-    of them. Smoothing (an exponential moving average with time constant ``smooth`` frames) runs
-    across batches."""
+    of them; and, with ``tokens``, the patch tokens ``(N, gh * gw, D)`` float32 (else None).
+    A pca layout draws with ``basis`` (``fit_video_pca``). Smoothing (an exponential moving
+    average with time constant ``smooth`` frames) runs across batches."""
 
-    def __init__(self, model, opts: VideoOptions, grid_hw, layout: MapLayout):
+    def __init__(self, model, opts: VideoOptions, grid_hw, layout: MapLayout,
+                 basis: PcaBasis | None = None, tokens: bool = False):
         self.model, self.opts, self.grid_hw, self.layout = model, opts, grid_hw, layout
+        self.basis, self.tokens = basis, tokens or layout.pca
+        if layout.pca and basis is None:
+            raise ValueError("a pca layout needs a PcaBasis")
         self.n_prefix = model.preset.num_prefix_tokens
         depth = model.preset.depth
         self._attention = layout.attention(depth)
@@ -174,9 +192,8 @@ class MapMaker:
     def __call__(self, inputs):
         o, layout = self.opts, self.layout
         n = len(inputs)
-        if n < o.batch_size:  # pad the last batch: one compiled shape for the whole video
-            inputs = np.concatenate([inputs, np.repeat(inputs[-1:], o.batch_size - n, 0)])
-        out = self.model.run(inputs, attention=self._attention, rollout=layout.rollout)
+        out = self.model.run(_padded(inputs, o.batch_size), attention=self._attention,
+                             rollout=layout.rollout, tokens=self.tokens)
         attns = dict(zip(self._returned, out["attention"]))
         parts = []
         for block in layout.blocks:
@@ -184,6 +201,10 @@ class MapMaker:
             parts += [maps, am.head_mean(maps)[:, None]]
         if layout.rollout:
             parts.append(am.rollout_map(out["rollout"][:n], self.n_prefix, self.grid_hw)[:, None])
+        tokens = out["patch_tokens"][:n] if self.tokens else None
+        if layout.pca:  # (n, gh*gw, 4) -> (n, 4, gh, gw)
+            parts.append(np.moveaxis(self.basis.draw(tokens), -1, 1).reshape(
+                n, PCA_CHANNELS, *self.grid_hw))
         maps = np.ascontiguousarray(np.concatenate(parts, axis=1), np.float32)
         if o.smooth > 1:
             rate = 1.0 / o.smooth
@@ -192,7 +213,7 @@ class MapMaker:
                     maps[i] - self._state
                 )
                 maps[i] = self._state
-        return maps
+        return maps, tokens
 
 
 class FrameRenderer:
@@ -224,8 +245,11 @@ class FrameRenderer:
     def __call__(self, image, maps, pts_s):
         o = self.opts
         h, w = image.shape[:2]
-        maps = am.normalize_maps(maps)
-        if o.view == "heads":
+        if o.needs_pca:  # red, green, blue, foreground: fixed by the basis, never rescaled
+            heat = self._heat(maps, (h, w))
+            out = draw.blend(image, draw.to_uint8(np.moveaxis(heat[:3], 0, -1)), heat[3] * o.alpha)
+        elif o.view == "heads":
+            maps = am.normalize_maps(maps)
             scale = max(1 / self.cols, min(1.0, HEAD_PANEL_MIN / min(h, w)))
             ph, pw = max(2, round(h * scale)), max(2, round(w * scale))
             small = resize_frame(image, (ph, pw))
@@ -235,13 +259,14 @@ class FrameRenderer:
                 panels.append(draw.caption(panel, f"head {k}") if o.captions else panel)
             out = draw.grid(panels, cols=self.cols)
         elif o.view == "masks":
-            masks = am.threshold_masks(maps[None], keep=o.threshold)[0]
+            masks = am.threshold_masks(am.normalize_maps(maps)[None], keep=o.threshold)[0]
             out = draw.draw_masks(image, masks, self.mask_colors, o.alpha, self.patch,
                                     self.geometry.resized_hw)
         else:
-            out = draw.overlay(image, self._heat(maps[0], (h, w)), self.lut, o.alpha)
-            if o.view == "side-by-side":
-                out = draw.side_by_side(image, out)
+            out = draw.overlay(image, self._heat(am.normalize_maps(maps)[0], (h, w)), self.lut,
+                               o.alpha)
+        if o.view == "side-by-side":
+            out = draw.side_by_side(image, out)
         if o.captions:
             out = draw.caption(out, f"t={pts_s:.2f}s", corner="br")
         if self.model_label:
@@ -251,11 +276,13 @@ class FrameRenderer:
 
 def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResult:
     """Render the attention of ``model`` on every (kept) frame of ``src`` into ``dst``, and into
-    the browser viewer folder ``opts.viewer`` when that is set (``vidattn.viewer.video``).
+    the browser viewer folder ``opts.viewer`` when that is set (``vidattn.viewer.video``). A pca
+    view first fits its one basis on frames spread over the range (``fit_video_pca``).
 
     ``dst`` ends in .mp4/.mov/.mkv (H.264 with the source's audio) or .gif; it may be None when
-    the viewer is the only output. Nothing is left at ``dst`` or the viewer folder unless the
-    whole video was written.
+    the viewer is the only output. ``opts.save_features`` streams every kept frame's patch tokens
+    into a .npy with a .json sidecar (``features.FeatureWriter``). Nothing is left at ``dst``,
+    the viewer folder or the feature files unless the whole video was written.
     """
     opts = opts or VideoOptions()
     if dst is None and opts.viewer is None:
@@ -270,7 +297,11 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
     opts = _plan_batch(model, opts, geometry)
     kind = model.preset.preprocessing
     layout = MapLayout.of(model, opts)
-    make_maps = MapMaker(model, opts, geometry.grid_hw, layout)
+    if dst is not None:
+        _check_writable(dst)
+    basis = fit_video_pca(model, src, info, opts, geometry) if layout.pca else None
+    make_maps = MapMaker(model, opts, geometry.grid_hw, layout, basis,
+                         tokens=opts.save_features is not None)
     render_frame = FrameRenderer(model, opts, geometry)
     saved_maps, saved_pts = [], []
     started = time.perf_counter()
@@ -296,7 +327,7 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
 
     bar = tqdm(total=total, unit="frame", disable=not opts.progress, dynamic_ncols=True,
                desc=Path(src).name, leave=True)
-    writer = viewer = None
+    writer = viewer = features = None
 
     def consume(item):
         nonlocal writer, written
@@ -314,18 +345,27 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
             written += 1
         bar.update(len(batch))
 
-    if dst is not None:
-        _check_writable(dst)
     if opts.viewer is not None:
         from vidattn.viewer.video import VideoViewer
 
         viewer = VideoViewer(opts.viewer, model, geometry, layout, open_writer, Path(src).name,
                              _viewer_defaults(opts))
+    if opts.save_features is not None:
+        try:
+            features = FeatureWriter(opts.save_features, geometry.grid_hw,
+                                     model.preset.embed_dim,
+                                     {"source": Path(src).name, **model_meta(model)})
+        except BaseException:
+            if viewer is not None:
+                viewer.abort()
+            raise
     sink = _Sink(consume)
     try:
         with Prefetcher(prepared(), maxsize=2, name="vidattn-prepare") as batches:
             for batch, inputs in batches:
-                maps = make_maps(inputs)
+                maps, tokens = make_maps(inputs)
+                if features is not None:
+                    features.write(tokens, [f.pts_s for f in batch])
                 if opts.save_maps is not None:
                     saved_maps.append(maps[:, list(layout.view)].astype(np.float16))
                     saved_pts.extend(f.pts_s for f in batch)
@@ -339,6 +379,8 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
             viewer.finish()
         if writer is not None:
             writer.close()
+        if features is not None:
+            features.close()
         if viewer is not None:
             viewer.publish()
     except BaseException:
@@ -347,6 +389,8 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
             writer.abort()
         if viewer is not None:
             viewer.abort()
+        if features is not None:
+            features.abort()
         raise
     finally:
         bar.close()
@@ -356,6 +400,48 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
                        None if dst is None else Path(dst), (writer or viewer).size,
                        tuple(np.concatenate(saved_maps).shape) if saved_maps else (),
                        opts.viewer)
+
+
+def fit_video_pca(model, src, info, opts: VideoOptions, geometry) -> PcaBasis:
+    """The one PCA basis of a video (``features.fit_basis``, background per
+    ``opts.pca_background``), fitted on the patch tokens of the frames ``fit_frames`` reads.
+    They run through the model in batches of ``opts.batch_size``, as the render's frames do."""
+    sample, kind = [], model.preset.preprocessing
+    for batch in _batches(fit_frames(src, info, opts), opts.batch_size):
+        inputs = prepare_frames([f.image for f in batch], geometry, kind)
+        out = model.run(_padded(inputs, opts.batch_size), tokens=True)
+        sample.append(out["patch_tokens"][: len(batch)])
+    if not sample:
+        raise VidattnError("no frames in the requested range", src)
+    return fit_basis(np.concatenate(sample), opts.pca_background)
+
+
+def fit_frames(src, info, opts: VideoOptions):
+    """The frames a video's PCA is fitted on: up to ``opts.pca_frames``, each read by seeking
+    (``read_frames`` from its time) to the middles of equal spans of ``[start, end)``, where the
+    end is the first of ``--end``, the video's duration and, with ``--max-frames``, the time that
+    many kept frames take; each frame once, in time order. A video whose duration is unknown
+    gives its range's first ``pca_frames`` frames instead."""
+    start = opts.start or 0.0
+    end = min(t for t in (opts.end, info.duration_s, _frames_end(info, opts), math.inf)
+              if t is not None)
+    if not (math.isfinite(end) and end > start):
+        count = min(opts.pca_frames, opts.max_frames or opts.pca_frames)
+        yield from read_frames(src, opts.start, opts.end, opts.every, count)
+        return
+    seen = set()
+    for t in fit_times(start, end, opts.pca_frames):
+        for frame in read_frames(src, float(t), opts.end, max_frames=1):
+            if frame.pts_s not in seen:  # seeks in a short video land on one frame
+                seen.add(frame.pts_s)
+                yield frame
+
+
+def _frames_end(info, opts: VideoOptions) -> float | None:
+    """Where ``--max-frames`` kept frames end, in seconds (None without it or a frame rate)."""
+    if opts.max_frames is None or not info.fps:
+        return None
+    return (opts.start or 0.0) + opts.max_frames * opts.every / float(info.fps)
 
 
 def _viewer_defaults(opts: VideoOptions) -> dict:
@@ -387,7 +473,7 @@ def _plan_batch(model, opts: VideoOptions, geometry) -> VideoOptions:
     layout = MapLayout.of(model, opts)
     plan = model.plan(
         geometry.input_hw, opts.batch_size, layout.attention(model.preset.depth), layout.rollout,
-        extra_per_image=5 * fh * fw * 3,
+        tokens=layout.pca or opts.save_features is not None, extra_per_image=5 * fh * fw * 3,
         sizes=(min(geometry.resized_hw), lambda s: video_geometry(fh, fw, p, s).input_hw))
     if plan.batch < opts.batch_size:
         if opts.progress:
