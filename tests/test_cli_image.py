@@ -55,7 +55,8 @@ def test_good_images_done_bad_ones_reported_one_line_each(tmp_path, inputs):
         for probe in ("distance", "rollout", "heads", "masks"):
             with Image.open(out / folder / f"{probe}.png") as im:
                 assert im.format == "PNG" and min(im.size) > 200
-    assert sorted(p.name for p in (out / "_model").iterdir()) == ["filters.png", "posembed.png"]
+    assert sorted(p.name for p in (out / "_model").iterdir()) == [
+        "filters.png", "pca-joint.json", "pca-joint.png", "posembed.png"]
     assert not (out / "notes").exists() and not (out / "missing").exists()
 
     html = (out / "index.html").read_text()

@@ -108,7 +108,7 @@ def test_inline_figures_are_the_saved_pngs_and_random_says_so(tmp_path, photo):
     pngs = data_uris(html, "image/png")
     result.save(tmp_path / "out")
     ran = result.record["probes"]
-    assert ran == ["distance", "rollout", "heads", "masks", "norms"]  # no registers to probe
+    assert ran == ["distance", "rollout", "heads", "masks", "norms", "pca"]  # no registers
     saved = [(tmp_path / "out" / "photo" / f"{p}.png").read_bytes() for p in ran]
     saved += [(tmp_path / "out" / "_model" / f"{p}.png").read_bytes()
               for p in ("filters", "posembed")]

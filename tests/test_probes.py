@@ -226,7 +226,7 @@ def test_probe_image_writes_every_probe(tmp_path):
     # masks, 2 rows of 16 filters; a long title may widen a figure, never shrink it
     expected = {"distance": (900, 700), "rollout": (900, 400), "heads": (600, 400),
                 "masks": (600, 700), "filters": (1300, 255), "posembed": (750, 700),
-                "registers": (600, 500), "norms": (1300, 460)}
+                "registers": (600, 500), "norms": (1300, 460), "pca": (900, 400)}
     paths = {p: tmp_path / "out" / "photo" / f"{p}.png" for p in pr.IMAGE_PROBES}
     paths.update({p: tmp_path / "out" / "model" / f for p, f in files.items()})
     for probe, path in paths.items():

@@ -59,7 +59,7 @@ def test_every_cell_runs_without_error(executed):
 def test_the_probe_shows_the_report_figures_of_the_demo_model(executed):
     html = html_of(cell_calling(executed, 'vidattn.probe("chelsea.jpg", model=model)'))
     pictures = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert len(pictures) == 7  # distance, rollout, heads, masks, norms; filters, posembed
+    assert len(pictures) == 8  # distance, rollout, heads, masks, norms, pca; filters, posembed
     with Image.open(io.BytesIO(base64.b64decode(pictures[1]))) as rollout:
         assert rollout.format == "PNG" and rollout.width > 500
     assert "demo · weights: demo (bundled)" in html and "RANDOM" not in html
@@ -73,7 +73,8 @@ def test_save_writes_the_files_of_vidattn_image(executed):
     names = re.findall(r"'([^']+)'", listing)
     assert names == ["_model/filters.png", "_model/posembed.png", "chelsea/distance.png",
                      "chelsea/heads.png", "chelsea/masks.png", "chelsea/norms.png",
-                     "chelsea/probes.json", "chelsea/rollout.png", "index.html"]
+                     "chelsea/pca.png", "chelsea/probes.json", "chelsea/rollout.png",
+                     "index.html"]
 
 
 def test_the_video_plays_inline(executed):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+from pathlib import Path
 
 import click
 
@@ -24,6 +25,12 @@ from vidattn.options import (
     VideoOptions,
     cli_fields,
 )
+
+
+FEATURES_HELP = (
+    "Also write the final-normed patch tokens of every frame (image) here, streamed as they are "
+    "computed: a .npy of float16 (frames, gh*gw, D) and, beside it, a .json with the "
+    "timestamps (image names), grid, model and weights. numpy.load(PATH, mmap_mode='r') reads it.")
 
 
 def _friendly_errors(fn):
@@ -215,6 +222,8 @@ def options_from(cls, kw, **extra):
 @options_of(VideoOptions)
 @click.option("--save-maps", type=click.Path(dir_okay=False),
               help="Also write the raw per-frame maps (and their times) to this .npz.")
+@click.option("--save-features", type=click.Path(dir_okay=False), metavar="PATH.npy",
+              help=FEATURES_HELP)
 @click.option("--viewer", "viewer", type=click.Path(file_okay=False), metavar="DIR",
               help="Also (or, without -o, only) write a browser viewer into DIR: open "
               "DIR/index.html from the disk to scrub the video with any head's attention, "
@@ -222,7 +231,7 @@ def options_from(cls, kw, **extra):
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT (and the viewer DIR) if it exists.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_friendly_errors
-def video(src, dst, save_maps, viewer, overwrite, quiet, **kw):
+def video(src, dst, save_maps, save_features, viewer, overwrite, quiet, **kw):
     """Render what a ViT attends to in every frame of SRC into OUTPUT (-o), a browser viewer
     (--viewer DIR), or both.
 
@@ -233,9 +242,15 @@ def video(src, dst, save_maps, viewer, overwrite, quiet, **kw):
       vidattn video clip.mp4 -o masks.gif --view masks --gif-width 480
       vidattn video clip.mp4 -o a.mp4 --weights dino_deitsmall16_pretrain.pth --start 5 --end 9
       vidattn video clip.mp4 --viewer clip-viewer/             # open clip-viewer/index.html
+      vidattn video clip.mp4 -o pca.mp4 --view pca --pca-background 0.5   # DINOv2's PCA
 
     Frames keep their aspect ratio, timestamps and audio; memory stays flat however long the
     video is. The output appears only once complete (a failed or interrupted run leaves none).
+
+    --view pca fits one PCA of the patch tokens per video, on --pca-frames frames (32) spread
+    evenly over the requested range and read by seeking; its axes and colour scale (each
+    component's 1st..99th percentile) are fixed then, so a colour means the same part in every
+    frame. Blend it with --alpha, or show it beside the frame: --view side-by-side --side-map pca.
 
     \b
     The viewer folder holds index.html, video.mp4 (the kept frames, H.264, with the audio) and
@@ -243,16 +258,14 @@ def video(src, dst, save_maps, viewer, overwrite, quiet, **kw):
     block with --viewer-blocks all, and rollout with --viewer-rollout). The page works from the
     disk, with no server and no network: arrow keys step one frame, space plays and pauses.
     """
-    from pathlib import Path
 
     from vidattn.video.pipeline import render_video
 
     if dst is None and viewer is None:
         raise VidattnError("nothing to write: give -o OUTPUT, --viewer DIR, or both")
-    for path in (dst, viewer):
-        if path is not None and Path(path).exists() and not overwrite:
-            raise VidattnError("output exists (use --overwrite to replace it)", path)
+    _refuse_existing((dst, viewer, save_features), overwrite)
     opts = options_from(VideoOptions, kw, save_maps=Path(save_maps) if save_maps else None,
+                        save_features=Path(save_features) if save_features else None,
                         viewer=Path(viewer) if viewer else None, progress=not quiet)
     model = _load(kw, quiet)
     result = render_video(model, src, dst, opts)
@@ -266,16 +279,31 @@ def video(src, dst, save_maps, viewer, overwrite, quiet, **kw):
         )
 
 
+def _refuse_existing(paths, overwrite: bool):
+    """One error line for the first of ``paths`` (None: not asked for) that exists, unless
+    ``overwrite``; a feature file counts with its .json sidecar."""
+    from vidattn.features import sidecar_path
+
+    for path in paths:
+        if path is None or overwrite:
+            continue
+        for taken in [path] + ([sidecar_path(path)] if str(path).endswith(".npy") else []):
+            if Path(taken).exists():
+                raise VidattnError("output exists (use --overwrite to replace it)", taken)
+
+
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
               help="Output folder (created if missing).")
 @options_of(ModelOptions)
 @options_of(ImageOptions)
+@click.option("--save-features", type=click.Path(dir_okay=False), metavar="PATH.npy",
+              help=FEATURES_HELP)
 @click.option("--overwrite", is_flag=True, help="Replace the output folders of images done before.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @_friendly_errors
-def image(images, outdir, overwrite, quiet, **kw):
+def image(images, outdir, save_features, overwrite, quiet, **kw):
     """Run the classic ViT probes on still IMAGES and write figures, numbers and an index page.
 
     \b
@@ -295,6 +323,8 @@ def image(images, outdir, overwrite, quiet, **kw):
       registers share of the CLS attention on the registers, per block and head (DINOv2 *_reg,
                 DINOv3: "Vision Transformers Need Registers")
       norms     norms of the output patch tokens before the final norm: high-norm artifacts
+      pca       3 principal components of the patch tokens as RGB (DINOv2), per image and, for
+                two images or more, one joint PCA of all of them (--pca-background T)
       filters   the first 128 patch-projection filters (per model)
       posembed  dot-product similarity of the position embeddings (per model)
     Presets with an ImageNet-1k head (vit_b16, deit_*) also get their top-5 classes. Register
@@ -306,6 +336,7 @@ def image(images, outdir, overwrite, quiet, **kw):
       OUTDIR/<stem>/<probe>.png     one figure per per-image probe
       OUTDIR/<stem>/probes.json     mean distances, rollout and head peaks, top-5, shapes
       OUTDIR/_model/<probe>.png     the per-model figures, written once per run
+      OUTDIR/_model/pca-joint.png   the joint PCA of the run's images (.json: its numbers)
       OUTDIR/<stem>/viewer.html     with --viewer: click any patch to see where it looks, in
                                     any block and head, or rollout (data in <stem>/viewer/)
     Images whose names share a stem get <stem>-2, <stem>-3... The index shows this run's
@@ -320,7 +351,9 @@ def image(images, outdir, overwrite, quiet, **kw):
     def report(err):
         tqdm.write(one_line(f"vidattn: error: {err}"), file=sys.stderr)
 
-    opts = options_from(ImageOptions, kw)
+    _refuse_existing((save_features,), overwrite)
+    opts = options_from(ImageOptions, kw,
+                        save_features=Path(save_features) if save_features else None)
     model = _load(kw, quiet)
     run = probe_images(model, images, outdir, opts, overwrite, progress=not quiet, on_error=report)
     if not quiet:
@@ -393,7 +426,8 @@ def batch(indir, outdir, overwrite, quiet, **kw):
     ray_opts = options_from(RayOptions, kw)
     opts = options_from(
         BatchOptions, kw, video=options_from(VideoOptions, kw, progress=False),
-        image=ImageOptions(probes=kw["probes"], size=kw["size"], threshold=kw["threshold"]),
+        image=ImageOptions(probes=kw["probes"], size=kw["size"], threshold=kw["threshold"],
+                           pca_background=kw["pca_background"]),
         overwrite=overwrite, progress=not quiet,
         raise_unexpected=click.get_current_context().find_root().params.get("debug", False),
     )

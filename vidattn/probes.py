@@ -9,6 +9,11 @@ Per image (one forward pass of the ``size x size`` centre crop the model sees, `
 - ``heads``: the last block's CLS attention, one overlay per head (DINO's heatmaps).
 - ``masks``: DINO's threshold masks, the smallest set of patches holding ``keep`` of each head's
   CLS attention mass.
+- ``norms``: the output patch tokens' norms before the final norm (high-norm artifacts).
+- ``pca``: three principal components of the final-normed patch tokens as red, green and blue
+  (DINOv2's Figure 1; ``features.fit_basis``), with the explained variance ratio of each; and,
+  over a run of several images, one joint PCA of all their tokens drawn as one figure
+  (``OUTDIR/_model/pca-joint.png``), so the same part of different objects gets the same colour.
 - top-5 ImageNet-1k classes, for presets with a 1000-way head (numbers only).
 
 Per model (the same for every image): ``filters``, the first 128 patch-projection filters, and
@@ -39,6 +44,7 @@ from tqdm.auto import tqdm
 from vidattn import attention as am
 from vidattn import draw
 from vidattn.errors import VidattnError
+from vidattn.features import FeatureWriter, PcaBasis, fit_basis, model_meta
 from vidattn.io import unique_names, write_bytes_atomic
 from vidattn.options import DEFAULT_SIZE, IMAGE_PROBES, MODEL_PROBES, ImageOptions
 from vidattn.preprocess import display_image, imagenet_labels, load_image, preprocess_image
@@ -46,6 +52,8 @@ from vidattn.report import write_index
 from vidattn.viewer.image import write_image_viewer
 
 MODEL_FOLDER = "_model"  # OUTDIR/_model/ holds the model-level figures of a run (and a batch's)
+JOINT_PCA = "pca-joint"  # OUTDIR/_model/pca-joint.png and .json: the joint PCA of a run's images
+JOINT_PANELS = 24  # the joint figure shows the first 24 images (the fit takes them all)
 
 COLORMAP = "inferno"
 ALPHA = 0.6  # the study's heatmap opacity
@@ -181,6 +189,7 @@ class Analysis:
     heads:     ``(heads, gh, gw)`` last-block CLS attention.
     registers: ``(depth, heads)`` share of the CLS attention that goes to the registers.
     norms:     ``(gh, gw)`` norms of the output patch tokens before the final norm.
+    patch_tokens: ``(gh * gw, D)`` final-normed patch tokens (``pca``, saved features).
     logits:    ``(C,)`` where the preset has a head.
     """
 
@@ -193,25 +202,28 @@ class Analysis:
     heads: np.ndarray | None = None
     registers: np.ndarray | None = None
     norms: np.ndarray | None = None
+    patch_tokens: np.ndarray | None = None
     logits: np.ndarray | None = None
 
 
-def analyse(model, image, size: int = DEFAULT_SIZE, probes=IMAGE_PROBES) -> Analysis:
+def analyse(model, image, size: int = DEFAULT_SIZE, probes=IMAGE_PROBES,
+            tokens: bool = False) -> Analysis:
     """Run the model once on an image (a path or uint8 RGB ``(H, W, 3)``) for ``probes``.
 
     Only as much attention as the probes need leaves the model: every block for ``distance`` and
     ``registers``, the class tokens' rows of the last for ``heads`` and ``masks``, none
     otherwise (top-5 needs only
     logits); ``rollout`` is computed inside the model, and the patch tokens leave it only for
-    ``norms``.
+    ``norms`` and ``pca``, or with ``tokens`` (saved features).
     """
     check_size(model, size)
     pixels = image if isinstance(image, np.ndarray) else load_image(image)
     probes = set(probes)
     mode = ("all" if probes & {"distance", "registers"} else
             "cls" if probes & {"heads", "masks"} else "none")
+    tokens = tokens or bool(probes & {"norms", "pca"})
     out = model.run(preprocess_image(pixels, model.preset.preprocessing, size), attention=mode,
-                    rollout="rollout" in probes, tokens="norms" in probes)
+                    rollout="rollout" in probes, tokens=tokens)
     attns = out["attention"]
     grid = (size // model.preset.patch_size,) * 2
     return Analysis(
@@ -224,6 +236,7 @@ def analyse(model, image, size: int = DEFAULT_SIZE, probes=IMAGE_PROBES) -> Anal
         heads=head_maps(model, attns, grid)[0] if probes & {"heads", "masks"} else None,
         registers=register_shares(model, attns)[0] if "registers" in probes else None,
         norms=out["patch_norms"][0].reshape(grid) if "norms" in probes else None,
+        patch_tokens=out["patch_tokens"][0] if tokens else None,
         logits=out["logits"][0] if "logits" in out else None,
     )
 
@@ -268,9 +281,10 @@ def _figure(model, what: str, width: float, height: float) -> Figure:
 
 def _panel_figure(model, what: str, panels, cols=None) -> Figure:
     """A titled figure of same-sized uint8 images, ``panels`` = ``[(title, image), ...]``, in the
-    grid ``draw.grid_shape`` picks (or ``cols`` columns), about 3 inches per panel."""
-    rows, cols = draw.grid_shape(len(panels), panels[0][1].shape[:2], cols)
-    fig = _figure(model, what, 3 * cols, 3 * rows + 1)
+    grid ``draw.grid_shape`` picks (or ``cols`` columns), each panel 3 inches wide."""
+    h, w = panels[0][1].shape[:2]
+    rows, cols = draw.grid_shape(len(panels), (h, w), cols)
+    fig = _figure(model, what, 3 * cols, 3 * rows * h / w + 1)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes:
         ax.set_axis_off()
@@ -285,7 +299,7 @@ def _named(what: str, name: str, limit: int = 40) -> str:
     """``what · name``, a long name shortened in the middle so titles stay one figure wide."""
     if len(name) > limit:
         name = f"{name[: limit // 2 - 1]}…{name[-(limit // 2):]}"
-    return f"{what} · {name}" if name else what
+    return f"{what} · {name}" if what and name else what or name
 
 
 def distance_figure(model, distances, name: str = "") -> Figure:
@@ -391,6 +405,53 @@ def norms_figure(model, display, norms, name: str = "") -> Figure:
     return fig
 
 
+def pca_image(basis: PcaBasis, tokens, grid_hw) -> np.ndarray:
+    """uint8 ``(gh, gw, 3)``: each patch's colour under ``basis``, black where it is background."""
+    drawn = basis.draw(tokens).reshape(*grid_hw, 4)
+    return draw.to_uint8(drawn[..., :3] * drawn[..., 3:])
+
+
+def _pca_panels(model, display, basis: PcaBasis, tokens, grid_hw):
+    """The colours of one image's patches under ``basis``, whole patches on the crop's pixel grid
+    (``(size, size, 3)`` uint8), and those colours blended over the crop (the background left
+    untouched)."""
+    p = model.preset.patch_size
+    patches = upsample_nearest(pca_image(basis, tokens, grid_hw), p)
+    keep = upsample_nearest(basis.draw(tokens)[:, 3].reshape(grid_hw), p)
+    return patches, draw.blend(display, patches, keep * ALPHA)
+
+
+def upsample_nearest(grid_map, patch: int) -> np.ndarray:
+    """``(gh, gw, ...)`` -> ``(gh * p, gw * p, ...)``: whole patches, as DINO shows its cells."""
+    return np.repeat(np.repeat(grid_map, patch, 0), patch, 1)
+
+
+def _explained(basis: PcaBasis) -> str:
+    return " / ".join(f"{v:.0%}" for v in basis.colours.explained)
+
+
+def pca_figure(model, display, basis: PcaBasis, tokens, grid_hw, name: str = "") -> Figure:
+    """One image's patch-token PCA (``basis`` fitted on its own ``(gh * gw, D)`` tokens): input |
+    the first three components as red, green, blue | blended over the input."""
+    patches, blended = _pca_panels(model, display, basis, tokens, grid_hw)
+    what = _named("Patch features: 3 principal components as RGB", name)
+    panels = [("Input (the crop the model saw)", display),
+              (f"PCA (explained variance {_explained(basis)})", patches),
+              ("PCA over the input", blended)]
+    return _panel_figure(model, what, panels, cols=3)
+
+
+def joint_pca_figure(model, items, basis: PcaBasis) -> Figure:
+    """The joint PCA of a run: ``items`` ``[(name, display, tokens, grid_hw), ...]`` each drawn
+    as its crop beside its colours under the one ``basis`` fitted on all their tokens, so the
+    same part of different objects has the same colour."""
+    panels = [(_named("", name), draw.side_by_side(display, _pca_panels(
+        model, display, basis, tokens, grid)[0])) for name, display, tokens, grid in items]
+    what = (f"Joint PCA of the patch features of {len(items)} images "
+            f"(explained variance {_explained(basis)})")
+    return _panel_figure(model, what, panels)
+
+
 def filters_figure(model, filters) -> Figure:
     """Patch-projection filters ``(n, p, p, 3)`` in [0, 1] as one mosaic, 16 per row."""
     n, p = filters.shape[:2]
@@ -457,6 +518,7 @@ class ImageProbes:
               attention (the ``masks`` probe), else None.
     top5:     ``top_classes`` for presets with a classifier head, else None.
     skipped:  ``{probe: why}`` for the probes of ``opts`` the model cannot have.
+    pca:      the image's own ``PcaBasis`` (the ``pca`` probe), else None.
     """
 
     source: str
@@ -466,6 +528,7 @@ class ImageProbes:
     masks: np.ndarray | None = None
     top5: list[dict] | None = None
     skipped: dict[str, str] = field(default_factory=dict)
+    pca: PcaBasis | None = None
 
 
 def measure(model, pixels, source, opts: ImageOptions | None = None) -> ImageProbes:
@@ -475,10 +538,11 @@ def measure(model, pixels, source, opts: ImageOptions | None = None) -> ImagePro
     opts = opts or ImageOptions()
     skipped = {q: why for q in opts.image_probes if (why := not_applicable(model, q))}
     probes = [q for q in opts.image_probes if q not in skipped]
-    a = analyse(model, pixels, opts.size, probes)
+    a = analyse(model, pixels, opts.size, probes, tokens=opts.save_features is not None)
     masks = am.threshold_masks(a.heads, opts.threshold) if "masks" in probes else None
     top = top_classes(model, a.logits) if a.logits is not None else None
-    return ImageProbes(os.fspath(source), opts, a, probes, masks, top, skipped)
+    basis = fit_basis(a.patch_tokens, opts.pca_background) if "pca" in probes else None
+    return ImageProbes(os.fspath(source), opts, a, probes, masks, top, skipped, basis)
 
 
 def image_figures(model, m: ImageProbes) -> dict:
@@ -492,6 +556,7 @@ def image_figures(model, m: ImageProbes) -> dict:
         "masks": lambda: masks_figure(model, a.display, m.masks, keep, name),
         "registers": lambda: registers_figure(model, a.registers, name),
         "norms": lambda: norms_figure(model, a.display, a.norms, name),
+        "pca": lambda: pca_figure(model, a.display, m.pca, a.patch_tokens, a.grid_hw, name),
     }
     return {probe: figures[probe] for probe in m.probes}
 
@@ -559,9 +624,17 @@ def probe_record(model, m: ImageProbes) -> dict:
             "top5": [[int(r), int(c), float(a.norms[r, c])]
                      for r, c in zip(*np.unravel_index(order, a.norms.shape))],
         }
+    if m.pca is not None:
+        record["pca"] = pca_record(m.pca)
     if m.top5 is not None:
         record["top5"] = m.top5
     return record
+
+
+def pca_record(basis: PcaBasis) -> dict:
+    """The ``probes.json`` numbers of a PCA: what was decomposed and what each component holds."""
+    return {"tokens": "final-normed patch tokens", "components": ["red", "green", "blue"],
+            **basis.record()}
 
 
 # -- files -----------------------------------------------------------------------------------------
@@ -632,9 +705,29 @@ def probe_image(model, path, outdir, opts: ImageOptions | None = None,
     holds files: both before the forward pass, and before anything is written. Returns the
     ``probes.json`` record.
     """
+    return write_probes(model, _measure_file(model, path, outdir, opts, overwrite), outdir,
+                        overwrite)
+
+
+def _measure_file(model, path, outdir, opts, overwrite) -> ImageProbes:
+    """``measure`` the image at ``path``, after checking that it reads and that ``outdir`` may be
+    written (``probe_image``)."""
     pixels = load_image(path)
     _check_folder(Path(outdir), overwrite)
-    return write_probes(model, measure(model, pixels, path, opts), outdir, overwrite)
+    return measure(model, pixels, path, opts)
+
+
+def write_joint_pca(model, folder, items, threshold=None) -> dict[str, str]:
+    """Fit one PCA on the patch tokens of every image of a run, ``items`` ``[(name, display,
+    tokens, grid_hw), ...]``, and write its figure (the first ``JOINT_PANELS`` images) and
+    numbers into ``folder``: ``pca-joint.png`` and ``pca-joint.json`` -> ``{JOINT_PCA: file}``."""
+    basis = fit_basis(np.concatenate([tokens for _, _, tokens, _ in items]), threshold)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_figure(joint_pca_figure(model, items[:JOINT_PANELS], basis), folder / f"{JOINT_PCA}.png")
+    record = {"images": [name for name, *_ in items], **pca_record(basis)}
+    write_bytes_atomic(folder / f"{JOINT_PCA}.json", _json_lines(record).encode("utf-8"))
+    return {JOINT_PCA: f"{JOINT_PCA}.png"}
 
 
 @dataclass
@@ -662,6 +755,11 @@ def probe_images(model, images, outdir, opts: ImageOptions | None = None, overwr
               model figures and the index.
     progress: a bar over the images (``tqdm.auto``: a widget in Jupyter).
 
+    With ``pca`` among the probes and two images or more, one PCA fitted on all the images'
+    patch tokens is drawn as ``outdir/_model/pca-joint.png`` (``write_joint_pca``); the tokens
+    are kept as float16 until then. ``opts.save_features`` streams every image's patch tokens
+    into a .npy with a .json sidecar naming the images (``features.FeatureWriter``).
+
     Raises VidattnError up front for an ``opts.size`` the model cannot take or an ``outdir``
     that is a file.
     """
@@ -674,23 +772,40 @@ def probe_images(model, images, outdir, opts: ImageOptions | None = None, overwr
         raise VidattnError("output path exists and is not a folder", out) from None
     images = list(images)
     names = folder_names([i.source if isinstance(i, ImageProbes) else i for i in images])
-    entries, failures = [], []
-    for image, name in zip(tqdm(images, unit="image", disable=not progress, dynamic_ncols=True),
-                           names):
-        try:
-            if isinstance(image, ImageProbes):
-                record = write_probes(model, image, out / name, overwrite)
-            else:
-                record = probe_image(model, image, out / name, opts, overwrite)
-                if opts.viewer:
+    entries, failures, joint = [], [], []
+    grid = (opts.size // model.preset.patch_size,) * 2
+    features = None if opts.save_features is None else FeatureWriter(
+        opts.save_features, grid, model.preset.embed_dim, model_meta(model), index="images")
+    try:
+        for image, name in zip(tqdm(images, unit="image", disable=not progress,
+                                    dynamic_ncols=True), names):
+            try:
+                measured = isinstance(image, ImageProbes)
+                m = image if measured else _measure_file(model, image, out / name, opts, overwrite)
+                record = write_probes(model, m, out / name, overwrite)
+                if opts.viewer and not measured:
                     write_image_viewer(model, image, out / name, opts.size, opts.threshold)
-        except VidattnError as err:
-            if on_error is None:
-                raise
-            on_error(err)
-            failures.append(str(err))
-            continue
-        entries.append((name, record))
-    model_files = write_model_probes(model, out / MODEL_FOLDER, opts.model_probes)
-    index = write_index(out, model, entries, model_files, MODEL_FOLDER, failures)
+            except VidattnError as err:
+                if on_error is None:
+                    raise
+                on_error(err)
+                failures.append(str(err))
+                continue
+            entries.append((name, record))
+            a = m.analysis
+            if m.pca is not None:
+                joint.append((Path(m.source).name, a.display, a.patch_tokens.astype(np.float16), grid))
+            if features is not None:
+                features.write(a.patch_tokens[None], [m.source])
+        model_files = write_model_probes(model, out / MODEL_FOLDER, opts.model_probes)
+        if len(joint) > 1:
+            model_files.update(write_joint_pca(model, out / MODEL_FOLDER, joint,
+                                               opts.pca_background))
+        index = write_index(out, model, entries, model_files, MODEL_FOLDER, failures)
+        if features is not None:
+            features.close()
+    except BaseException:
+        if features is not None:
+            features.abort()
+        raise
     return ProbeRun(index, entries, failures)
