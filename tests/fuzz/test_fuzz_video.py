@@ -4,6 +4,8 @@ leaves a file behind in the output folder."""
 
 from __future__ import annotations
 
+import json
+
 import av
 import numpy as np
 import pytest
@@ -100,6 +102,34 @@ def test_damaged_videos_render_or_fail_cleanly(data, demo, seed_videos, scratch)
     out = scratch / "out"
     out.mkdir(exist_ok=True)
     event(_render_or_refuse(demo, src, out, suffix, view=view))
+
+
+@reliability(("the same damaged videos rendered with `--view pca` (its fit sample read by "
+              "seeking across the video), with or without `--pca-background`, and "
+              "`--save-features`",
+              "a complete output and a feature file holding every rendered frame, or one error "
+              "naming the input and no output, feature file or temporary file"))
+@examples(16)
+@given(data=st.data())
+def test_damaged_videos_render_pca_or_fail_cleanly(data, demo, seed_videos, scratch):
+    src = write_damaged(data, seed_videos, scratch, "video")
+    background = data.draw(st.sampled_from([None, 0.5]), label="pca_background")
+    out, kept = scratch / "out", scratch / "features"
+    out.mkdir(exist_ok=True)
+    kept.mkdir(exist_ok=True)
+    features = kept / "f.npy"
+    outcome = _render_or_refuse(demo, src, out, view="pca", pca_background=background,
+                                save_features=features)
+    event(outcome)
+    if outcome == "error":
+        assert list(kept.iterdir()) == []
+        return
+    times = json.loads(features.with_suffix(".json").read_text())["timestamps_s"]
+    tokens = np.load(features)
+    assert tokens.dtype == np.float16 and len(tokens) == len(times) >= 1
+    assert np.isfinite(tokens).all() and times == sorted(set(times))
+    for path in kept.iterdir():
+        path.unlink()
 
 
 def _file(path, data: bytes):
