@@ -50,7 +50,7 @@ def test_first_component_and_the_background_rule():
     explained = fit_basis(tokens).colours.explained
     assert np.all(np.diff(explained) <= 0) and 0 < explained.sum() <= 1 + 1e-9
     projection = fit_projection(tokens)
-    np.testing.assert_allclose(projection.flipped(0)(tokens)[:, 0],
+    np.testing.assert_allclose(projection.flipped()(tokens)[:, 0],
                                1 - projection(tokens)[:, 0], atol=1e-6)
 
 

@@ -58,13 +58,10 @@ class Projection:
         raw = (np.asarray(tokens, np.float64) - self.mean) @ self.axes.T
         return _scaled(raw, self.low, self.high).astype(np.float32)
 
-    def flipped(self, which: int) -> Projection:
-        """The same projection with axis ``which`` pointing the other way (its scale follows)."""
-        sign = np.ones(len(self.axes))
-        sign[which] = -1.0
-        low = np.where(sign < 0, -self.high, self.low)
-        high = np.where(sign < 0, -self.low, self.high)
-        return Projection(self.mean, self.axes * sign[:, None], low, high, self.explained)
+    def flipped(self) -> Projection:
+        """The same projection with its axes pointing the other way: each value becomes one
+        minus what it was."""
+        return Projection(self.mean, -self.axes, -self.high, -self.low, self.explained)
 
 
 def _scaled(raw, low, high):
@@ -135,7 +132,7 @@ def fit_basis(sample, threshold: float | None = None) -> PcaBasis:
     split = fit_projection(sample, 1)
     first = split(sample)[:, 0]
     if (first > threshold).sum() > (first < 1 - threshold).sum():  # the flip's foreground
-        split = split.flipped(0)
+        split = split.flipped()
         first = split(sample)[:, 0]
     foreground = sample[first > threshold]
     return PcaBasis(fit_projection(foreground if len(foreground) > 1 else sample), split,

@@ -10,6 +10,7 @@ import threading
 import time
 
 import av
+import numpy as np
 import pytest
 
 from tests.support.clirun import DEMO, TIMEOUT_S, manifest_lines, partial_files, run, start
@@ -58,6 +59,25 @@ def test_video_interrupted_twice_then_completes(tmp_path):
     done = run(*args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert _frames(out / "attn.mp4") == LONG and list(out.iterdir()) == [out / "attn.mp4"]
+
+
+@reliability(("Ctrl-C in the middle of `vidattn video --view pca --save-features` (a 600-frame "
+               "render)",
+               "exits 130: no output, no feature file or sidecar, no temporary file; the next run "
+               "writes the video and the features of every frame"))
+def test_pca_render_with_features_interrupted_then_completes(tmp_path):
+    make_video(tmp_path / "long.mp4", n_frames=LONG)
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["video", "long.mp4", "-o", "out/pca.mp4", *DEMO, "--batch-size", "4", "--view", "pca",
+            "--save-features", "out/f.npy", "-q"]
+    proc, err = _interrupt_when_rendering(args, tmp_path, out / "pca.mp4", signal.SIGINT)
+    assert proc.returncode == 130, err
+    assert list(out.iterdir()) == []
+    done = run(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["f.json", "f.npy", "pca.mp4"]
+    assert _frames(out / "pca.mp4") == LONG and len(np.load(out / "f.npy", mmap_mode="r")) == LONG
 
 
 @reliability(("SIGTERM, then Ctrl-C, in the middle of `vidattn batch` (during its second of three "
