@@ -45,12 +45,17 @@ def _interrupt_when_rendering(args, cwd, output, sig):
 
 @reliability(("Ctrl-C, then SIGTERM, in the middle of `vidattn video` (a 600-frame render)",
               "exits 130, then 143, with one line saying no partial output was kept: no output, "
-              "no temporary file; the next run writes the whole video"))
-def test_video_interrupted_twice_then_completes(tmp_path):
+              "no temporary file; the next run writes the whole video"),
+             ("the same with `--view pca --save-features` (its basis fitted before the render)",
+              "the same, and no feature file or sidecar; the next run writes the features of "
+              "every frame"))
+@pytest.mark.parametrize("extra", [[], ["--view", "pca", "--save-features", "out/f.npy"]],
+                         ids=["mean", "pca-features"])
+def test_video_interrupted_twice_then_completes(tmp_path, extra):
     make_video(tmp_path / "long.mp4", n_frames=LONG)
     out = tmp_path / "out"
     out.mkdir()
-    args = ["video", "long.mp4", "-o", "out/attn.mp4", *DEMO, "--batch-size", "4", "-q"]
+    args = ["video", "long.mp4", "-o", "out/attn.mp4", *DEMO, "--batch-size", "4", "-q", *extra]
     for sig in (signal.SIGINT, signal.SIGTERM):
         proc, err = _interrupt_when_rendering(args, tmp_path, out / "attn.mp4", sig)
         assert proc.returncode == 128 + sig, err
@@ -58,26 +63,11 @@ def test_video_interrupted_twice_then_completes(tmp_path):
         assert list(out.iterdir()) == []
     done = run(*args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert _frames(out / "attn.mp4") == LONG and list(out.iterdir()) == [out / "attn.mp4"]
-
-
-@reliability(("Ctrl-C in the middle of `vidattn video --view pca --save-features` (a 600-frame "
-               "render)",
-               "exits 130: no output, no feature file or sidecar, no temporary file; the next run "
-               "writes the video and the features of every frame"))
-def test_pca_render_with_features_interrupted_then_completes(tmp_path):
-    make_video(tmp_path / "long.mp4", n_frames=LONG)
-    out = tmp_path / "out"
-    out.mkdir()
-    args = ["video", "long.mp4", "-o", "out/pca.mp4", *DEMO, "--batch-size", "4", "--view", "pca",
-            "--save-features", "out/f.npy", "-q"]
-    proc, err = _interrupt_when_rendering(args, tmp_path, out / "pca.mp4", signal.SIGINT)
-    assert proc.returncode == 130, err
-    assert list(out.iterdir()) == []
-    done = run(*args, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["f.json", "f.npy", "pca.mp4"]
-    assert _frames(out / "pca.mp4") == LONG and len(np.load(out / "f.npy", mmap_mode="r")) == LONG
+    assert _frames(out / "attn.mp4") == LONG
+    assert sorted(p.name for p in out.iterdir()) == (["attn.mp4", "f.json", "f.npy"] if extra
+                                                       else ["attn.mp4"])
+    if extra:
+        assert len(np.load(out / "f.npy", mmap_mode="r")) == LONG
 
 
 @reliability(("SIGTERM, then Ctrl-C, in the middle of `vidattn batch` (during its second of three "
