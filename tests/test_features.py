@@ -257,3 +257,23 @@ def test_cli_bad_pca_options_are_one_line_errors(tmp_path):
         assert proc.returncode == 1 and len(lines) == 1, (args, proc.stderr)
         assert lines[0].startswith("vidattn: error: "), lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "p.png"]
+
+
+def test_batch_fingerprints_change_only_where_pca_shapes_the_output():
+    from vidattn.batch import fingerprint
+    from vidattn.options import BatchOptions
+
+    model = planted_model()
+
+    def fp(kind, **video):
+        image = ImageOptions(probes=video.pop("probes", "all"),
+                             pca_background=video.get("pca_background"))
+        return fingerprint(model, kind, BatchOptions(video=VideoOptions(**video), image=image))
+
+    assert fp("video") == fp("video", pca_frames=8, pca_background=0.5)  # unused by the mean view
+    assert fp("video", view="pca") != fp("video", view="pca", pca_frames=8)
+    assert fp("video", view="pca") != fp("video", view="pca", pca_background=0.5)
+    assert fp("image", probes="rollout") == fp("image", probes="rollout", pca_background=0.5)
+    assert fp("image") != fp("image", pca_background=0.5)
+    with pytest.raises(VidattnError, match="viewer"):
+        BatchOptions(video=VideoOptions(view="pca"), viewer=True)

@@ -283,13 +283,16 @@ def fingerprint(model, kind: str, opts: BatchOptions) -> str:
     that kind's options. A changed fingerprint means the output is redone."""
     if kind == "video":
         video = dataclasses.asdict(opts.video)
-        for key in ("progress", "save_maps", "viewer") + (() if opts.viewer else (
-                "viewer_blocks", "viewer_rollout")):
-            video.pop(key)
+        for key in ("progress", "save_maps", "save_features", "viewer") + (
+                () if opts.viewer else ("viewer_blocks", "viewer_rollout")) + (
+                () if opts.video.needs_pca else ("pca_frames", "pca_background")):
+            video.pop(key)  # what does not shape this output: old fingerprints stay valid
         settings = {**video, "format": opts.format}
     else:
         settings = {"probes": opts.image.image_probes, "size": opts.image.size,
                     "threshold": opts.image.threshold}
+        if "pca" in opts.image.image_probes and opts.image.pca_background is not None:
+            settings["pca_background"] = opts.image.pca_background
     if opts.viewer:
         settings["viewer"] = True
     blob = json.dumps({"kind": kind, "model": model.preset.name, "weights": model.weights_label,

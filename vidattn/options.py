@@ -192,8 +192,8 @@ class VideoOptions:
             raise VidattnError(f"--viewer-blocks must be one of {', '.join(VIEWER_BLOCKS)}")
         _check_pca_background(self.pca_background)
         check_features_path(self.save_features)
-        if self.needs_pca and self.viewer is not None:
-            raise VidattnError("--viewer shows attention; it cannot be combined with a pca view")
+        if self.viewer is not None:
+            _refuse_pca_viewer(self)
 
     @property
     def needs_pca(self) -> bool:
@@ -207,6 +207,12 @@ class VideoOptions:
     def viewer_has_rollout(self) -> bool:
         """Whether the viewer stores rollout: asked for, or computed for the view anyway."""
         return self.viewer is not None and (self.viewer_rollout or self.needs_rollout)
+
+
+def _refuse_pca_viewer(video: VideoOptions):
+    """The browser viewer shows attention: one error line when it is asked for with a pca view."""
+    if video.needs_pca:
+        raise VidattnError("--viewer shows attention; it cannot be combined with a pca view")
 
 
 def _check_threshold(value: float):
@@ -286,6 +292,8 @@ class BatchOptions:
     def __post_init__(self):
         if self.format not in FORMATS:
             raise VidattnError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}")
+        if self.viewer:
+            _refuse_pca_viewer(self.video)
 
 
 def check_ray_address(address: str | None) -> str | None:
