@@ -28,9 +28,11 @@ Parts (all by default, in this order):
   matmul) and in numpy (OpenBLAS); the fastest of them is the ceiling, and the ``model`` rates
   turned into GFLOP/s (analytic FLOPs) are shown as % of it.
 - ``e2e``: ``render_video`` frames/s for every view on a generated 720p H.264 clip, over the
-  model-only rate at the same size and batch; plus a serial per-stage breakdown of the mean view
-  (decode, preprocess, model, render, encode).
-- ``memory``: peak RSS of a short and a 10x longer render, each in a fresh subprocess.
+  model-only rate at the same size and batch (for the pca view: the model returning its patch
+  tokens; the basis fit before the render, on ``--pca-frames`` frames, is timed apart); plus a
+  serial per-stage breakdown of the mean view (decode, preprocess, model, render, encode).
+- ``memory``: peak RSS of a short and a 10x longer render, each in a fresh subprocess; and the
+  same two with ``--save-features`` (the tokens streamed to a .npy).
 - ``fullres``: ``--full-res`` renders of dino_vits16 on 1080p and dino_vits8 on 720p at the
   default batch: the memory planner's batch, chunk and estimate against the measured peak RSS,
   and frames per second (``part_fullres``).
@@ -99,7 +101,8 @@ IMAGE_VIEWER_PRESETS = ("dino_vits16", "dino_vitb8")
 # Model.run arguments by mode: the last block's attention (heads, mean, masks views), none, or
 # the in-graph rollout row (rollout view)
 RUN_MODES = {"last": {"attention": "last"}, "none": {"attention": "none"},
-             "rollout": {"rollout": True}}
+             "rollout": {"rollout": True}, "tokens": {"tokens": True}}
+VIEW_MODES = {"rollout": "rollout", "pca": "tokens"}  # what each view asks of the model: else last
 
 
 @dataclass
@@ -583,14 +586,16 @@ def stage_seconds(model, clip, view, n_frames, dst) -> dict:
     """Run the video pipeline's stages one after another (no threads) on ``n_frames`` and time
     each: where a frame's time goes. Keys: decode, preprocess, model, render, encode."""
     from vidattn.preprocess import prepare_frames
-    from vidattn.video.pipeline import FrameRenderer, MapMaker
+    from vidattn.video.pipeline import FrameRenderer, MapLayout, MapMaker
     from vidattn.video.reader import probe, read_frames
     from vidattn.video.writer import VideoWriter
 
     info = probe(clip)
     opts = VideoOptions(view=view, progress=False)
     geo = video_geometry(info.height, info.width, model.preset.patch_size, opts.size)
-    make_maps, draw = MapMaker(model, opts, geo.grid_hw), FrameRenderer(model, opts, geo)
+    layout = MapLayout.of(model, opts)
+    make_maps = MapMaker(model, opts, geo.grid_hw, layout)
+    draw = FrameRenderer(model, opts, geo)
     spent = dict.fromkeys(("decode", "preprocess", "model", "render", "encode"), 0.0)
     frames = read_frames(clip, max_frames=n_frames)
     writer = None
@@ -603,7 +608,7 @@ def stage_seconds(model, clip, view, n_frames, dst) -> dict:
             break
         inputs = prepare_frames([f.image for f in batch], geo, model.preset.preprocessing)
         t2 = time.perf_counter()
-        maps = make_maps(inputs)
+        maps = make_maps(inputs)[0][:, list(layout.view)]
         t3 = time.perf_counter()
         spent["preprocess"] += t2 - t1
         spent["model"] += t3 - t2
@@ -638,12 +643,14 @@ def part_e2e(bench):
     around = replace(bench.effort, warmup=0, min_iters=3, max_iters=3, budget_s=0.0)
     with tempfile.TemporaryDirectory() as tmp:
         for view in VIEWS:
-            mode = "rollout" if view == "rollout" else "last"
+            mode = VIEW_MODES.get(view, "last")
             warm = VideoOptions(view=view, progress=False, max_frames=DEFAULT_BATCH)
             render_video(model, clip, Path(tmp) / "warm.mp4", warm)  # compiles, fills caches
             before = median_seconds(lambda: model.run(x, **RUN_MODES[mode]), around)[0]
+            started = time.perf_counter()
             result = render_video(model, clip, Path(tmp) / f"{view}.mp4",
                                   VideoOptions(view=view, progress=False, max_frames=n))
+            setup = time.perf_counter() - started - result.seconds  # probe, and pca's fit
             after = median_seconds(lambda: model.run(x, **RUN_MODES[mode]), around)[0]
             model_rate = 2 * DEFAULT_BATCH / (before + after)
             bench.rows.append(Row(f"e2e render view={view}", size, DEFAULT_BATCH,
@@ -651,7 +658,8 @@ def part_e2e(bench):
                                   f"model {mode}, same minute",
                                   result.frames / result.seconds / model_rate,
                                   note=f"{result.frames} frames; model before/after "
-                                       f"{DEFAULT_BATCH / before:.2f}/{DEFAULT_BATCH / after:.2f}"))
+                                       f"{DEFAULT_BATCH / before:.2f}/{DEFAULT_BATCH / after:.2f}"
+                                       f"; {setup:.1f} s before the first frame"))
         spent = stage_seconds(model, clip, "mean", n, Path(tmp) / "stages.mp4")
     total = sum(spent.values())
     for stage, seconds in spent.items():
@@ -684,35 +692,37 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def memory_worker(clip, n_frames, preset=PRESET, full_res=False):
+def memory_worker(clip, n_frames, preset=PRESET, full_res=False, features=False):
     """In a fresh process: load the model, reset the peak-RSS mark, render ``n_frames`` of
-    ``clip`` (mean view) and print, as one JSON line, the RSS after loading, the peak RSS since
+    ``clip`` (mean view; with ``features``, also streaming the patch tokens to a .npy) and print, as one JSON line, the RSS after loading, the peak RSS since
     then (``VmHWM``: unlike ``ru_maxrss``, it starts afresh at exec, so the parent's size does
     not leak into a child's figure), and the memory planner's plan for the render."""
     from vidattn.video.pipeline import _plan_batch, render_video
     from vidattn.video.reader import probe
 
     model = vidattn.load_model(preset, weights="random")
-    opts = VideoOptions(view="mean", progress=False, max_frames=n_frames, full_res=full_res)
+    tmp = tempfile.TemporaryDirectory()
+    opts = VideoOptions(view="mean", progress=False, max_frames=n_frames, full_res=full_res,
+                        save_features=Path(tmp.name) / "features.npy" if features else None)
     info = probe(clip)
     geo = video_geometry(info.height, info.width, model.preset.patch_size, opts.size, full_res)
     batch = _plan_batch(model, opts, geo).batch_size
     plan = model.plan(geo.input_hw, batch, "cls", extra_per_image=5 * info.height * info.width * 3)
     loaded = _status_mib("VmRSS")
     since = "model load" if reset_peak_rss() else "process start"
-    with tempfile.TemporaryDirectory() as tmp:
-        result = render_video(model, clip, Path(tmp) / "out.mp4", opts)
+    with tmp:
+        result = render_video(model, clip, Path(tmp.name) / "out.mp4", opts)
     print(json.dumps({"frames": result.frames, "seconds": result.seconds, "loaded_mib": loaded,
                       "peak_mib": _status_mib("VmHWM"), "peak_since": since,
                       "batch": plan.batch, "chunk": plan.chunk, "estimate_mib": plan.bytes / 2**20,
                       "budget_mib": plan.budget / 2**20, "input_hw": list(geo.input_hw)}))
 
 
-def run_memory_worker(clip, n_frames, preset=PRESET, full_res=False) -> dict:
+def run_memory_worker(clip, n_frames, preset=PRESET, full_res=False, features=False) -> dict:
     """``memory_worker`` in a fresh process -> its JSON."""
     proc = subprocess.run([sys.executable, __file__, "--memory-worker", str(clip), str(n_frames),
-                           preset, str(int(full_res))], capture_output=True, text=True,
-                          check=False)
+                           preset, str(int(full_res)), str(int(features))], capture_output=True,
+                          text=True, check=False)
     if proc.returncode:
         raise RuntimeError(f"memory worker failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -722,17 +732,18 @@ def part_memory(bench):
     short, long = bench.effort.memory_frames
     clip = bench.clip(MEMORY_HW, MEMORY_FRAMES)
     size = hw_str(MEMORY_HW)
-    peaks = {}
-    for n in (short, long):
-        got = run_memory_worker(clip, n)
-        peaks[n] = got["peak_mib"]
-        bench.rows.append(Row(f"peak RSS, {got['frames']}-frame render", size, DEFAULT_BATCH,
-                              got["peak_mib"], "MiB", got["loaded_mib"], "RSS after model load",
-                              got["peak_mib"] / got["loaded_mib"],
-                              note=f"peak since {got['peak_since']}, fresh process, "
-                                   f"{got['frames'] / got['seconds']:.1f} frame/s"))
-    bench.rows.append(Row(f"peak RSS {long} / {short} frames", size, DEFAULT_BATCH,
-                          peaks[long] / peaks[short], "ratio", note="1.0 = flat memory"))
+    for features, label in ((False, ""), (True, " with --save-features")):
+        peaks = {}
+        for n in (short, long):
+            got = run_memory_worker(clip, n, features=features)
+            peaks[n] = got["peak_mib"]
+            bench.rows.append(Row(f"peak RSS, {got['frames']}-frame render{label}", size,
+                                  DEFAULT_BATCH, got["peak_mib"], "MiB", got["loaded_mib"],
+                                  "RSS after model load", got["peak_mib"] / got["loaded_mib"],
+                                  note=f"peak since {got['peak_since']}, fresh process, "
+                                       f"{got['frames'] / got['seconds']:.1f} frame/s"))
+        bench.rows.append(Row(f"peak RSS {long} / {short} frames{label}", size, DEFAULT_BATCH,
+                              peaks[long] / peaks[short], "ratio", note="1.0 = flat memory"))
 
 
 # -- part: fullres --------------------------------------------------------------------------
@@ -996,7 +1007,8 @@ def parse_args(argv=None):
     parser.add_argument("--cache", default="out/bench-cache", help="generated clips")
     parser.add_argument("--torch-device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="the reference's device; auto: cuda when the backend runs on a GPU")
-    parser.add_argument("--memory-worker", nargs=4, metavar=("CLIP", "FRAMES", "PRESET", "FULL"),
+    parser.add_argument("--memory-worker", nargs=5,
+                        metavar=("CLIP", "FRAMES", "PRESET", "FULL", "FEATURES"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.parts = [p.strip() for p in args.only.split(",") if p.strip()]
@@ -1010,8 +1022,8 @@ def main(argv=None):
     args = parse_args(argv)
     keep_freed_memory()  # as the CLI does, so e2e and memory measure what users get
     if args.memory_worker:
-        clip, frames, preset, full = args.memory_worker
-        memory_worker(clip, int(frames), preset, bool(int(full)))
+        clip, frames, preset, full, features = args.memory_worker
+        memory_worker(clip, int(frames), preset, bool(int(full)), bool(int(features)))
         return 0
     if {"torch", "families"} & set(args.parts) and args.torch_device == "auto":
         try:

@@ -124,7 +124,7 @@ class PcaBasis:
 
 
 def fit_basis(sample, threshold: float | None = None) -> PcaBasis:
-    """Fit a ``PcaBasis`` on tokens ``(M, D)`` (see the module's note), removing the background
+    """Fit a ``PcaBasis`` on tokens ``(..., D)`` (see the module's note), removing the background
     below ``threshold`` of the first component when one is given (in (0, 1))."""
     sample = np.asarray(sample).reshape(-1, np.shape(sample)[-1])
     if threshold is None:
