@@ -1,6 +1,7 @@
 """Patch features: the PCA (fit, background rule), the pca view on planted tokens, the seeking
 fit sample, ``--save-features`` files, and the pca options on the command line."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -277,3 +278,33 @@ def test_batch_fingerprints_change_only_where_pca_shapes_the_output():
     assert fp("image") != fp("image", pca_background=0.5)
     with pytest.raises(VidattnError, match="viewer"):
         BatchOptions(video=VideoOptions(view="pca"), viewer=True)
+
+
+def _tiny(name):
+    from tests.support.families import tiny_dinov2, tiny_dinov3
+    from vidattn.models.presets import get_preset
+
+    if name == "dinov2_reg":
+        return tiny_dinov2(registers=True)
+    if name == "dinov3":
+        return tiny_dinov3()
+    return dataclasses.replace(get_preset(name), embed_dim=32, depth=1, num_heads=2,
+                               mlp_hidden=64)
+
+
+@pytest.mark.parametrize("family", ["dino_vits16", "dinov2_reg", "dinov3", "vit_b16",
+                                    "deit_b16_distilled"])
+def test_every_family_renders_pca_and_saves_its_patch_tokens(family, tmp_path):
+    """Class, distillation, register and storage tokens never reach the features or the PCA."""
+    import vidattn
+
+    model = vidattn.load_model(_tiny(family), weights="random")
+    made = make_video(tmp_path / "v.mp4", n_frames=6, fps=10, size=(80, 48))
+    opts = VideoOptions(view="side-by-side", side_map="pca", pca_background=0.5, size=48,
+                        batch_size=3, pca_frames=4, save_features=tmp_path / "f.npy", **QUIET)
+    result = render_video(model, made.path, tmp_path / "o.mp4", opts)
+    p = model.preset.patch_size
+    gh, gw = video_geometry(48, 80, p, 48).grid_hw
+    tokens = np.load(tmp_path / "f.npy")
+    assert result.frames == 6 and tokens.shape == (6, gh * gw, model.preset.embed_dim)
+    assert np.isfinite(tokens).all()
