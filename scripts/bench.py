@@ -694,9 +694,10 @@ def reset_peak_rss() -> bool:
 
 def memory_worker(clip, n_frames, preset=PRESET, full_res=False, features=False):
     """In a fresh process: load the model, reset the peak-RSS mark, render ``n_frames`` of
-    ``clip`` (mean view; with ``features``, also streaming the patch tokens to a .npy) and print, as one JSON line, the RSS after loading, the peak RSS since
-    then (``VmHWM``: unlike ``ru_maxrss``, it starts afresh at exec, so the parent's size does
-    not leak into a child's figure), and the memory planner's plan for the render."""
+    ``clip`` (mean view; with ``features``, also streaming the patch tokens to a .npy) and
+    print, as one JSON line, the RSS after loading, the peak RSS since then (``VmHWM``: unlike
+    ``ru_maxrss``, it starts afresh at exec, so the parent's size does not leak into a child's
+    figure), and the memory planner's plan for the render."""
     from vidattn.video.pipeline import _plan_batch, render_video
     from vidattn.video.reader import probe
 

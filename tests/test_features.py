@@ -243,6 +243,9 @@ def test_cli_image_pca_probe_writes_figures_and_numbers(tmp_path):
     assert joint["images"] == ["a.png", "b.png"] and len(joint["explained_variance_ratio"]) == 3
     assert (out / "_model" / "pca-joint.png").exists() and "pca-joint.png" in (
         out / "index.html").read_text()
+    again = _cli("image", "a.png", "-o", "out", "--model", "demo", "--size", "64", "--probes",
+                 "pca", "--overwrite", "-q", cwd=tmp_path)  # one image: no joint PCA, none left
+    assert again.returncode == 0 and not list((out / "_model").glob("pca-joint.*"))
 
 
 def test_cli_bad_pca_options_are_one_line_errors(tmp_path):

@@ -191,7 +191,8 @@ class FeatureWriter:
         tokens = np.asarray(tokens)
         expected = (self.grid_hw[0] * self.grid_hw[1], self.dim)
         if tokens.shape[1:] != expected:
-            raise ValueError(f"tokens must be (n, {expected[0]}, {expected[1]}), got {tokens.shape}")
+            raise ValueError(f"tokens must be (n, {expected[0]}, {expected[1]}), "
+                             f"got {tokens.shape}")
         self._file.seek(0, os.SEEK_END)
         self._file.write(np.ascontiguousarray(tokens, np.float16).tobytes())
         self.names.extend(names)

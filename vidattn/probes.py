@@ -405,20 +405,14 @@ def norms_figure(model, display, norms, name: str = "") -> Figure:
     return fig
 
 
-def pca_image(basis: PcaBasis, tokens, grid_hw) -> np.ndarray:
-    """uint8 ``(gh, gw, 3)``: each patch's colour under ``basis``, black where it is background."""
-    drawn = basis.draw(tokens).reshape(*grid_hw, 4)
-    return draw.to_uint8(drawn[..., :3] * drawn[..., 3:])
-
-
 def _pca_panels(model, display, basis: PcaBasis, tokens, grid_hw):
-    """The colours of one image's patches under ``basis``, whole patches on the crop's pixel grid
-    (``(size, size, 3)`` uint8), and those colours blended over the crop (the background left
-    untouched)."""
+    """The colours of one image's patches ``(gh * gw, D)`` under ``basis``, whole patches on the
+    crop's pixel grid (``(size, size, 3)`` uint8, black where background), and those colours
+    blended over the crop (the background left untouched)."""
     p = model.preset.patch_size
-    patches = upsample_nearest(pca_image(basis, tokens, grid_hw), p)
-    keep = upsample_nearest(basis.draw(tokens)[:, 3].reshape(grid_hw), p)
-    return patches, draw.blend(display, patches, keep * ALPHA)
+    drawn = basis.draw(tokens).reshape(*grid_hw, 4)
+    patches = upsample_nearest(draw.to_uint8(drawn[..., :3] * drawn[..., 3:]), p)
+    return patches, draw.blend(display, patches, upsample_nearest(drawn[..., 3], p) * ALPHA)
 
 
 def upsample_nearest(grid_map, patch: int) -> np.ndarray:
@@ -794,13 +788,17 @@ def probe_images(model, images, outdir, opts: ImageOptions | None = None, overwr
             entries.append((name, record))
             a = m.analysis
             if m.pca is not None:
-                joint.append((Path(m.source).name, a.display, a.patch_tokens.astype(np.float16), grid))
+                tokens = a.patch_tokens.astype(np.float16)  # a run's worth is kept
+                joint.append((Path(m.source).name, a.display, tokens, grid))
             if features is not None:
                 features.write(a.patch_tokens[None], [m.source])
         model_files = write_model_probes(model, out / MODEL_FOLDER, opts.model_probes)
         if len(joint) > 1:
             model_files.update(write_joint_pca(model, out / MODEL_FOLDER, joint,
                                                opts.pca_background))
+        else:  # a joint PCA of an earlier run would not be this run's
+            for stale in (f"{JOINT_PCA}.png", f"{JOINT_PCA}.json"):
+                (out / MODEL_FOLDER / stale).unlink(missing_ok=True)
         index = write_index(out, model, entries, model_files, MODEL_FOLDER, failures)
         if features is not None:
             features.close()
