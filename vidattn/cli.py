@@ -247,7 +247,7 @@ def video(src, dst, save_maps, save_features, viewer, overwrite, quiet, **kw):
     Frames keep their aspect ratio, timestamps and audio; memory stays flat however long the
     video is. The output appears only once complete (a failed or interrupted run leaves none).
 
-    --view pca fits one PCA of the patch tokens per video, on --pca-frames frames (32) spread
+    --view pca fits one PCA of the patch tokens per video, on --pca-frames frames spread
     evenly over the requested range and read by seeking; its axes and colour scale (each
     component's 1st..99th percentile) are fixed then, so a colour means the same part in every
     frame. Blend it with --alpha, or show it beside the frame: --view side-by-side --side-map pca.
