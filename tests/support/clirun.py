@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,15 @@ TIMEOUT_S = 180
 DEMO = ["--model", "demo", "--size", "64"]
 
 
+def _as_from_a_terminal():
+    """In the child: Ctrl-C's default action, as in a terminal. A shell starts background jobs
+    with SIGINT ignored, and Python keeps an ignored SIGINT, so a suite run as `... &` would
+    otherwise see vidattn shrug off the tests' Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cap_memory():
+    _as_from_a_terminal()
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
 
 
@@ -31,7 +40,7 @@ def start(*args, cwd, capped=True) -> subprocess.Popen:
     30 % of the machine's memory, in one piece) and without RAY_ADDRESS (a local instance)."""
     env = {k: v for k, v in _env().items() if capped or k != "RAY_ADDRESS"}
     return subprocess.Popen([sys.executable, "-m", "vidattn", *map(str, args)], cwd=cwd,
-                            env=env, preexec_fn=_cap_memory if capped else None,
+                            env=env, preexec_fn=_cap_memory if capped else _as_from_a_terminal,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
