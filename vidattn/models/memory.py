@@ -4,8 +4,9 @@ attention tiling that keep it within a budget.
 A ViT's attention holds ``heads x T x T`` scores per image and block: 1.6 GB for one 1080p frame
 through ViT-S/16 (8160 tokens), 25 GB through ViT-S/8 (32,400 tokens). So the planner estimates a
 call's working memory from the preset, the input size, the batch and what the caller asks for
-(``estimate``), and ``plan`` picks, in this order of preference, the backend's own attention in
-one piece (fastest, for up to ``DIRECT_MAX_TOKENS`` tokens), then query chunks of ``CHUNKS`` rows
+(``estimate``), and ``plan`` picks, in this order of preference, attention in one piece
+(fastest, for up to ``DIRECT_MAX_TOKENS`` tokens; ``layers.FUSED_ATTENTION`` says whether the
+backend's fused kernel runs it), then query chunks of ``CHUNKS`` rows
 (exact, and bounded: ``heads x chunk x T``), then a smaller batch. When one image cannot fit even
 so, it says which input size would.
 
