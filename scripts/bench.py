@@ -257,6 +257,7 @@ def header(args) -> dict:
         "machine": f"{os.cpu_count()} cores, {cpu_model()}, {mem_gb:.0f} GiB RAM",
         "load_average_at_start": os.getloadavg()[0],
         "backend": keras.backend.backend(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "device": device,
         "device_kind": kind,
         "torch_device": args.torch_device,
@@ -967,6 +968,7 @@ def table(head: dict, rows: list[Row]) -> str:
         + (f"; reference: torch {v.get('torch')} + transformers {v.get('transformers')} on "
            f"{head['torch_device']} ({os.cpu_count()} threads)") * ("torch" in head["parts"]),
         "versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        f"XLA_FLAGS: {head.get('xla_flags') or '(none)'}",
         f"model: {PRESET}, random weights, {head['precision']}; video size {DEFAULT_SIZE}, "
         f"batch {DEFAULT_BATCH}; "
         f"ran {head['seconds']:.0f} s, load average at end {head['load_average_at_end']:.2f}",
@@ -1036,6 +1038,13 @@ def main(argv=None):
             args.torch_device = "cuda" if gpu else "cpu"
     started = time.perf_counter()
     bench = Bench(args)
+    # XLA's CPU matmul is chosen once per process (vidattn.models.compile): as a video at the
+    # default size chooses it, so the rows measure what a video run gets (the memory and
+    # fullres parts' fresh processes choose for their own work)
+    from vidattn.models.compile import choose_xla_cpu_matmul
+
+    tokens = get_preset(PRESET).num_prefix_tokens + math.prod(bench.video_geo.grid_hw)
+    choose_xla_cpu_matmul(DEFAULT_BATCH * tokens, chunked=False)
     head = header(args)
     errors = {}
     runners = {"startup": part_startup, "model": part_model, "torch": part_torch,

@@ -32,7 +32,8 @@ from tests.support.families import (
     tiny_dinov3,
 )
 from vidattn.errors import VidattnError
-from vidattn.models.position import rope_periods
+from vidattn.models.layers import apply_rope
+from vidattn.models.position import rope_periods, rope_sin_cos
 from vidattn.models.presets import PRESETS, get_preset
 
 # (H, W): native (8x8 grid at patch 14), a smaller square, and two non-square sizes
@@ -195,6 +196,26 @@ def test_dinov3_uses_the_periods_its_file_holds(tmp_path):
         images, attention="last")["attention"][0] - hf_attention).max()
         for name in ("rounded", "exact")}
     assert errors["exact"] < 1e-5 < errors["rounded"] and errors["rounded"] > 10 * errors["exact"]
+
+
+def test_rope_rotates_the_patches_and_leaves_the_prefix_tokens_exactly():
+    """The class and storage tokens' rows of the RoPE tables are the identity, bit for bit, and
+    the patches are rotated as Hugging Face's ``apply_rotary_pos_emb`` rotates them (which
+    splits the prefix off instead)."""
+    from transformers.models.dinov3_vit.modeling_dinov3_vit import apply_rotary_pos_emb
+
+    n, prefix, grid, heads, head_dim = 2, 5, (3, 4), 2, 16
+    t = prefix + grid[0] * grid[1]
+    periods = rope_periods(head_dim, 100.0)
+    qk = np.random.default_rng(0).normal(size=(n, t, 2, heads, head_dim)).astype(np.float32)
+    ours = np.asarray(apply_rope(qk, *rope_sin_cos(periods, grid, prefix)))
+    sin, cos = (torch.from_numpy(np.asarray(a)) for a in rope_sin_cos(periods, grid))
+    q, k = (torch.from_numpy(qk[:, :, i]).permute(0, 2, 1, 3) for i in (0, 1))
+    want = [a.permute(0, 2, 1, 3).numpy() for a in apply_rotary_pos_emb(q, k, cos, sin)]
+    np.testing.assert_array_equal(ours[:, :prefix], qk[:, :prefix])
+    for i in (0, 1):
+        np.testing.assert_allclose(ours[:, :, i], want[i], atol=1e-6, rtol=0)
+    assert np.abs(ours[:, prefix:] - qk[:, prefix:]).max() > 0.1  # the patches did turn
 
 
 def test_dinov3_presets_are_gated():

@@ -51,16 +51,18 @@ class PatchEmbed(keras.layers.Layer):
         return self.proj(x)
 
 
-def apply_rope(x, sin, cos, num_prefix):
-    """Rotate the patch tokens of ``x`` ``(N, T, heads, head_dim)`` by RoPE angles ``sin``,
-    ``cos`` ``(T - num_prefix, head_dim)``; the first ``num_prefix`` tokens (class and storage
-    tokens) pass unchanged. The rotate-half form of DINOv3: ``x cos + [-x2, x1] sin`` with
-    ``x1, x2`` the two halves of the head dimension. Computed in float32."""
-    prefix, patches = x[:, :num_prefix], ops.cast(x[:, num_prefix:], "float32")
-    half = patches.shape[-1] // 2
-    rotated = ops.concatenate([-patches[..., half:], patches[..., :half]], axis=-1)
-    patches = ops.cast(patches * cos[:, None] + rotated * sin[:, None], x.dtype)
-    return ops.concatenate([prefix, patches], axis=1)
+def apply_rope(x, sin, cos):
+    """Rotate ``x`` ``(N, T, ..., head_dim)`` by RoPE angles ``sin``, ``cos`` ``(T,
+    head_dim)`` (``position.rope_sin_cos``; the class and storage tokens' rows are the identity).
+    The rotate-half form of DINOv3: ``x cos + [-x2, x1] sin`` with ``x1, x2`` the two halves of
+    the head dimension. Computed in float32, returned in ``x``'s type."""
+    x32 = ops.cast(x, "float32")
+    half = x32.shape[-1] // 2
+    rotated = ops.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    between = (1,) * (len(x.shape) - 3)  # the axes between tokens and head_dim
+    sin = ops.reshape(sin, (sin.shape[0], *between, sin.shape[1]))
+    cos = ops.reshape(cos, (cos.shape[0], *between, cos.shape[1]))
+    return ops.cast(x32 * cos + rotated * sin, x.dtype)
 
 
 def attention_probs(q, k, scale):
@@ -106,7 +108,7 @@ class Attention(keras.layers.Layer):
     ``mask_k_bias``: the qkv bias is multiplied by a stored ``bias_mask`` ``(3 dim,)`` (DINOv3's
     ``LinearKMaskedBias``, whose mask zeroes the key bias), as the official code does each call.
 
-    ``call(x, rope=None, num_prefix=0, probs=None, chunk=None)`` with x ``(N, T, D)`` returns
+    ``call(x, rope=None, probs=None, chunk=None)`` with x ``(N, T, D)`` returns
     ``(out (N, T, D), probabilities)``:
 
     - ``probs``: None (no probabilities), ``"all"``: ``(N, heads, T, T)``, or an int ``R``: the
@@ -115,8 +117,8 @@ class Attention(keras.layers.Layer):
       backend fuses it, ``FUSED_ATTENTION``: flash attention on GPUs; else the product written
       out), or a query chunk size (``chunked_attention``) that bounds the scores held at once;
       all exact.
-    - ``rope``: ``(sin, cos)`` to rotate the queries and keys of the tokens after the first
-      ``num_prefix`` (``apply_rope``).
+    - ``rope``: ``(sin, cos)`` ``(T, head_dim)`` to rotate the queries and keys by
+      (``apply_rope``; identity rows for the tokens DINOv3 leaves unrotated).
     """
 
     def __init__(self, dim, num_heads, mask_k_bias=False, **kwargs):
@@ -138,7 +140,7 @@ class Attention(keras.layers.Layer):
         self.qkv.build(input_shape)
         self.proj.build(input_shape)
 
-    def heads(self, x, rope=None, num_prefix=0):
+    def heads(self, x, rope=None):
         """Queries, keys and values of ``x`` ``(N, T, D)``, each ``(N, T, heads, head_dim)``,
         the queries' and keys' patch tokens rotated by ``rope``."""
         n, t, _ = ops.shape(x)
@@ -148,13 +150,14 @@ class Attention(keras.layers.Layer):
             qkv = ops.matmul(x, self.qkv.kernel) + self.qkv.bias * self.bias_mask
         qkv = ops.reshape(qkv, (n, t, 3, self.num_heads, self.head_dim))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        if rope is not None:
-            q, k = apply_rope(q, *rope, num_prefix), apply_rope(k, *rope, num_prefix)
+        if rope is not None:  # queries and keys rotated together: one pass over both
+            qk = apply_rope(qkv[:, :, :2], *rope)
+            q, k = qk[:, :, 0], qk[:, :, 1]
         return q, k, v
 
-    def call(self, x, rope=None, num_prefix=0, probs=None, chunk=None):
+    def call(self, x, rope=None, probs=None, chunk=None):
         n, t, d = ops.shape(x)
-        q, k, v = self.heads(x, rope, num_prefix)
+        q, k, v = self.heads(x, rope)
         whole = None  # every query's probabilities, where this path computes them anyway
         if probs == "all" or (chunk is None and not FUSED_ATTENTION):
             whole = attention_probs(q, k, self.scale)
@@ -240,9 +243,8 @@ class Block(keras.layers.Layer):
         for layer in (self.norm1, self.attn, self.norm2, self.mlp):
             layer.build(input_shape)
 
-    def call(self, x, rope=None, num_prefix=0, probs=None, chunk=None):
-        y, probs = self.attn(self.norm1(x), rope=rope, num_prefix=num_prefix, probs=probs,
-                             chunk=chunk)
+    def call(self, x, rope=None, probs=None, chunk=None):
+        y, probs = self.attn(self.norm1(x), rope=rope, probs=probs, chunk=chunk)
         x = x + (y if self.ls1 is None else self.ls1(y))
         y = self.mlp(self.norm2(x))
         return x + (y if self.ls2 is None else self.ls2(y)), probs

@@ -110,14 +110,22 @@ def rope_coords(gh: int, gw: int) -> np.ndarray:
     return 2 * grid - 1
 
 
-def rope_sin_cos(periods, grid_hw):
-    """``(sin, cos)``, each ``(gh * gw, head_dim)`` float32, for ``periods`` ``(head_dim / 4,)``.
+def rope_sin_cos(periods, grid_hw, num_prefix=0):
+    """``(sin, cos)``, each ``(num_prefix + gh * gw, head_dim)`` float32, for ``periods``
+    ``(head_dim / 4,)``.
 
     Angles ``2 pi c / p`` for each centre coordinate ``c`` (row, then column) and period ``p``,
     laid out ``[rows, columns]`` and tiled twice, so that dimension ``j`` and ``j + head_dim / 2``
-    share an angle: the rotate-half pairing of DINOv3 (``attention.apply_rope``)."""
+    share an angle: the rotate-half pairing of DINOv3 (``layers.apply_rope``). The first
+    ``num_prefix`` rows (class and storage tokens, which DINOv3 does not rotate) have angle 0:
+    ``sin = 0``, ``cos = 1`` turn the rotation into the identity, exactly, so the tokens are
+    rotated in one piece instead of split and joined again."""
     coords = ops.convert_to_tensor(rope_coords(*grid_hw))
     angles = 2 * math.pi * coords[:, :, None] / ops.cast(periods, "float32")[None, None, :]
     angles = ops.reshape(angles, (coords.shape[0], -1))
     angles = ops.concatenate([angles, angles], axis=-1)
-    return ops.sin(angles), ops.cos(angles)
+    sin, cos = ops.sin(angles), ops.cos(angles)
+    if num_prefix:
+        sin = ops.pad(sin, [(num_prefix, 0), (0, 0)])
+        cos = ops.pad(cos, [(num_prefix, 0), (0, 0)], constant_values=1.0)
+    return sin, cos

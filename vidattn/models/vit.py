@@ -205,7 +205,8 @@ class ViT(keras.Model):
         if self.register_tokens is not None:
             n_cls = p.num_class_tokens
             x = ops.concatenate([x[:, :n_cls], per_image(self.register_tokens), x[:, n_cls:]], 1)
-        rope = None if self.periods is None else rope_sin_cos(self.periods, grid)
+        rope = (None if self.periods is None
+                else rope_sin_cos(self.periods, grid, p.num_prefix_tokens))
         kept, means, inputs = [], [], []
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
@@ -217,8 +218,7 @@ class ViT(keras.Model):
                 probs = p.num_class_tokens
             if rollout and chunk:
                 inputs.append(x)
-            x, probabilities = block(x, rope=rope, num_prefix=p.num_prefix_tokens, probs=probs,
-                                     chunk=chunk)
+            x, probabilities = block(x, rope=rope, probs=probs, chunk=chunk)
             if keep:
                 rows = attention in ("cls", "cls_all") and probs == "all"
                 kept.append(probabilities[:, :, : p.num_class_tokens] if rows else probabilities)
@@ -245,7 +245,7 @@ class ViT(keras.Model):
         row = ops.cast(ops.arange(inputs[0].shape[1]) == 0, "float32")
         row = ops.zeros_like(ops.cast(inputs[0][:, :, 0], "float32")) + row  # (N, T): e_0 each
         for block, x in zip(reversed(self.blocks), reversed(inputs)):
-            q, k, _ = block.attn.heads(block.norm1(x), rope, self.preset.num_prefix_tokens)
+            q, k, _ = block.attn.heads(block.norm1(x), rope)
             row = rollout_step(row, q, k, block.attn.scale, chunk)
         return row
 
