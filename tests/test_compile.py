@@ -4,10 +4,16 @@ measured faster, once per process, never over the user's own flags.
 XLA stops the process at a flag it does not know, so a wrong version gate would crash every run
 on another TensorFlow; these cases pin the gate."""
 
+import json
 import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from vidattn.backend import keras
 from vidattn.models import compile as compile_step
 
 MEASURED = next(iter(compile_step.XLA_CPU_FLAGS))
@@ -58,3 +64,56 @@ def test_the_first_compile_chooses_for_the_process(fresh_process):
     compile_step.choose_xla_cpu_matmul(MANY, False, version)
     compile_step.choose_xla_cpu_matmul(MANY, False, version)
     assert os.environ["XLA_FLAGS"] == FLAGS  # added once
+
+
+# A fresh process whose first compile is a batch of 64 images of 21 tokens (1344 rows): oneDNN's
+# products, against Hugging Face's DINOv3 (RoPE, the masked key bias, LayerScale)
+ONEDNN_PARITY = """
+import json, os, sys, tempfile
+from pathlib import Path
+import numpy as np
+import vidattn
+from tests.support.families import hf_run, peaky_hf_dinov3, tiny_dinov3
+
+preset = tiny_dinov3()
+reference = peaky_hf_dinov3(preset)
+with tempfile.TemporaryDirectory() as folder:
+    reference.save_pretrained(folder)
+    ours = vidattn.load_model(preset, weights=Path(folder) / "model.safetensors")
+images = np.random.default_rng(1).normal(size=(64, 64, 64, 3)).astype(np.float32)
+out = ours.run(images, attention="all", tokens=True)
+features, attention, tokens = hf_run(reference, images)
+print(json.dumps({
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "peak": float(attention[-1].max()),
+    "attention": max(float(np.abs(a - b).max()) for a, b in zip(out["attention"], attention)),
+    "features": float(np.abs(out["features"] - features).max()),
+    "tokens": float(np.abs(out["patch_tokens"] - tokens).max()),
+}))
+"""
+
+
+def _onednn_measured_here() -> bool:
+    """This process's backend, machine and TensorFlow are those oneDNN is chosen for."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    measured = ".".join(tf.__version__.split(".")[:2]) in compile_step.XLA_CPU_FLAGS
+    return measured and platform.machine().lower() in ("x86_64", "amd64")
+
+
+@pytest.mark.skipif(not _onednn_measured_here(),
+                    reason="oneDNN's products are chosen only with a measured TensorFlow on x86")
+def test_onednn_products_keep_parity_with_hugging_face():
+    """The rest of the suite runs in one process whose first compile is small (Eigen); this
+    checks the other matmul, in a process that chooses oneDNN, within the same 1e-5."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", ONEDNN_PARITY], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["xla_flags"] == compile_step.XLA_CPU_FLAGS[MEASURED]
+    assert got["peak"] > 0.3, "attention too uniform for a meaningful parity test"
+    assert got["attention"] < 1e-5 and got["features"] < 1e-5 and got["tokens"] < 1e-5, got
