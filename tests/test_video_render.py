@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import vidattn
+from tests.support.families import tiny_dinov2, tiny_dinov3
 from tests.support.planted import planted_model
 from tests.support.reliability import reliability
 from tests.support.videos import (
@@ -63,6 +64,29 @@ def test_every_view_keeps_count_times_rate_and_audio(planted, clip, tmp_path, vi
     else:
         assert (h, w) == expected[view]
     assert list(tmp_path.iterdir()) == [out]  # no temporary left behind
+
+
+@pytest.fixture(scope="module")
+def short_clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("short") / "in.mp4"
+    return make_video(path, n_frames=6, fps=25, size=(160, 96), audio=False)
+
+
+@pytest.mark.parametrize("family", ["dinov2_reg_swiglu", "dinov3"])
+def test_every_view_renders_the_register_and_rope_families(family, short_clip, tmp_path):
+    """Each view of a DINOv2-with-registers (SwiGLU) and a DINOv3 model (RoPE, storage tokens,
+    masked key bias) writes every frame at the view's size (that register tokens stay out of
+    the maps: test_planted_peak_follows_the_square)."""
+    preset = tiny_dinov2(registers=True, swiglu=True) if family != "dinov3" else tiny_dinov3()
+    model = vidattn.load_model(preset, weights="random")
+    sizes = {"heads": (194, 322), "side-by-side": (96, 322)}  # 4 heads: 2 x 2 panels
+    for view in ("heads", "mean", "masks", "rollout", "pca", "side-by-side"):
+        out = tmp_path / f"{view}.mp4"
+        result = render_video(model, short_clip.path, out,
+                              VideoOptions(view=view, batch_size=4, **QUIET))
+        frames, *_ = _read(out)
+        assert result.frames == len(frames) == 6, view
+        assert frames[0][1].shape[:2] == sizes.get(view, (96, 160)), view
 
 
 def test_trim_and_stride(planted, clip, tmp_path):
