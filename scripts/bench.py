@@ -98,6 +98,7 @@ MEMORY_FRAMES = 600
 FPS = 30
 VIEWER_HW, VIEWER_FRAMES = MEMORY_HW, 60 * FPS  # the viewer's clip: one minute
 IMAGE_VIEWER_PRESETS = ("dino_vits16", "dino_vitb8")
+USER_XLA_FLAGS = os.environ.get("XLA_FLAGS")  # before main chooses XLA's CPU matmul for itself
 # Model.run arguments by mode: the last block's attention (heads, mean, masks views), none, or
 # the in-graph rollout row (rollout view)
 RUN_MODES = {"last": {"attention": "last"}, "none": {"attention": "none"},
@@ -336,13 +337,24 @@ def startup_checkpoint(bench) -> Path:
     return path
 
 
+def fresh_env() -> dict:
+    """The environment of the bench's fresh processes: this one's, with the user's own
+    ``XLA_FLAGS``, so that each chooses XLA's CPU matmul for its own work as a user's run does
+    (``main`` chose for this process, and a child would inherit the choice)."""
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    if USER_XLA_FLAGS is not None:
+        env["XLA_FLAGS"] = USER_XLA_FLAGS
+    return env
+
+
 def _command_seconds(args, runs=3) -> tuple[float, str]:
     """Median wall time of a fresh ``vidattn ARGS`` process (it must succeed)."""
     times = []
     for _ in range(runs):
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "vidattn", *map(str, args)],
-                              capture_output=True, text=True, check=False)
+                              capture_output=True, text=True, check=False, env=fresh_env())
         times.append(time.perf_counter() - start)
         if proc.returncode:
             raise RuntimeError(f"vidattn {' '.join(map(str, args))} failed:\n{proc.stderr[-2000:]}")
@@ -362,7 +374,8 @@ def part_startup(bench):
                                   None, seconds, "s", note=f"{note}; fresh process"))
     steps_script = Path(__file__).with_name("startup_steps.py")
     proc = subprocess.run([sys.executable, steps_script, PRESET, checkpoint, clip, str(DEFAULT_BATCH),
-                           str(STARTUP_FRAMES)], capture_output=True, text=True, check=False)
+                           str(STARTUP_FRAMES)], capture_output=True, text=True, check=False,
+                          env=fresh_env())
     if proc.returncode:
         raise RuntimeError(f"startup worker failed:\n{proc.stderr[-2000:]}")
     steps = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -724,7 +737,7 @@ def run_memory_worker(clip, n_frames, preset=PRESET, full_res=False, features=Fa
     """``memory_worker`` in a fresh process -> its JSON."""
     proc = subprocess.run([sys.executable, __file__, "--memory-worker", str(clip), str(n_frames),
                            preset, str(int(full_res)), str(int(features))], capture_output=True,
-                          text=True, check=False)
+                          text=True, check=False, env=fresh_env())
     if proc.returncode:
         raise RuntimeError(f"memory worker failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -1039,8 +1052,8 @@ def main(argv=None):
     started = time.perf_counter()
     bench = Bench(args)
     # XLA's CPU matmul is chosen once per process (vidattn.models.compile): as a video at the
-    # default size chooses it, so the rows measure what a video run gets (the memory and
-    # fullres parts' fresh processes choose for their own work)
+    # default size chooses it, so the rows measure what a video run gets (the fresh processes
+    # of the startup, memory and fullres parts choose for their own work: fresh_env)
     from vidattn.models.compile import choose_xla_cpu_matmul
 
     tokens = get_preset(PRESET).num_prefix_tokens + math.prod(bench.video_geo.grid_hw)
