@@ -98,7 +98,6 @@ MEMORY_FRAMES = 600
 FPS = 30
 VIEWER_HW, VIEWER_FRAMES = MEMORY_HW, 60 * FPS  # the viewer's clip: one minute
 IMAGE_VIEWER_PRESETS = ("dino_vits16", "dino_vitb8")
-USER_XLA_FLAGS = os.environ.get("XLA_FLAGS")  # before main chooses XLA's CPU matmul for itself
 # Model.run arguments by mode: the last block's attention (heads, mean, masks views), none, or
 # the in-graph rollout row (rollout view)
 RUN_MODES = {"last": {"attention": "last"}, "none": {"attention": "none"},
@@ -258,7 +257,6 @@ def header(args) -> dict:
         "machine": f"{os.cpu_count()} cores, {cpu_model()}, {mem_gb:.0f} GiB RAM",
         "load_average_at_start": os.getloadavg()[0],
         "backend": keras.backend.backend(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "device": device,
         "device_kind": kind,
         "torch_device": args.torch_device,
@@ -337,24 +335,13 @@ def startup_checkpoint(bench) -> Path:
     return path
 
 
-def fresh_env() -> dict:
-    """The environment of the bench's fresh processes: this one's, with the user's own
-    ``XLA_FLAGS``, so that each chooses XLA's CPU matmul for its own work as a user's run does
-    (``main`` chose for this process, and a child would inherit the choice)."""
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    if USER_XLA_FLAGS is not None:
-        env["XLA_FLAGS"] = USER_XLA_FLAGS
-    return env
-
-
 def _command_seconds(args, runs=3) -> tuple[float, str]:
     """Median wall time of a fresh ``vidattn ARGS`` process (it must succeed)."""
     times = []
     for _ in range(runs):
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "vidattn", *map(str, args)],
-                              capture_output=True, text=True, check=False, env=fresh_env())
+                              capture_output=True, text=True, check=False)
         times.append(time.perf_counter() - start)
         if proc.returncode:
             raise RuntimeError(f"vidattn {' '.join(map(str, args))} failed:\n{proc.stderr[-2000:]}")
@@ -374,8 +361,7 @@ def part_startup(bench):
                                   None, seconds, "s", note=f"{note}; fresh process"))
     steps_script = Path(__file__).with_name("startup_steps.py")
     proc = subprocess.run([sys.executable, steps_script, PRESET, checkpoint, clip, str(DEFAULT_BATCH),
-                           str(STARTUP_FRAMES)], capture_output=True, text=True, check=False,
-                          env=fresh_env())
+                           str(STARTUP_FRAMES)], capture_output=True, text=True, check=False)
     if proc.returncode:
         raise RuntimeError(f"startup worker failed:\n{proc.stderr[-2000:]}")
     steps = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -737,7 +723,7 @@ def run_memory_worker(clip, n_frames, preset=PRESET, full_res=False, features=Fa
     """``memory_worker`` in a fresh process -> its JSON."""
     proc = subprocess.run([sys.executable, __file__, "--memory-worker", str(clip), str(n_frames),
                            preset, str(int(full_res)), str(int(features))], capture_output=True,
-                          text=True, check=False, env=fresh_env())
+                          text=True, check=False)
     if proc.returncode:
         raise RuntimeError(f"memory worker failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -981,7 +967,6 @@ def table(head: dict, rows: list[Row]) -> str:
         + (f"; reference: torch {v.get('torch')} + transformers {v.get('transformers')} on "
            f"{head['torch_device']} ({os.cpu_count()} threads)") * ("torch" in head["parts"]),
         "versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-        f"XLA_FLAGS: {head.get('xla_flags') or '(none)'}",
         f"model: {PRESET}, random weights, {head['precision']}; video size {DEFAULT_SIZE}, "
         f"batch {DEFAULT_BATCH}; "
         f"ran {head['seconds']:.0f} s, load average at end {head['load_average_at_end']:.2f}",
@@ -1051,13 +1036,6 @@ def main(argv=None):
             args.torch_device = "cuda" if gpu else "cpu"
     started = time.perf_counter()
     bench = Bench(args)
-    # XLA's CPU matmul is chosen once per process (vidattn.models.compile): as a video at the
-    # default size chooses it, so the rows measure what a video run gets (the fresh processes
-    # of the startup, memory and fullres parts choose for their own work: fresh_env)
-    from vidattn.models.compile import choose_xla_cpu_matmul
-
-    tokens = get_preset(PRESET).num_prefix_tokens + math.prod(bench.video_geo.grid_hw)
-    choose_xla_cpu_matmul(DEFAULT_BATCH * tokens, chunked=False)
     head = header(args)
     errors = {}
     runners = {"startup": part_startup, "model": part_model, "torch": part_torch,

@@ -73,12 +73,9 @@ class Model:
         plan = self.plan(images.shape[1:3], len(images), attention, rollout, tokens)
         key = (attention, bool(rollout), bool(tokens), plan.chunk)
         if key not in self._compiled:
-            tokens_per_image = self.preset.num_prefix_tokens + (
-                images.shape[1] // p) * (images.shape[2] // p)
             self._compiled[key] = compiled(
                 Call(self.backbone, attention=attention, rollout=bool(rollout),
-                     tokens=bool(tokens), chunk=plan.chunk), self.backbone,
-                rows=plan.batch * tokens_per_image, chunked=plan.chunk is not None
+                     tokens=bool(tokens), chunk=plan.chunk), self.backbone
             )
         parts = [self._compiled[key](images[i : i + plan.batch])
                  for i in range(0, len(images), plan.batch)]
