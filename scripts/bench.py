@@ -506,7 +506,7 @@ def part_ceiling(bench):
     import keras
 
     preset = get_preset(PRESET)
-    tokens = preset.num_prefix_tokens + math.prod(bench.video_geo.grid_hw)
+    tokens = preset.tokens_at(bench.video_geo.input_hw)
     fc1 = (DEFAULT_BATCH * tokens, preset.embed_dim, preset.hidden)
     backend = keras.backend.backend()
     ceiling = 0.0
@@ -791,7 +791,7 @@ def part_rollout(bench):
     x = rng.standard_normal((1, *hw, 3), np.float32)
     k = bench.effort.rollout_iters
     once = replace(bench.effort, warmup=1, min_iters=k, max_iters=k, budget_s=0.0)
-    tokens = preset.num_prefix_tokens + (hw[0] // preset.patch_size) * (hw[1] // preset.patch_size)
+    tokens = preset.tokens_at(hw)
     means = rng.random((preset.depth, 1, tokens, tokens), np.float32)
     means = [keras.ops.convert_to_tensor(m / m.sum(-1, keepdims=True)) for m in means]
     alone = compiled(cls_rollout)
@@ -937,7 +937,7 @@ def part_viewer(bench):
             html = write_image_viewer(model, pixels, Path(tmp) / name, DEFAULT_SIZE)
             seconds = time.perf_counter() - start
             q = model.preset
-            tokens = q.num_prefix_tokens + (DEFAULT_SIZE // q.patch_size) ** 2
+            tokens = q.tokens_at((DEFAULT_SIZE, DEFAULT_SIZE))
             patches = tokens - q.num_prefix_tokens
             raw = (q.depth * q.num_heads + 1) * tokens * (patches + 4) / 1e6
             data = _megabytes((html.parent / "viewer").glob("*.js"))

@@ -149,11 +149,10 @@ class Attention(keras.layers.Layer):
         else:
             qkv = ops.matmul(x, self.qkv.kernel) + self.qkv.bias * self.bias_mask
         qkv = ops.reshape(qkv, (n, t, 3, self.num_heads, self.head_dim))
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        qk = qkv[:, :, :2]
         if rope is not None:  # queries and keys rotated together: one pass over both
-            qk = apply_rope(qkv[:, :, :2], *rope)
-            q, k = qk[:, :, 0], qk[:, :, 1]
-        return q, k, v
+            qk = apply_rope(qk, *rope)
+        return qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]
 
     def call(self, x, rope=None, probs=None, chunk=None):
         n, t, d = ops.shape(x)

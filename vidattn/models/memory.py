@@ -96,7 +96,7 @@ def estimate(preset, input_hw, batch: int, attention="none", rollout=False, toke
     copied out), rollout's per-block means (``depth x T x T``; in chunks, each block's input,
     ``depth x T x D``), and the input image."""
     p = preset
-    t = p.num_prefix_tokens + (input_hw[0] // p.patch_size) * (input_hw[1] // p.patch_size)
+    t = p.tokens_at(input_hw)
     d, h, depth = p.embed_dim, p.num_heads, p.depth
     full = attention in ("last", "all") or (rollout and chunk is None)
     per_image = t * (8 * d + 2 * p.hidden) + 3 * h * (t if full or chunk is None else chunk) * t
@@ -122,7 +122,7 @@ def plan(preset, input_hw, batch: int, attention="none", rollout=False, tokens=F
     """
     budget = int(budget if budget is not None else available_memory() * HEADROOM)
     p = preset
-    tokens_n = p.num_prefix_tokens + (input_hw[0] // p.patch_size) * (input_hw[1] // p.patch_size)
+    tokens_n = p.tokens_at(input_hw)
     chunks = ((None,) if tokens_n <= DIRECT_MAX_TOKENS else ()) + tuple(
         c for c in CHUNKS if c < tokens_n)
     chunks = chunks or (None,)
@@ -147,7 +147,7 @@ def _what_fits(preset, wants, budget, extra, input_hw, sizes) -> str:
     p = preset
 
     def fits(hw):
-        t = p.num_prefix_tokens + (hw[0] // p.patch_size) * (hw[1] // p.patch_size)
+        t = p.tokens_at(hw)
         chunk = None if t <= DIRECT_MAX_TOKENS else CHUNKS[-1]
         return estimate(p, hw, 1, *wants, chunk, extra) <= budget
 

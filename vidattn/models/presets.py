@@ -97,6 +97,11 @@ class Preset:
         """Tokens at the native resolution: prefix tokens plus patches."""
         return self.num_prefix_tokens + self.grid_size**2
 
+    def tokens_at(self, input_hw) -> int:
+        """Tokens of an input ``(H, W)``: prefix tokens plus its whole patches."""
+        return self.num_prefix_tokens + (input_hw[0] // self.patch_size) * (
+            input_hw[1] // self.patch_size)
+
     @property
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
