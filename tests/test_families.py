@@ -209,7 +209,7 @@ def test_rope_rotates_the_patches_and_leaves_the_prefix_tokens_exactly():
     periods = rope_periods(head_dim, 100.0)
     qk = np.random.default_rng(0).normal(size=(n, t, 2, heads, head_dim)).astype(np.float32)
     ours = np.asarray(apply_rope(qk, *rope_sin_cos(periods, grid, prefix)))
-    sin, cos = (torch.from_numpy(np.asarray(a)) for a in rope_sin_cos(periods, grid))
+    sin, cos = (torch.from_numpy(np.array(a)) for a in rope_sin_cos(periods, grid))
     q, k = (torch.from_numpy(qk[:, :, i]).permute(0, 2, 1, 3) for i in (0, 1))
     want = [a.permute(0, 2, 1, 3).numpy() for a in apply_rotary_pos_emb(q, k, cos, sin)]
     np.testing.assert_array_equal(ours[:, :prefix], qk[:, :prefix])

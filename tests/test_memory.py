@@ -8,6 +8,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import threading
 
 import av
 import numpy as np
@@ -20,7 +21,7 @@ from tests.support.study import study_rollout
 from tests.support.videos import make_video
 from vidattn.attention import rollout_map
 from vidattn.errors import VidattnError
-from vidattn.models import memory
+from vidattn.models import compile, memory
 from vidattn.models.layers import attention_probs, chunked_attention
 from vidattn.models.presets import get_preset
 
@@ -94,6 +95,37 @@ def test_model_run_splits_a_batch_and_refuses_what_cannot_fit():
     tiny = dataclasses.replace(model, memory_budget=one // 10)
     with pytest.raises(VidattnError, match="over the memory budget .* largest square input"):
         tiny.run(x, attention="all")
+
+
+def test_a_cpu_batch_runs_as_concurrent_equal_parts_in_order():
+    """On a CPU (this suite's TensorFlow), ``Model.run`` calls the compiled model on equal parts
+    of a batch from ``compile.streams()`` threads at once (a barrier that each call must meet
+    proves they overlap), and each image gets the outputs it has alone, in the order given. A
+    batch that does not split evenly is one call (one compiled shape)."""
+    assert compile.streams() == compile.CPU_STREAMS == 2
+    model = vidattn.load_model(TINY8, weights="random")
+    x = np.random.default_rng(2).normal(size=(6, 32, 48, 3)).astype(np.float32)
+    alone = [model.run(x[i : i + 1], attention="cls", rollout=True) for i in range(6)]
+    (key, compiled_call), = model._compiled.items()
+    calls, barrier = [], threading.Barrier(2, timeout=20)
+
+    def recorded(group, meet=True):
+        calls.append((threading.get_ident(), len(group)))
+        if meet:
+            barrier.wait()  # BrokenBarrierError unless the other part runs at the same time
+        return compiled_call(group)
+
+    model._compiled[key] = recorded
+    together = model.run(x, attention="cls", rollout=True)
+    assert sorted(n for _, n in calls) == [3, 3] and len({thread for thread, _ in calls}) == 2
+    for i, one in enumerate(alone):
+        for name in ("features", "rollout"):
+            np.testing.assert_allclose(together[name][i], one[name][0], atol=1e-5)
+        np.testing.assert_allclose(together["attention"][0][i], one["attention"][0][0], atol=1e-5)
+    calls.clear()
+    model._compiled[key] = lambda group: recorded(group, meet=False)
+    model.run(x[:5], attention="cls", rollout=True)
+    assert [n for _, n in calls] == [5]
 
 
 def test_budget_sizes_parse():

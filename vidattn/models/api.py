@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 from vidattn.backend import keras
 from vidattn.errors import VidattnError
 from vidattn.models import hub, memory
-from vidattn.models.compile import Call, compiled
+from vidattn.models.compile import Call, compiled, streams
 from vidattn.models.presets import Preset, get_preset
 from vidattn.models.state_dict import read_checkpoint
 from vidattn.models.vit import ATTENTION_MODES, ViT, load_state_dict, randomize
@@ -60,7 +61,8 @@ class Model:
 
         Memory stays within ``memory_budget`` (``vidattn.models.memory.plan``): attention in
         query chunks where one piece would not fit, and the batch run in smaller groups where
-        it must. Raises VidattnError, before any work, when one image cannot fit.
+        it must. Raises VidattnError, before any work, when one image cannot fit. On a CPU
+        the images run as ``compile.streams()`` calls at once, on equal parts of each group.
         """
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
@@ -77,8 +79,17 @@ class Model:
                 Call(self.backbone, attention=attention, rollout=bool(rollout),
                      tokens=bool(tokens), chunk=plan.chunk), self.backbone
             )
-        parts = [self._compiled[key](images[i : i + plan.batch])
-                 for i in range(0, len(images), plan.batch)]
+        call = self._compiled[key]
+        # A batch that splits evenly runs as streams() calls at once (one compiled shape each);
+        # together they hold what one call of plan.batch would.
+        workers = streams() if plan.batch % streams() == 0 else 1
+        step = plan.batch // workers
+        groups = [images[i : i + step] for i in range(0, len(images), step)]
+        if workers == 1 or len(groups) == 1:
+            parts = [call(group) for group in groups]
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                parts = list(pool.map(call, groups))
         result = {"attention": [np.concatenate([keras.ops.convert_to_numpy(part["attention"][b])
                                                 for part in parts])
                                 for b in range(len(parts[0]["attention"]))]}

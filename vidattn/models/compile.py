@@ -2,14 +2,25 @@
 
 TensorFlow compiles with XLA through ``tf.function``, JAX with ``jax.jit``, and torch runs eagerly
 under ``no_grad``. Each distinct input shape compiles once (the video pipeline pads its last
-batch so a whole video is one shape).
+batch so a whole video is one shape). ``streams`` says how many calls on parts of one batch
+run at once.
 """
 
 from __future__ import annotations
 
-from vidattn.backend import keras
+import functools
 
-__all__ = ["Call", "compiled"]
+from vidattn.backend import keras
+from vidattn.models import device
+
+__all__ = ["CPU_STREAMS", "Call", "compiled", "streams"]
+
+# Calls that run at once on parts of one batch, with TensorFlow on a CPU. XLA's CPU runtime
+# leaves cores idle in its row reductions (LayerNorm, softmax) and between kernels: one call
+# of batch 8 keeps 1.86 of 2 cores busy. Two calls of half the batch fill each other's gaps:
+# 6-11 % faster on this machine's 2 cores for dino_vits16, dinov2_vits14_reg and dinov3_vits16
+# at 224x224 and 224x400, batch 8 and 2 (scripts/bench.py --only model,families).
+CPU_STREAMS = 2
 
 
 def compiled(fn, model=None):
@@ -43,6 +54,14 @@ def compiled(fn, model=None):
 
         return run_no_grad
     return fn
+
+
+@functools.cache
+def streams() -> int:
+    """How many calls ``Model.run`` runs at once on equal parts of a batch: ``CPU_STREAMS`` with
+    TensorFlow on a CPU, else 1 (a GPU runs its calls one after another, and torch's eager ops
+    each use every core already)."""
+    return CPU_STREAMS if device.backend() == "tensorflow" and not device.gpus() else 1
 
 
 class Call:
