@@ -80,12 +80,13 @@ class Model:
                      tokens=bool(tokens), chunk=plan.chunk), self.backbone
             )
         call = self._compiled[key]
-        # A batch that splits evenly runs as streams() calls at once (one compiled shape each);
-        # together they hold what one call of plan.batch would.
+        # A group that splits evenly runs as streams() calls at once (one compiled shape), which
+        # together hold what one call of plan.batch would; plan.batch <= len(images), so there
+        # are at least as many parts as workers.
         workers = streams() if plan.batch % streams() == 0 else 1
         step = plan.batch // workers
         groups = [images[i : i + step] for i in range(0, len(images), step)]
-        if workers == 1 or len(groups) == 1:
+        if workers == 1:
             parts = [call(group) for group in groups]
         else:
             with ThreadPoolExecutor(workers) as pool:
