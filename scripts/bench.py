@@ -2,7 +2,7 @@
 """Benchmark vidattn on this machine and print one table (also written as JSON).
 
     python scripts/bench.py [--quick]
-        [--only startup,model,torch,families,ceiling,e2e,memory,fullres,rollout,batch,viewer]
+        [--only startup,model,torch,families,ceiling,e2e,memory,fullres,rollout,batch,viewer,track]
         [--json out/bench.json] [--cache out/bench-cache]
 
 Parts (all by default, in this order):
@@ -47,6 +47,14 @@ Parts (all by default, in this order):
   the size of its map data and video), the page's load time in headless Chromium (navigation
   timing, and the mark the page sets when it has drawn its first overlay), and the image
   viewer's data of dino_vits16 and dino_vitb8 at 224 (every block's T x T attention).
+- ``track``: ``vidattn track-eval`` with the demo model (a toy: its numbers say nothing of real
+  weights) on a generated DAVIS-layout set (``vidattn.demo.tracks``: moving, crossing and
+  scaling objects, and pans over two sample photographs, 24 frames of 144x256 each), J&F of both
+  protocols at short side 144 (the toy's scale; the protocols' own sizes on a CPU would take
+  hours), against copying the first mask and warping it by Farneback optical flow (scored the
+  same way); ``vidattn track`` frames per second on a 480x854 clip at the dino protocol's own
+  size (demo: patch 8, 6240 patches a frame; dino_vits16 with random weights: 1560); and the peak
+  RSS of a track and of a 10x longer one, each in a fresh process.
 
 The backend is KERAS_BACKEND's (TensorFlow by default); nothing here needs TensorFlow itself.
 Generated clips are cached in ``--cache``. ``--quick`` is a smoke run: few iterations, short
@@ -84,7 +92,7 @@ from vidattn.preprocess import video_geometry  # noqa: E402
 from vidattn.runtime import keep_freed_memory  # noqa: E402
 
 PARTS = ("startup", "model", "torch", "families", "ceiling", "e2e", "memory", "fullres", "rollout",
-         "batch", "viewer")
+         "batch", "viewer", "track")
 FAMILY_PRESETS = ("dinov2_vits14_reg", "dinov3_vits16")
 FAMILY_HW = ((224, 224), (224, 400))  # the width is rounded down to whole patches (392 at 14)
 PRESET = "dino_vits16"
@@ -949,6 +957,132 @@ def part_viewer(bench):
 # -- output ----------------------------------------------------------------------------------
 
 
+# -- part: track -----------------------------------------------------------------------------
+
+TRACK_SET_HW, TRACK_SET_FRAMES, TRACK_SIZE = (144, 256), 24, 144
+TRACK_PHOTOS = ("coffee.jpg", "astronaut.jpg")
+TRACK_HW, TRACK_FRAMES = (480, 854), 24  # the fps clip, at the dino protocol's own size
+TRACK_MEMORY_HW, TRACK_MEMORY_FRAMES = (360, 640), (30, 300)  # the RSS runs, at TRACK_SIZE
+TRACK_POINT = (0.5, 0.5)  # the seed point of the fps and RSS runs, as a fraction of (x, y)
+
+
+def track_set(folder: Path) -> Path:
+    """The generated DAVIS-layout set (``vidattn.demo.tracks``), written once."""
+    from vidattn.demo import tracks
+
+    root = folder / f"davis_{TRACK_SET_HW[1]}x{TRACK_SET_HW[0]}_{TRACK_SET_FRAMES}f_v1"
+    if not (root / "ImageSets").exists():
+        sequences = [tracks.synthetic(name, TRACK_SET_FRAMES, TRACK_SET_HW)
+                     for name in tracks.SYNTHETIC]
+        sequences += [tracks.pan(ROOT / "samples" / photo, TRACK_SET_FRAMES, TRACK_SET_HW)
+                      for photo in TRACK_PHOTOS]
+        tracks.write_davis(root, sequences)
+    return root
+
+
+def baseline_scores(davis, method) -> dict:
+    """A baseline's masks for every sequence of ``davis`` written and scored as track-eval's."""
+    from PIL import Image
+
+    from vidattn.track.davis import read_mask, score_folder, write_mask
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for seq in davis.sequences:
+            frames = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in davis.frames(seq)])
+            labels = method(frames, read_mask(davis.annotations(seq)[0]))
+            (Path(tmp) / seq).mkdir()
+            for path, ids in zip(davis.annotations(seq), labels):
+                write_mask(Path(tmp) / seq / path.name, ids)
+        return score_folder(davis, tmp).global_row
+
+
+def track_worker(clip, n_frames):
+    """In a fresh process: track ``n_frames`` of ``clip`` with the demo model at short side
+    ``TRACK_SIZE``, the masks saved, and print the RSS after loading and the peak since as JSON."""
+    from vidattn.options import TrackOptions
+    from vidattn.track.frames import open_source
+    from vidattn.track.pipeline import track_video
+    from vidattn.track.seeds import Seed
+
+    model = vidattn.load_model("demo")
+    h, w = open_source(clip).frame_hw
+    loaded = _status_mib("VmRSS")
+    since = "model load" if reset_peak_rss() else "process start"
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = TrackOptions(size=TRACK_SIZE, max_frames=n_frames, progress=False,
+                            save_masks=Path(tmp) / "masks")
+        result = track_video(model, clip, Path(tmp) / "t.mp4",
+                             Seed(points=((w * TRACK_POINT[0], h * TRACK_POINT[1]),)), opts)
+    print(json.dumps({"frames": result.frames, "seconds": result.seconds, "loaded_mib": loaded,
+                      "peak_mib": _status_mib("VmHWM"), "peak_since": since}))
+
+
+def part_track(bench):
+    from vidattn.options import TrackOptions
+    from vidattn.track import baselines
+    from vidattn.track.davis import DavisFolder
+    from vidattn.track.evaluate import evaluate_davis
+    from vidattn.track.pipeline import track_video
+    from vidattn.track.seeds import Seed
+
+    root = track_set(bench.cache)
+    davis = DavisFolder(root)
+    size = f"{hw_str(TRACK_SET_HW)}, {len(davis.sequences)} seq x {TRACK_SET_FRAMES}"
+    demo = vidattn.load_model("demo")
+    scores = {}
+    for protocol in ("dino", "dinov3"):
+        opts = TrackOptions(protocol=protocol, size=TRACK_SIZE, progress=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            started = time.perf_counter()
+            row, _ = evaluate_davis(demo, root, Path(tmp) / "out", opts=opts)
+            seconds = time.perf_counter() - started
+        scores[protocol] = row.global_row
+        frames = len(davis.sequences) * TRACK_SET_FRAMES
+        bench.rows.append(Row(f"track-eval J&F, demo (toy), {protocol} protocol", size, None,
+                              row.global_row["J&F-Mean"], "J&F",
+                              note=f"J {row.global_row['J-Mean']:.3f}, F "
+                                   f"{row.global_row['F-Mean']:.3f}; short side {TRACK_SIZE}; "
+                                   f"{frames / seconds:.1f} frame/s"))
+    for name, method in (("copy the first mask", lambda f, m: baselines.copy_first(m, len(f))),
+                         ("Farneback optical flow", baselines.farneback)):
+        got = baseline_scores(davis, method)
+        bench.rows.append(Row(f"track-eval J&F, baseline: {name}", size, None, got["J&F-Mean"],
+                              "J&F", scores["dino"]["J&F-Mean"], "dino protocol (demo)",
+                              scores["dino"]["J&F-Mean"] / max(got["J&F-Mean"], 1e-9),
+                              note=f"J {got['J-Mean']:.3f}, F {got['F-Mean']:.3f}"))
+    frames = TRACK_FRAMES if not bench.args.quick else 10
+    clip = bench.clip(TRACK_HW, TRACK_FRAMES)
+    for preset, weights in (("demo", None), ("dino_vits16", "random")):
+        model = vidattn.load_model(preset, weights=weights)
+        point = (TRACK_HW[1] * TRACK_POINT[0], TRACK_HW[0] * TRACK_POINT[1])
+        with tempfile.TemporaryDirectory() as tmp:
+            result = track_video(model, clip, Path(tmp) / "t.mp4", Seed(points=(point,)),
+                                 TrackOptions(max_frames=frames, progress=False))
+        bench.rows.append(Row(f"vidattn track, {preset}{' (random weights)' * bool(weights)}",
+                              hw_str(TRACK_HW), DEFAULT_BATCH, result.frames / result.seconds,
+                              "frame/s", note=f"dino protocol (480x832 input), {result.frames} "
+                                              "frames, video written"))
+    short, long = TRACK_MEMORY_FRAMES if not bench.args.quick else (10, 100)
+    clip = bench.clip(TRACK_MEMORY_HW, long)
+    peaks = {}
+    for n in (short, long):
+        proc = subprocess.run([sys.executable, __file__, "--track-worker", str(clip), str(n)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode:
+            raise RuntimeError(f"track worker failed:\n{proc.stderr[-2000:]}")
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        peaks[n] = got["peak_mib"]
+        bench.rows.append(Row(f"peak RSS, {got['frames']}-frame track", hw_str(TRACK_MEMORY_HW),
+                              DEFAULT_BATCH, got["peak_mib"], "MiB", got["loaded_mib"],
+                              "RSS after model load", got["peak_mib"] / got["loaded_mib"],
+                              note=f"demo, short side {TRACK_SIZE}, masks saved; peak since "
+                                   f"{got['peak_since']}, {got['frames'] / got['seconds']:.1f} "
+                                   "frame/s"))
+    bench.rows.append(Row(f"peak RSS {long} / {short}-frame track", hw_str(TRACK_MEMORY_HW),
+                          DEFAULT_BATCH, peaks[long] / peaks[short], "ratio",
+                          note="1.0 = flat memory"))
+
+
 def fmt(x) -> str:
     if x is None:
         return ""
@@ -1011,6 +1145,8 @@ def parse_args(argv=None):
     parser.add_argument("--memory-worker", nargs=5,
                         metavar=("CLIP", "FRAMES", "PRESET", "FULL", "FEATURES"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--track-worker", nargs=2, metavar=("CLIP", "FRAMES"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = sorted(set(args.parts) - set(PARTS))
@@ -1022,6 +1158,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     keep_freed_memory()  # as the CLI does, so e2e and memory measure what users get
+    if args.track_worker:
+        track_worker(args.track_worker[0], int(args.track_worker[1]))
+        return 0
     if args.memory_worker:
         clip, frames, preset, full, features = args.memory_worker
         memory_worker(clip, int(frames), preset, bool(int(full)), bool(int(features)))
@@ -1041,7 +1180,8 @@ def main(argv=None):
     runners = {"startup": part_startup, "model": part_model, "torch": part_torch,
                "families": part_families, "ceiling": part_ceiling,
                "e2e": part_e2e, "memory": part_memory, "fullres": part_fullres,
-               "rollout": part_rollout, "batch": part_batch, "viewer": part_viewer}
+               "rollout": part_rollout, "batch": part_batch, "viewer": part_viewer,
+               "track": part_track}
     for part in PARTS:
         if part not in args.parts:
             continue

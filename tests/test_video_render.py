@@ -204,3 +204,47 @@ def test_worker_threads_change_nothing_but_speed(planted, clip, tmp_path, monkey
     assert len(outputs[1]) == 30
     for a, b in zip(outputs[1], outputs[3]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_similarity_view_follows_the_query_patch(tmp_path):
+    """--view similarity: the query patch (on the square at 0.5 s) is itself at cosine 1 in its
+    own frame, and in every frame the most similar patch lies on the moving square."""
+    model = planted_model(colour_tokens=True)
+    made = make_video(tmp_path / "sq.mp4", n_frames=20, fps=20, size=(192, 112), square_size=28)
+    x, y = made.centres[10]
+    maps_file = tmp_path / "maps.npz"
+    opts = VideoOptions(view="similarity", query=f"{x:.1f},{y:.1f}@0.5", size=112,
+                        save_maps=maps_file, **QUIET)
+    render_video(model, made.path, tmp_path / "out.mp4", opts)
+    maps = np.load(maps_file)["maps"][:, 0].astype(np.float32)
+    geo = video_geometry(made.height, made.width, 16, 112)
+    scale = geo.resized_hw[0] / made.height
+    row, col = int(y * scale) // 16, int(x * scale) // 16
+    assert maps[10, row, col] == pytest.approx(1.0, abs=2e-3)  # float16 in the file
+    assert maps.min() >= -1 - 1e-3 and maps.max() <= 1 + 1e-3
+    heat = map_to_frame(maps, (made.height, made.width), geo.resized_hw, 16)
+    reach = made.square_size / 2 + 16 / scale
+    for frame_heat, (cx, cy) in zip(heat, made.centres):
+        py, px = np.unravel_index(frame_heat.argmax(), frame_heat.shape)
+        assert abs(px - cx) <= reach and abs(py - cy) <= reach, (px, py, cx, cy)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(view="similarity"), "--query X,Y[@SECONDS] goes with --view similarity"),
+    (dict(view="mean", query="3,4"), "--query X,Y[@SECONDS] goes with --view similarity"),
+    (dict(view="similarity", query="3"), "--query '3': expected 2 comma-separated numbers"),
+    (dict(view="similarity", query="3,4@x"), "expected 1 comma-separated numbers"),
+    (dict(view="similarity", query="3,4", viewer="v"), "cannot be combined with a similarity"),
+])
+def test_similarity_options_refused(kwargs, message):
+    with pytest.raises(VidattnError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        VideoOptions(**kwargs)
+
+
+def test_similarity_query_outside_the_frame(tmp_path):
+    made = make_video(tmp_path / "sq.mp4", n_frames=4, size=(96, 64))
+    opts = VideoOptions(view="similarity", query="96,10", size=64, **QUIET)
+    with pytest.raises(VidattnError, match="--query 96,10 is outside the 96x64 frame") as err:
+        render_video(planted_model(colour_tokens=True), made.path, tmp_path / "o.mp4", opts)
+    assert err.value.path == str(made.path)
+    assert not (tmp_path / "o.mp4").exists()

@@ -1,4 +1,5 @@
-"""The ``vidattn`` command line: ``video``, ``image``, ``batch`` and ``models``.
+"""The ``vidattn`` command line: ``video``, ``image``, ``batch``, ``track``, ``track-eval`` and
+``models``.
 
 Every command turns a :class:`VidattnError` into one line on stderr and a non-zero exit, and
 any other exception (a bug) into one "internal error" line; ``--debug`` shows the traceback
@@ -22,6 +23,7 @@ from vidattn.options import (
     ImageOptions,
     ModelOptions,
     RayOptions,
+    TrackOptions,
     VideoOptions,
     cli_fields,
 )
@@ -76,6 +78,8 @@ def main(debug):
     vidattn video IN.mp4 -o OUT.mp4     DINO self-attention rendered onto a video
     vidattn image PHOTO.jpg -o DIR      the classic ViT probes of one or more images
     vidattn batch INDIR -o OUTDIR       every video and image of a folder tree, resumable
+    vidattn track IN.mp4 --point X,Y -o OUT.mp4   follow objects by label propagation
+    vidattn track-eval DAVIS -o DIR     score tracking on DAVIS 2017 (J and F)
     vidattn models                      the model presets and where their weights come from
 
     Weights: each preset fetches its official checkpoint once: from torch hub's cache, the
@@ -243,6 +247,7 @@ def video(src, dst, save_maps, save_features, viewer, overwrite, quiet, **kw):
       vidattn video clip.mp4 -o a.mp4 --weights dino_deitsmall16_pretrain.pth --start 5 --end 9
       vidattn video clip.mp4 --viewer clip-viewer/             # open clip-viewer/index.html
       vidattn video clip.mp4 -o pca.mp4 --view pca --pca-background 0.5   # DINOv2's PCA
+      vidattn video clip.mp4 -o sim.mp4 --view similarity --query 320,180@2.5
 
     Frames keep their aspect ratio, timestamps and audio; memory stays flat however long the
     video is. The output appears only once complete (a failed or interrupted run leaves none).
@@ -251,6 +256,12 @@ def video(src, dst, save_maps, save_features, viewer, overwrite, quiet, **kw):
     evenly over the requested range and read by seeking; its axes and colour scale (each
     component's 1st..99th percentile) are fixed then, so a colour means the same part in every
     frame. Blend it with --alpha, or show it beside the frame: --view side-by-side --side-map pca.
+
+    --view similarity takes the final-normed patch token under --query X,Y (frame pixels) in
+    the frame at @SECONDS (default: the first rendered) and colours every patch of every frame
+    by its cosine similarity to it, 0 to 1 on the colormap in every frame, so a patch that
+    matches the query's part of the object lights up wherever it goes (the patch matching of
+    DINOv2's and DINOv3's notebooks).
 
     \b
     The viewer folder holds index.html, video.mp4 (the kept frames, H.264, with the audio) and
@@ -470,3 +481,131 @@ def _loader(kw):
     if opts.weights not in (None, "random") and os.path.exists(opts.weights):
         opts = dataclasses.replace(opts, weights=os.path.abspath(opts.weights))
     return opts.load
+
+@main.command()
+@click.argument("src", type=click.Path())
+@click.option("-o", "--output", "dst", type=click.Path(dir_okay=False),
+              help="Output video: .mp4 (H.264 + the input's audio), .mov, .mkv or .gif.")
+@click.option("--mask", type=click.Path(dir_okay=False), metavar="FIRST.png",
+              help="The seed frame's objects: an indexed (or greyscale) PNG of that frame, 0 "
+              "background, ids 1..254 (a DAVIS annotation; a black-and-white PNG is one object).")
+@click.option("--point", "points", multiple=True, metavar="X,Y",
+              help="An object by one click, in frame pixels (repeat for more objects): the "
+              "patches whose features are most like the clicked patch's (see below).")
+@click.option("--box", "boxes", multiple=True, metavar="X0,Y0,X1,Y1",
+              help="An object by its box, in frame pixels (repeatable): the box's patches that "
+              "are more like the inside than the outside.")
+@options_of(ModelOptions)
+@options_of(TrackOptions)
+@click.option("--save-masks", type=click.Path(file_okay=False), metavar="DIR",
+              help="Also write every frame's labels as DAVIS does: indexed PNGs with the DAVIS "
+              "palette, named as the frames (00000.png ...).")
+@click.option("--save-probs", type=click.Path(dir_okay=False), metavar="PATH.npy",
+              help="Also write the per-object probabilities on the patch grid, as propagated: "
+              "float16 (frames, gh*gw, objects + 1), channel 0 the background, with a .json "
+              "sidecar (times, grid, protocol, model).")
+@click.option("--overwrite", is_flag=True, help="Replace the outputs if they exist.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_friendly_errors
+def track(src, dst, mask, points, boxes, save_masks, save_probs, overwrite, quiet, **kw):
+    """Follow objects through SRC (a video file, or a folder of frames such as DAVIS's
+    JPEGImages/480p/<sequence>) by label propagation of the model's patch features, as DINO
+    evaluates its video features.
+
+    \b
+    Examples:
+      vidattn track clip.mp4 --point 320,240 -o tracked.mp4
+      vidattn track clip.mp4 --mask first.png -o t.mp4 --save-masks masks/
+      vidattn track DAVIS/JPEGImages/480p/bike-packing \\
+          --mask DAVIS/Annotations/480p/bike-packing/00000.png --save-masks out/bike-packing
+      vidattn track clip.mp4 --box 100,80,300,260 --start 4 -o t.mp4 --side-by-side
+
+    \b
+    Each later frame takes its labels from the seed frame and the --context frames before it:
+    every patch looks for its --topk most similar patches (cosine of the final-normed patch
+    tokens; registers never take part) within --neighbourhood patches of where it is, and
+    averages their labels, weighted by the affinity. --protocol dino is facebookresearch/dino's
+    eval_video_segmentation.py (short side 480, the long side floored to a multiple of 64,
+    OpenCV bilinear; exp(cos/0.1); square neighbourhood 12; top-5; the first frame and the 7
+    before; the labels upsampled by the patch, min-max per object, argmax). --protocol dinov3 is
+    dinov3's segmentation_tracking notebook (short side 960, rounded up to the patch, bicubic;
+    softmax at 0.2 over the top-5 within a circle of radius 12). The run says what it used.
+
+    \b
+    Seeds: --mask, or --point and --box (one object each). A point's object is the 4-connected
+    region around the clicked patch of patches whose similarity s to it is at least
+    (1 + median s) / 2; a patch two points claim goes to the more similar. --start is the time
+    of the seed frame.
+
+    The video shows each object in its DAVIS palette colour, outlined; audio and timestamps are
+    kept as `vidattn video` keeps them. Outputs appear only once complete.
+    """
+    from vidattn.track.pipeline import track_video
+
+    if dst is None and save_masks is None and save_probs is None:
+        raise VidattnError("nothing to write: give -o OUTPUT, --save-masks DIR or --save-probs "
+                           "PATH.npy")
+    _refuse_existing((dst, save_probs), overwrite)
+    if save_masks is not None and Path(save_masks).exists() and not overwrite:
+        raise VidattnError("output exists (use --overwrite to replace it)", save_masks)
+    seed = _seed(mask, points, boxes)
+    opts = options_from(TrackOptions, kw, save_masks=Path(save_masks) if save_masks else None,
+                        save_probs=Path(save_probs) if save_probs else None, progress=not quiet)
+    model = _load(kw, quiet)
+    result = track_video(model, src, dst, seed, opts, model.memory_budget)
+    if not quiet:
+        wrote = [str(p) for p in (result.output, result.masks, result.probs) if p is not None]
+        click.echo(f"wrote {' and '.join(wrote)} ({result.frames} frames, {result.objects} "
+                   f"objects; {result.frames / result.seconds:.3g} frames per second)", err=True)
+
+
+def _seed(mask, points, boxes):
+    """The ``track.seeds.Seed`` of the command line's --mask, --point and --box."""
+    from vidattn.options import parse_numbers
+    from vidattn.track.seeds import Seed
+
+    return Seed(mask=Path(mask) if mask else None,
+                points=tuple(parse_numbers(p, 2, "--point") for p in points),
+                boxes=tuple(parse_numbers(b, 4, "--box") for b in boxes))
+
+
+@main.command("track-eval")
+@click.argument("root", type=click.Path(), metavar="DAVIS_ROOT")
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
+              help="Results folder: <sequence>/<frame>.png and the two CSV files.")
+@click.option("--split", default="val", show_default=True,
+              help="The list of sequences: DAVIS_ROOT/ImageSets/2017/<split>.txt.")
+@click.option("--sequences", metavar="A,B,...", help="Only these sequences of the split.")
+@options_of(ModelOptions)
+@options_of(TrackOptions, only=("protocol", "size", "neighbourhood", "topk", "temperature",
+                                "context", "batch_size"))
+@click.option("--overwrite", is_flag=True, help="Replace the results folder if it exists.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_friendly_errors
+def track_eval(root, outdir, split, sequences, overwrite, quiet, **kw):
+    """Score label propagation on a DAVIS 2017 folder as the semi-supervised benchmark does.
+
+    \b
+    Example:
+      vidattn track-eval DAVIS -o results/ --model dino_vits16 --weights dino_deitsmall16_pretrain.pth
+
+    \b
+    DAVIS_ROOT is DAVIS 2017 as it is downloaded: ImageSets/2017/<split>.txt,
+    JPEGImages/480p/<sequence>/ and Annotations/480p/<sequence>/. Each sequence is tracked from
+    its first annotation (`vidattn track` with the same protocol options) into
+    OUT/<sequence>/<frame>.png, then scored with davis2017-evaluation's J (region IoU) and F
+    (boundary F-measure): its frame selection (first and last frames left out), void handling
+    and boundary threshold. OUT gets global_results-<split>.csv and
+    per-sequence_results-<split>.csv in that repository's layout, and the table is printed.
+    With real weights, these are the numbers of the papers' tables.
+    """
+    from vidattn.track.davis import format_table
+    from vidattn.track.evaluate import evaluate_davis
+
+    if Path(outdir).exists() and not overwrite:
+        raise VidattnError("output exists (use --overwrite to replace it)", outdir)
+    opts = options_from(TrackOptions, kw, progress=not quiet)
+    names = [s.strip() for s in sequences.split(",") if s.strip()] if sequences else None
+    model = _load(kw, quiet)
+    scores, protocol = evaluate_davis(model, root, outdir, split, names, opts, model.memory_budget)
+    click.echo(f"{protocol}\n{format_table(scores)}")

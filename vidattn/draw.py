@@ -195,6 +195,15 @@ def draw_masks(frame, masks, colors, alpha: float, patch_size: int, resized_hw=N
     return out
 
 
+def draw_labels(frame, labels, palette, alpha: float) -> np.ndarray:
+    """Object labels ``(H, W)`` uint8 (0 background) onto a uint8 ``(H, W, 3)`` frame -> new
+    image: each object tinted and outlined in its ``palette[id]`` colour (``mask_overlay``)."""
+    out = frame.copy()
+    for obj in np.flatnonzero(np.bincount(labels.ravel(), minlength=1)[1:]) + 1:
+        _tint(out, (labels == obj).view(np.uint8), palette[obj], alpha, outline=True)
+    return out
+
+
 def grid_shape(count: int, panel_hw, cols=None, pad: int = 2) -> tuple[int, int]:
     """``(rows, cols)`` for ``count`` panels of ``panel_hw``.
 

@@ -1,4 +1,5 @@
-"""Patch features: a PCA of a ViT's patch tokens drawn as colours, and a streamed feature file.
+"""Patch features: a PCA of a ViT's patch tokens drawn as colours, patch similarity, and a
+streamed feature file.
 
 The picture of what a self-supervised ViT has learnt (DINOv2, Figure 1): three principal
 components of the final-normed patch tokens mapped to red, green and blue, with the background
@@ -14,6 +15,10 @@ all the tokens, scaled so, splits foreground (above ``T``) from background; its 
 that the foreground is the smaller side of the sample (objects cover less of a picture than what
 lies around them); the three colour components are then fitted on the sample's foreground tokens
 alone, so the colours spend their range on the object's parts.
+
+Similarity (``unit_rows``, ``similarity_maps``): the cosine of every patch token to one query
+token, as the DINOv2 and DINOv3 patch-matching notebooks compare patches (tokens L2-normalised,
+then a dot product).
 
 ``FeatureWriter`` streams float16 patch tokens ``(frames, gh * gw, D)`` into a plain ``.npy`` file
 as they come (memory does not grow with the video) with a JSON sidecar (timestamps, grid, model,
@@ -35,6 +40,20 @@ from vidattn.options import check_features_path
 
 PERCENTILES = (1.0, 99.0)  # each component's colour range: robust to a few outlying patches
 COMPONENTS = 3  # red, green, blue
+
+
+def unit_rows(x) -> np.ndarray:
+    """float32 ``(..., D)`` with each row (last axis) scaled to unit L2 norm, as
+    ``F.normalize(p=2)`` (eps 1e-12)."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(1e-12))
+
+
+def similarity_maps(tokens, query, grid_hw) -> np.ndarray:
+    """Patch tokens ``(N, gh * gw, D)`` and one query token ``(D,)`` -> the cosine similarity
+    of every patch to the query, ``(N, gh, gw)`` float32 in [-1, 1]."""
+    cos = unit_rows(tokens) @ unit_rows(query)
+    return cos.reshape(len(cos), *grid_hw).astype(np.float32)
 
 
 @dataclass(frozen=True)

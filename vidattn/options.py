@@ -18,16 +18,16 @@ from vidattn.errors import VidattnError
 __all__ = [
     "DEFAULT_BATCH", "DEFAULT_PRESET", "DEFAULT_SIZE", "DEFAULT_THRESHOLD", "FORMATS",
     "IMAGE_PROBES", "MODEL_PROBES", "PRECISIONS", "PROBES", "SIDE_MAPS", "VIEWER_BLOCKS", "VIEWS",
-    "X264_PRESETS", "BatchOptions", "ImageOptions", "ModelOptions", "RayOptions", "VideoOptions",
-    "check_ray_address", "parse_probes",
+    "TRACK_PROTOCOLS", "X264_PRESETS", "BatchOptions", "ImageOptions", "ModelOptions", "RayOptions",
+    "TrackOptions", "VideoOptions", "check_ray_address", "parse_numbers", "parse_probes",
 ]
 
 DEFAULT_PRESET = "dino_vits16"  # the model of the commands and of vidattn.probe / vidattn.render
 DEFAULT_SIZE = 224  # the resolution the presets were trained at (DINOv2's 518 aside)
 DEFAULT_BATCH = 8
 DEFAULT_THRESHOLD = 0.6  # DINO's masks keep 60 % of each head's attention mass
-VIEWS = ("heads", "mean", "masks", "rollout", "pca", "side-by-side")
-SIDE_MAPS = ("mean", "rollout", "pca")
+VIEWS = ("heads", "mean", "masks", "rollout", "pca", "similarity", "side-by-side")
+SIDE_MAPS = ("mean", "rollout", "pca", "similarity")
 FORMATS = ("mp4", "gif")
 IMAGE_PROBES = ("distance", "rollout", "heads", "masks", "registers", "norms", "pca")
 MODEL_PROBES = ("filters", "posembed")
@@ -40,6 +40,7 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 # 720p frame measured here at the same CRF: ultrafast 9 ms, superfast 15 ms, veryfast 23 ms, with
 # files about 2.8x and 1.5x the size of veryfast's for the first two (--x264-preset to choose).
 DEFAULT_X264_PRESET = "ultrafast"
+DEFAULT_CRF = 23  # H.264 quality of every video vidattn writes
 DEFAULT_PCA_FRAMES = 32  # frames a video's PCA is fitted on: ~6000 tokens at 224, one second
 
 
@@ -128,7 +129,8 @@ class VideoOptions:
         "mean", "heads: a grid with every head's CLS attention; mean: the head mean; masks: "
         "DINO's threshold masks, one colour per head; rollout: attention rollout through all "
         "blocks; pca: three principal components of the patch features as red, green and "
-        "blue, one basis for the whole video (--pca-frames); side-by-side: the frame beside "
+        "blue, one basis for the whole video (--pca-frames); similarity: each patch's cosine "
+        "similarity to the patch at --query, in every frame; side-by-side: the frame beside "
         "the map (--side-map).", choices=VIEWS)
     side_map: str = option("mean", "Map shown by --view side-by-side.", choices=SIDE_MAPS)
     size: int = option(
@@ -153,7 +155,7 @@ class VideoOptions:
     end: float | None = option(None, "End time in seconds.", type=float, min=0)
     every: int = option(1, "Keep every N-th frame.", min=1)
     max_frames: int | None = option(None, "Stop after this many frames.", type=int, min=1)
-    crf: int = option(23, "H.264 quality: lower is better and larger.", min=0, max=51)
+    crf: int = option(DEFAULT_CRF, "H.264 quality: lower is better and larger.", min=0, max=51)
     x264_preset: str = option(
         DEFAULT_X264_PRESET, "H.264 speed/size trade-off. Slower presets make smaller files for "
         "the same quality (--crf) but take CPU from the model: at 720p veryfast makes files "
@@ -169,6 +171,12 @@ class VideoOptions:
         "seeking; their patch tokens' 1st and 99th percentiles fix the colour scale, so "
         "colours mean the same in every frame and do not flicker.", min=1)
     pca_background: float | None = pca_background_option()
+    query: str | None = option(
+        None, "similarity: the query patch, X,Y in frame pixels, and @SECONDS the time of the "
+        "frame it is taken from (default: the first frame rendered), e.g. 320,180@2.5. Its "
+        "final-normed patch token is compared with every patch of every frame (cosine, drawn "
+        "from 0 to 1 on the colormap, the same scale in every frame).", type=str,
+        metavar="X,Y[@SECONDS]")
     viewer_blocks: str = option(
         "last", "--viewer: the blocks whose maps (every head and their mean) the viewer stores: "
         "the last, or all (depth times the data).", choices=VIEWER_BLOCKS)
@@ -192,12 +200,33 @@ class VideoOptions:
             raise VidattnError(f"--viewer-blocks must be one of {', '.join(VIEWER_BLOCKS)}")
         _check_pca_background(self.pca_background)
         check_features_path(self.save_features)
+        if self.needs_similarity != (self.query is not None):
+            raise VidattnError("--query X,Y[@SECONDS] goes with --view similarity (or "
+                               "--side-map similarity), and they need it")
+        self.query_point  # noqa: B018 - parsed now: a bad --query fails before any work
         if self.viewer is not None:
-            _refuse_pca_viewer(self)
+            _refuse_feature_viewer(self)
 
     @property
     def needs_pca(self) -> bool:
         return self.view == "pca" or (self.view == "side-by-side" and self.side_map == "pca")
+
+    @property
+    def needs_similarity(self) -> bool:
+        return self.view == "similarity" or (self.view == "side-by-side"
+                                             and self.side_map == "similarity")
+
+    @property
+    def query_point(self) -> tuple[float, float, float | None] | None:
+        """``--query`` as ``(x, y, seconds or None)``; None without one."""
+        if self.query is None:
+            return None
+        point, _, seconds = str(self.query).partition("@")
+        x, y = parse_numbers(point, 2, "--query")
+        if not seconds:
+            return x, y, None
+        (t,) = parse_numbers(seconds, 1, "--query's @SECONDS")
+        return x, y, t
 
     @property
     def needs_rollout(self) -> bool:
@@ -209,10 +238,12 @@ class VideoOptions:
         return self.viewer is not None and (self.viewer_rollout or self.needs_rollout)
 
 
-def _refuse_pca_viewer(video: VideoOptions):
-    """The browser viewer shows attention: one error line when it is asked for with a pca view."""
-    if video.needs_pca:
-        raise VidattnError("--viewer shows attention; it cannot be combined with a pca view")
+def _refuse_feature_viewer(video: VideoOptions):
+    """The browser viewer shows attention: one error line when it is asked for with a pca or a
+    similarity view."""
+    if video.needs_pca or video.needs_similarity:
+        which = "pca" if video.needs_pca else "similarity"
+        raise VidattnError(f"--viewer shows attention; it cannot be combined with a {which} view")
 
 
 def _check_threshold(value: float):
@@ -293,7 +324,7 @@ class BatchOptions:
         if self.format not in FORMATS:
             raise VidattnError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}")
         if self.viewer:
-            _refuse_pca_viewer(self.video)
+            _refuse_feature_viewer(self.video)
 
 
 def check_ray_address(address: str | None) -> str | None:
@@ -339,3 +370,81 @@ class RayOptions:
                                "below 1 (Ray shares a GPU, never spans part of one)")
         if self.attempts < 1:
             raise VidattnError(f"attempts must be at least 1, got {self.attempts}")
+
+
+TRACK_PROTOCOLS = ("dino", "dinov3")
+
+
+NUMBERS_SHAPE = {1: "SECONDS", 2: "X,Y, in frame pixels", 4: "X0,Y0,X1,Y1, in frame pixels"}
+
+
+def parse_numbers(text: str, count: int, what: str) -> tuple[float, ...]:
+    """``"X,Y"`` (``count`` comma-separated finite numbers, >= 0) -> floats, else a one-line
+    VidattnError naming the option ``what`` (1 number: seconds; 2: a point; 4: a box)."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != count or not all(0 <= v < float("inf") for v in values):
+        raise VidattnError(f"{what} {text!r}: expected {count} comma-separated numbers >= 0 "
+                           f"({NUMBERS_SHAPE.get(count, '')})")
+    return values
+
+
+@dataclass
+class TrackOptions:
+    """How ``vidattn track`` propagates a first frame's objects through a video, and draws them.
+
+    The protocol fields left None take the protocol's own value (``track.protocols``); the
+    seed (``--mask``, ``--point``, ``--box``) is a ``track.seeds.Seed``, given apart."""
+
+    protocol: str | None = option(
+        None, "Label propagation as in: dino (facebookresearch/dino eval_video_segmentation.py: "
+        "short side 480, square neighbourhood 12, top-5, exp(cos/0.1)) or dinov3 (dinov3's "
+        "segmentation_tracking notebook: short side 960, circle of radius 12, top-5, softmax at "
+        "0.2); both use the first frame and the 7 frames before. Default: the model family's "
+        "(dinov3 for DINOv3 presets, dino for the others).", choices=TRACK_PROTOCOLS)
+    size: int | None = option(
+        None, "Short side, in pixels, the frames are resized to (default: the protocol's).",
+        type=int, min=16)
+    neighbourhood: int | None = option(
+        None, "Size of the neighbourhood a patch may take its label from, in patches (default: "
+        "the protocol's, 12; 0 = the whole frame).", type=int, min=0)
+    topk: int | None = option(
+        None, "Keys each patch takes its label from (default: the protocol's, 5).", type=int,
+        min=1)
+    temperature: float | None = option(
+        None, "Temperature of the affinity (default: the protocol's, 0.1 or 0.2).", type=float,
+        min=0, min_open=True)
+    context: int | None = option(
+        None, "Previous frames a frame takes labels from, besides the first (default: the "
+        "protocol's, 7).", type=int, min=0)
+    start: float | None = option(
+        None, "Time, in seconds, of the frame the seed belongs to; tracking starts there.",
+        type=float, min=0)
+    end: float | None = option(None, "End time in seconds.", type=float, min=0)
+    max_frames: int | None = option(None, "Stop after this many frames.", type=int, min=1)
+    batch_size: int = option(DEFAULT_BATCH, "Frames per model call.", min=1)
+    alpha: float = option(0.5, "Opacity of the masks' colour.", min=0, max=1)
+    side_by_side: bool = option(
+        False, "Show the similarity map beside the masks: each patch's cosine similarity to the "
+        "nearest object's mean feature in the first frame.")
+    colormap: str = option("inferno", "Matplotlib colormap of the similarity map.")
+    captions: bool = option(True, "Frame times and the protocol on the frames.", flag=False)
+    crf: int = option(DEFAULT_CRF, "H.264 quality: lower is better and larger.", min=0, max=51)
+    x264_preset: str = option(DEFAULT_X264_PRESET, "H.264 speed/size trade-off.",
+                              choices=X264_PRESETS)
+    audio: bool = option(True, "Copy the input's audio into the output video.", flag=False)
+    save_masks: Path | None = None  # also write DAVIS-style indexed PNGs into this folder
+    save_probs: Path | None = None  # also stream the per-object probabilities here (.npy)
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.protocol is not None and self.protocol not in TRACK_PROTOCOLS:
+            raise VidattnError(f"unknown protocol {self.protocol!r}; choose "
+                               f"{', '.join(TRACK_PROTOCOLS)}")
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise VidattnError(f"--end ({self.end:g}) must be after --start ({self.start:g})")
+        if self.save_probs is not None and Path(self.save_probs).suffix.lower() != ".npy":
+            raise VidattnError("--save-probs must name a .npy file", self.save_probs)

@@ -10,6 +10,7 @@ Arrays are channels-last RGB throughout: images ``(H, W, 3)``, batches ``(N, H, 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.resources
 import math
@@ -81,12 +82,21 @@ def load_image(path) -> np.ndarray:
     Raises VidattnError naming the file when it is missing, not an image, truncated or corrupt,
     or larger than ``MAX_IMAGE_PIXELS``.
     """
+    with opened_image(path) as im:
+        im.load()  # decode now, inside the error handling: truncated files fail here
+        return _to_rgb(ImageOps.exif_transpose(im))
+
+
+@contextlib.contextmanager
+def opened_image(path, what: str = "an image file"):
+    """``Image.open(path)``, its size checked against ``MAX_IMAGE_PIXELS``, for the block to
+    decode and read; whatever Pillow raises, there or in the block, becomes one VidattnError
+    naming the file (missing, a directory, not ``what``, truncated or corrupt, too large).
+    Pillow's decompression-bomb warning and its UserWarnings about damaged metadata it skips are
+    silenced: the image decodes anyway, or fails here."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
-            # The size is checked against MAX_IMAGE_PIXELS below; Pillow's softer warning threshold
-            # would only add noise, as would its UserWarnings about damaged metadata it skips
-            # (TIFF tags, EXIF): the image is decoded anyway, or fails with an error below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)
             with Image.open(path) as im:
@@ -97,17 +107,15 @@ def load_image(path) -> np.ndarray:
                         f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP limit (possible decompression bomb)",
                         path,
                     )
-                im.load()  # decode now, inside the try: truncated files fail here
-                im = ImageOps.exif_transpose(im)
-                return _to_rgb(im)
+                yield im
     except FileNotFoundError:
         raise VidattnError("no such file", path) from None
     except IsADirectoryError:
-        raise VidattnError("is a directory, not an image file", path) from None
+        raise VidattnError(f"is a directory, not {what}", path) from None
     except PermissionError:
         raise VidattnError("permission denied", path) from None
     except UnidentifiedImageError:
-        raise VidattnError("not an image file (Pillow cannot identify it)", path) from None
+        raise VidattnError(f"not {what} (Pillow cannot identify it)", path) from None
     except Image.DecompressionBombError:
         raise VidattnError(
             f"image is above the {MAX_IMAGE_PIXELS / 1e6:.0f} MP limit (possible decompression bomb)",

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from vidattn import attention as am
 from vidattn import draw
 from vidattn.errors import VidattnError
-from vidattn.features import FeatureWriter, PcaBasis, fit_basis, fit_times, model_meta
+from vidattn.features import (FeatureWriter, PcaBasis, fit_basis, fit_times, model_meta,
+                              similarity_maps)
 from vidattn.models.memory import format_bytes
 from vidattn.options import VideoOptions
 from vidattn.preprocess import prepare_frames, resize_frame, video_geometry
@@ -124,18 +125,20 @@ class _Sink:
 class MapLayout:
     """The maps ``MapMaker`` computes for each frame, in order: for each block of ``blocks``, its
     ``heads`` CLS maps then their mean; then the rollout map if ``rollout``; then, if ``pca``,
-    the ``PCA_CHANNELS`` maps of the PCA view. ``count`` maps in all; ``view`` indexes the ones
-    the chosen view draws."""
+    the ``PCA_CHANNELS`` maps of the PCA view; then, if ``similarity``, the similarity map.
+    ``count`` maps in all; ``view`` indexes the ones the chosen view draws."""
 
     blocks: tuple[int, ...]
     heads: int
     rollout: bool
     view: tuple[int, ...]
     pca: bool = False
+    similarity: bool = False
 
     @property
     def count(self) -> int:
-        return len(self.blocks) * (self.heads + 1) + self.rollout + PCA_CHANNELS * self.pca
+        return (len(self.blocks) * (self.heads + 1) + self.rollout + PCA_CHANNELS * self.pca
+                + self.similarity)
 
     @classmethod
     def of(cls, model, opts: VideoOptions) -> MapLayout:
@@ -143,6 +146,8 @@ class MapLayout:
         depth, heads = model.preset.depth, model.preset.num_heads
         if opts.needs_pca:  # options refuse a viewer here: the maps are the PCA's alone
             return cls((), heads, False, tuple(range(PCA_CHANNELS)), pca=True)
+        if opts.needs_similarity:  # the same: the viewer is refused
+            return cls((), heads, False, (0,), similarity=True)
         if opts.viewer is not None:
             blocks = tuple(range(depth)) if opts.viewer_blocks == "all" else (depth - 1,)
         else:
@@ -174,15 +179,19 @@ class MapMaker:
     """Turns a batch of model inputs into maps ``(N, count, gh, gw)`` float32 as ``layout`` says
     (``MapLayout.of``): what the view draws is ``maps[:, layout.view]``, and the viewer stores all
     of them; and, with ``tokens``, the patch tokens ``(N, gh * gw, D)`` float32 (else None).
-    A pca layout draws with ``basis`` (``fit_video_pca``). Smoothing (an exponential moving
-    average with time constant ``smooth`` frames) runs across batches."""
+    A pca layout draws with ``basis`` (``fit_video_pca``), a similarity layout compares with
+    ``query`` ``(D,)`` (``query_token``). Smoothing (an exponential moving average with time
+    constant ``smooth`` frames) runs across batches."""
 
     def __init__(self, model, opts: VideoOptions, grid_hw, layout: MapLayout,
-                 basis: PcaBasis | None = None, tokens: bool = False):
+                 basis: PcaBasis | None = None, tokens: bool = False, query=None):
         self.model, self.opts, self.grid_hw, self.layout = model, opts, grid_hw, layout
-        self.basis, self.tokens = basis, tokens or layout.pca
+        self.basis, self.query = basis, query
+        self.tokens = tokens or layout.pca or layout.similarity
         if layout.pca and basis is None:
             raise ValueError("a pca layout needs a PcaBasis")
+        if layout.similarity and query is None:
+            raise ValueError("a similarity layout needs a query token")
         self.n_prefix = model.preset.num_prefix_tokens
         depth = model.preset.depth
         self._attention = layout.attention(depth)
@@ -205,6 +214,8 @@ class MapMaker:
         if layout.pca:  # (n, gh*gw, 4) -> (n, 4, gh, gw)
             parts.append(np.moveaxis(self.basis.draw(tokens), -1, 1).reshape(
                 n, PCA_CHANNELS, *self.grid_hw))
+        if layout.similarity:
+            parts.append(similarity_maps(tokens, self.query, self.grid_hw)[:, None])
         maps = np.ascontiguousarray(np.concatenate(parts, axis=1), np.float32)
         if o.smooth > 1:
             rate = 1.0 / o.smooth
@@ -251,6 +262,9 @@ class FrameRenderer:
             up = self._heat(draw.to_uint8(maps), (h, w))
             out = draw.blend(image, np.ascontiguousarray(np.moveaxis(up[:3], 0, -1)),
                              up[3] * np.float32(o.alpha / 255))
+        elif o.needs_similarity:  # cosine: 0..1 on the colormap in every frame, not rescaled
+            out = draw.overlay(image, self._heat(np.clip(maps[0], 0, 1), (h, w)), self.lut,
+                               o.alpha)
         elif o.view == "heads":
             maps = am.normalize_maps(maps)
             scale = max(1 / self.cols, min(1.0, HEAD_PANEL_MIN / min(h, w)))
@@ -303,8 +317,9 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
     if dst is not None:
         _check_writable(dst)
     basis = fit_video_pca(model, src, info, opts, geometry) if layout.pca else None
+    query = query_token(model, src, opts, geometry) if layout.similarity else None
     make_maps = MapMaker(model, opts, geometry.grid_hw, layout, basis,
-                         tokens=opts.save_features is not None)
+                         tokens=opts.save_features is not None, query=query)
     render_frame = FrameRenderer(model, opts, geometry)
     saved_maps, saved_pts = [], []
     started = time.perf_counter()
@@ -419,6 +434,25 @@ def fit_video_pca(model, src, info, opts: VideoOptions, geometry) -> PcaBasis:
     return fit_basis(np.concatenate(sample), opts.pca_background)
 
 
+def query_token(model, src, opts: VideoOptions, geometry) -> np.ndarray:
+    """The final-normed patch token ``(D,)`` under ``opts.query_point`` (frame pixels), in the
+    frame at its time (default: the first frame rendered, ``opts.start``); errors name ``src``
+    for a point outside the frame or a time past the end."""
+    x, y, seconds = opts.query_point
+    (fh, fw), (rh, rw), p = geometry.frame_hw, geometry.resized_hw, model.preset.patch_size
+    if not (0 <= x < fw and 0 <= y < fh):
+        raise VidattnError(f"--query {x:g},{y:g} is outside the {fw}x{fh} frame", src)
+    at = opts.start if seconds is None else seconds
+    frame = next(read_frames(src, at, None, 1, 1), None)
+    if frame is None:
+        raise VidattnError(f"--query: no frame at {at or 0:g} s", src)
+    inputs = prepare_frames([frame.image], geometry, model.preset.preprocessing)
+    tokens = model.run(_padded(inputs, opts.batch_size), tokens=True)["patch_tokens"][0]
+    gh, gw = geometry.grid_hw
+    row, col = min(gh - 1, int(y * rh / fh) // p), min(gw - 1, int(x * rw / fw) // p)
+    return tokens[row * gw + col]
+
+
 def fit_frames(src, info, opts: VideoOptions):
     """The frames a video's PCA is fitted on: up to ``opts.pca_frames``, each read by seeking
     (``read_frames`` from its time) to the middles of equal spans of ``[start, end)``, where the
@@ -476,7 +510,8 @@ def _plan_batch(model, opts: VideoOptions, geometry) -> VideoOptions:
     layout = MapLayout.of(model, opts)
     plan = model.plan(
         geometry.input_hw, opts.batch_size, layout.attention(model.preset.depth), layout.rollout,
-        tokens=layout.pca or opts.save_features is not None, extra_per_image=5 * fh * fw * 3,
+        tokens=layout.pca or layout.similarity or opts.save_features is not None,
+        extra_per_image=5 * fh * fw * 3,
         sizes=(min(geometry.resized_hw), lambda s: video_geometry(fh, fw, p, s).input_hw))
     if plan.batch < opts.batch_size:
         if opts.progress:
