@@ -205,7 +205,7 @@ def test_probe_image_writes_every_probe(tmp_path):
     model = planted_model(registers=4)  # so that every probe applies
     src = tmp_path / "photo.png"
     Image.fromarray(red_photo()).save(src)
-    record = pr.probe_image(model, src, tmp_path / "out" / "photo")
+    record = pr.probe_image(model, src, tmp_path / "out" / "photo", ImageOptions(query="290,75"))
     files = pr.write_model_probes(model, tmp_path / "out" / "model")
     assert plt.get_fignums() == []  # nothing left open in pyplot
     saved = json.loads((tmp_path / "out" / "photo" / "probes.json").read_text())
@@ -226,7 +226,8 @@ def test_probe_image_writes_every_probe(tmp_path):
     # masks, 2 rows of 16 filters; a long title may widen a figure, never shrink it
     expected = {"distance": (900, 700), "rollout": (900, 400), "heads": (600, 400),
                 "masks": (600, 700), "filters": (1300, 255), "posembed": (750, 700),
-                "registers": (600, 500), "norms": (1300, 460), "pca": (900, 400)}
+                "registers": (600, 500), "norms": (1300, 460), "pca": (900, 400),
+                "similarity": (600, 400)}
     paths = {p: tmp_path / "out" / "photo" / f"{p}.png" for p in pr.IMAGE_PROBES}
     paths.update({p: tmp_path / "out" / "model" / f for p, f in files.items()})
     for probe, path in paths.items():
@@ -299,3 +300,53 @@ def test_probes_a_model_cannot_have_are_skipped_and_said(tmp_path):
     record = pr.probe_image(model, src, tmp_path / "photo", ImageOptions(probes="registers,norms"))
     assert record["probes"] == ["norms"] and "no register tokens" in record["skipped"]["registers"]
     assert sorted(p.name for p in (tmp_path / "photo").iterdir()) == ["norms.png", "probes.json"]
+
+
+# -- similarity: the query patch found again ---------------------------------------------------
+
+
+def _square_photo(path, box, size=(300, 400), seed=0):
+    """A grey noisy photo ``size`` (H, W) with a red square at ``box`` (rows, columns)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(60, 140, (*size, 3)).astype(np.uint8)
+    pixels[box] = (230, 30, 30)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_similarity_query_is_found_in_every_image(tmp_path):
+    """The query on image A's red square: in A the query patch has cosine 1 and A's map peaks on
+    the square; in B, whose red square is elsewhere, the map peaks on B's square."""
+    model = planted_model(colour_tokens=True)
+    a = _square_photo(tmp_path / "a.png", RED_BOX)
+    other = (slice(180, 260), slice(60, 140))
+    b = _square_photo(tmp_path / "b.png", other, seed=1)
+    x, y = (250 + 330) / 2, (40 + 110) / 2
+    opts = ImageOptions(probes="similarity", query=f"{x:g},{y:g}", size=224)
+    run = pr.probe_images(model, [a, b], tmp_path / "out", opts)
+    assert [name for name, _ in run.entries] == ["a", "b"]
+    for (name, record), box in zip(run.entries, (RED_BOX, other)):
+        sim = record["similarity"]
+        assert sim["query"]["image"] == str(a)
+        display = display_image(np.asarray(Image.open(tmp_path / f"{name}.png")), 224)
+        red = (display[..., 0] > 180) & (display[..., 1] < 80)  # the square in the crop
+        r, c = sim["peak"]
+        assert red[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16].mean() > 0.5, (name, r, c)
+        assert (tmp_path / "out" / name / "similarity.png").exists()
+    m = pr.measure(model, np.asarray(Image.open(a)), a, opts)
+    assert m.similarity[m.query.row, m.query.col] == pytest.approx(1.0, abs=1e-5)
+    assert m.similarity.min() >= -1 - 1e-5
+
+
+def test_similarity_options_and_an_outside_query(tmp_path):
+    assert "similarity" not in ImageOptions().probes  # "all" without --query leaves it out
+    assert "similarity" in ImageOptions(query="3,4").probes
+    with pytest.raises(VidattnError, match="--query X,Y goes with the similarity probe"):
+        ImageOptions(probes="similarity")
+    with pytest.raises(VidattnError, match="--query X,Y goes with the similarity probe"):
+        ImageOptions(probes="rollout", query="3,4")
+    a = _square_photo(tmp_path / "a.png", RED_BOX)
+    opts = ImageOptions(probes="similarity", query="2,150", size=224)  # the crop cuts x < 21
+    with pytest.raises(VidattnError, match="outside the part of the 400x300 image") as err:
+        pr.probe_images(planted_model(colour_tokens=True), [a], tmp_path / "out", opts)
+    assert err.value.path == str(a)

@@ -294,6 +294,8 @@ def fingerprint(model, kind: str, opts: BatchOptions) -> str:
                     "threshold": opts.image.threshold}
         if "pca" in opts.image.image_probes and opts.image.pca_background is not None:
             settings["pca_background"] = opts.image.pca_background
+        if "similarity" in opts.image.image_probes:
+            settings["query"] = opts.image.query
     if opts.viewer:
         settings["viewer"] = True
     blob = json.dumps({"kind": kind, "model": model.preset.name, "weights": model.weights_label,

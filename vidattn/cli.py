@@ -324,6 +324,7 @@ def image(images, outdir, save_features, overwrite, quiet, **kw):
       vidattn image cat.png -o out/ --probes heads,masks --threshold 0.5
       vidattn image cat.png -o out/ --model dino_vits8 --weights dino_deitsmall8_pretrain.pth
       vidattn image cat.png -o out/ --viewer     # + out/cat/viewer.html: click a patch
+      vidattn image cat.jpg dog.jpg -o out/ --probes similarity --query 120,80
 
     \b
     Probes (the study "Investigating Vision Transformer representations"):
@@ -336,6 +337,8 @@ def image(images, outdir, save_features, overwrite, quiet, **kw):
       norms     norms of the output patch tokens before the final norm: high-norm artifacts
       pca       3 principal components of the patch tokens as RGB (DINOv2), per image and, for
                 two images or more, one joint PCA of all of them (--pca-background T)
+      similarity  with --query X,Y (pixels of the first image): every image's patches by their
+                cosine similarity to that patch's token (patch matching across images)
       filters   the first 128 patch-projection filters (per model)
       posembed  dot-product similarity of the position embeddings (per model)
     Presets with an ImageNet-1k head (vit_b16, deit_*) also get their top-5 classes. Register

@@ -29,7 +29,7 @@ DEFAULT_THRESHOLD = 0.6  # DINO's masks keep 60 % of each head's attention mass
 VIEWS = ("heads", "mean", "masks", "rollout", "pca", "similarity", "side-by-side")
 SIDE_MAPS = ("mean", "rollout", "pca", "similarity")
 FORMATS = ("mp4", "gif")
-IMAGE_PROBES = ("distance", "rollout", "heads", "masks", "registers", "norms", "pca")
+IMAGE_PROBES = ("distance", "rollout", "heads", "masks", "registers", "norms", "pca", "similarity")
 MODEL_PROBES = ("filters", "posembed")
 PROBES = IMAGE_PROBES + MODEL_PROBES
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -268,8 +268,9 @@ class ImageOptions:
     """What ``vidattn image`` probes (and ``vidattn batch`` probes on each image)."""
 
     probes: tuple[str, ...] | str = option(
-        "all", "Comma-separated probes: distance, rollout, heads, masks, registers, norms (per "
-        "image), filters, posembed (per model). A probe a model cannot have (registers without "
+        "all", "Comma-separated probes: distance, rollout, heads, masks, registers, norms, pca, "
+        "similarity (per image; similarity runs with --query, and all includes it only then), "
+        "filters, posembed (per model). A probe a model cannot have (registers without "
         "registers, posembed without learned positions) is skipped and said so.",
         metavar="all|LIST")
     size: int = option(
@@ -282,14 +283,29 @@ class ImageOptions:
         False, "Also write a browser page per image, DIR/<stem>/viewer.html: click a patch to see "
         "where it looks, in any block and head, or rollout (stores every block's attention).")
     pca_background: float | None = pca_background_option()
+    query: str | None = option(
+        None, "similarity: the query patch, X,Y in the pixels of the first image (of each image "
+        "in a batch). Every image's map is the cosine similarity of its final-normed patch "
+        "tokens to that patch's token.", type=str, metavar="X,Y")
     save_features: Path | None = None  # also write every image's patch tokens here (.npy + .json)
 
     def __post_init__(self):
         if isinstance(self.probes, str):
+            asked = "similarity" in {t.strip() for t in self.probes.split(",")}
             self.probes = parse_probes(self.probes)
+            if self.query is None and not asked:  # "all" without --query: no similarity
+                self.probes = tuple(p for p in self.probes if p != "similarity")
+        if ("similarity" in self.probes) != (self.query is not None):
+            raise VidattnError("--query X,Y goes with the similarity probe, and it needs it")
+        self.query_point  # noqa: B018 - parsed now: a bad --query fails before any work
         _check_threshold(self.threshold)
         _check_pca_background(self.pca_background)
         check_features_path(self.save_features)
+
+    @property
+    def query_point(self) -> tuple[float, float] | None:
+        """``--query`` as ``(x, y)`` in image pixels; None without one."""
+        return None if self.query is None else parse_numbers(self.query, 2, "--query")
 
     @property
     def image_probes(self) -> list[str]:

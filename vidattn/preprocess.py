@@ -197,7 +197,7 @@ def _resize_crop(image, size: int) -> np.ndarray:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
-    resize_size = int((256 / 224) * size)
+    resize_size, start = crop_geometry(size)
     resized = keras.ops.image.resize(
         image[None].astype(np.float32),
         (resize_size, resize_size),
@@ -205,8 +205,24 @@ def _resize_crop(image, size: int) -> np.ndarray:
         antialias=False,
     )
     resized = keras.ops.convert_to_numpy(resized)[0]
-    start = (resize_size - size) // 2
     return resized[start : start + size, start : start + size]
+
+
+def crop_geometry(size: int) -> tuple[int, int]:
+    """The study's square resize and centre-crop offset for a ``size`` crop:
+    ``(int(256 / 224 * size), (resized - size) // 2)``."""
+    resize_size = int((256 / 224) * size)
+    return resize_size, (resize_size - size) // 2
+
+
+def crop_point(x: float, y: float, image_hw, size: int) -> tuple[float, float] | None:
+    """Image pixel ``(x, y)`` of an ``(H, W)`` image -> its ``(x, y)`` in the ``size`` crop the
+    model sees (``_resize_crop``), or None where the crop leaves it out."""
+    resize_size, start = crop_geometry(size)
+    h, w = image_hw
+    cx, cy = x * resize_size / w - start, y * resize_size / h - start
+    inside = 0 <= x < w and 0 <= y < h and 0 <= cx < size and 0 <= cy < size
+    return (cx, cy) if inside else None
 
 
 def preprocess_image(image, kind: str, size: int = DEFAULT_SIZE) -> np.ndarray:

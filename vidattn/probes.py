@@ -10,6 +10,9 @@ Per image (one forward pass of the ``size x size`` centre crop the model sees, `
 - ``masks``: DINO's threshold masks, the smallest set of patches holding ``keep`` of each head's
   CLS attention mass.
 - ``norms``: the output patch tokens' norms before the final norm (high-norm artifacts).
+- ``similarity`` (with ``--query X,Y``): the cosine similarity of every patch token to the token
+  of the query patch, at ``X,Y`` in the first image of the run (each image's own in a batch),
+  drawn on every image: the patch matching of the DINOv2 and DINOv3 notebooks.
 - ``pca``: three principal components of the final-normed patch tokens as red, green and blue
   (DINOv2's Figure 1; ``features.fit_basis``), with the explained variance ratio of each; and,
   over a run of several images, one joint PCA of all their tokens drawn as one figure
@@ -44,10 +47,11 @@ from tqdm.auto import tqdm
 from vidattn import attention as am
 from vidattn import draw
 from vidattn.errors import VidattnError
-from vidattn.features import FeatureWriter, PcaBasis, fit_basis, model_meta
+from vidattn.features import FeatureWriter, PcaBasis, fit_basis, model_meta, similarity_maps
 from vidattn.io import unique_names, write_bytes_atomic
 from vidattn.options import DEFAULT_SIZE, IMAGE_PROBES, MODEL_PROBES, ImageOptions
-from vidattn.preprocess import display_image, imagenet_labels, load_image, preprocess_image
+from vidattn.preprocess import (crop_point, display_image, imagenet_labels, load_image,
+                                preprocess_image)
 from vidattn.report import write_index
 from vidattn.viewer.image import write_image_viewer
 
@@ -214,14 +218,14 @@ def analyse(model, image, size: int = DEFAULT_SIZE, probes=IMAGE_PROBES,
     ``registers``, the class tokens' rows of the last for ``heads`` and ``masks``, none
     otherwise (top-5 needs only
     logits); ``rollout`` is computed inside the model, and the patch tokens leave it only for
-    ``norms`` and ``pca``, or with ``tokens`` (saved features).
+    ``norms``, ``pca`` and ``similarity``, or with ``tokens`` (saved features).
     """
     check_size(model, size)
     pixels = image if isinstance(image, np.ndarray) else load_image(image)
     probes = set(probes)
     mode = ("all" if probes & {"distance", "registers"} else
             "cls" if probes & {"heads", "masks"} else "none")
-    tokens = tokens or bool(probes & {"norms", "pca"})
+    tokens = tokens or bool(probes & {"norms", "pca", "similarity"})
     out = model.run(preprocess_image(pixels, model.preset.preprocessing, size), attention=mode,
                     rollout="rollout" in probes, tokens=tokens)
     attns = out["attention"]
@@ -446,6 +450,25 @@ def joint_pca_figure(model, items, basis: PcaBasis) -> Figure:
     return _panel_figure(model, what, panels)
 
 
+def similarity_figure(model, display, similarity, query: dict, own: bool,
+                      name: str = "") -> Figure:
+    """One image's similarity map ``(gh, gw)`` (cosine, drawn 0..1 on the colormap, not
+    rescaled): the input (with the query patch outlined, ``own``: the query is this image's) |
+    the overlay. ``query``: ``query_record``'s fields."""
+    p = model.preset.patch_size
+    shown = display.copy()
+    if own:
+        box = shown[query["row"] * p:(query["row"] + 1) * p,
+                    query["col"] * p:(query["col"] + 1) * p]
+        box[[0, -1], :], box[:, [0, -1]] = 255, 255
+    heat = draw.map_to_frame(np.clip(similarity, 0, 1), display.shape[:2], None, p)
+    where = f"{Path(query['image']).name} at {query['x']:g},{query['y']:g}"
+    panels = [("Input, query patch outlined" if own else "Input (the crop)", shown),
+              ("Cosine similarity, 0 to 1", heat_overlay(display, heat))]
+    return _panel_figure(model, _named(f"Similarity to the patch of {where}", name), panels,
+                         cols=2)
+
+
 def filters_figure(model, filters) -> Figure:
     """Patch-projection filters ``(n, p, p, 3)`` in [0, 1] as one mosaic, 16 per row."""
     n, p = filters.shape[:2]
@@ -513,6 +536,9 @@ class ImageProbes:
     top5:     ``top_classes`` for presets with a classifier head, else None.
     skipped:  ``{probe: why}`` for the probes of ``opts`` the model cannot have.
     pca:      the image's own ``PcaBasis`` (the ``pca`` probe), else None.
+    similarity: ``(gh, gw)`` cosine of each patch token to the query token (the
+              ``similarity`` probe), else None; ``query``: where that token is from
+              (``Query``).
     """
 
     source: str
@@ -523,12 +549,46 @@ class ImageProbes:
     top5: list[dict] | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     pca: PcaBasis | None = None
+    similarity: np.ndarray | None = None
+    query: Query | None = None
 
 
-def measure(model, pixels, source, opts: ImageOptions | None = None) -> ImageProbes:
+@dataclass(frozen=True)
+class Query:
+    """The query patch of the ``similarity`` probe: ``image`` (its source), ``x, y`` (image
+    pixels), ``row, col`` (its patch in the crop the model saw) and ``token`` ``(D,)``."""
+
+    image: str
+    x: float
+    y: float
+    row: int
+    col: int
+    token: np.ndarray
+
+    def record(self) -> dict:
+        return {"image": self.image, "x": self.x, "y": self.y, "row": self.row, "col": self.col}
+
+
+def query_of(model, pixels, source, opts: ImageOptions, analysis: Analysis) -> Query:
+    """The ``Query`` at ``opts.query_point`` of the image ``pixels`` (analysed, with its patch
+    tokens); a point outside the crop the model sees is a VidattnError naming ``source``."""
+    x, y = opts.query_point
+    at = crop_point(x, y, pixels.shape[:2], opts.size)
+    if at is None:
+        h, w = pixels.shape[:2]
+        raise VidattnError(f"--query {x:g},{y:g} is outside the part of the {w}x{h} image the "
+                           f"model sees (its {opts.size}x{opts.size} centre crop)", source)
+    p, (gh, gw) = model.preset.patch_size, analysis.grid_hw
+    row, col = min(gh - 1, int(at[1]) // p), min(gw - 1, int(at[0]) // p)
+    return Query(os.fspath(source), x, y, row, col, analysis.patch_tokens[row * gw + col])
+
+
+def measure(model, pixels, source, opts: ImageOptions | None = None,
+            query: Query | None = None) -> ImageProbes:
     """Run the per-image probes of ``opts`` that ``model`` can have on uint8 RGB ``pixels``
     ``(H, W, 3)`` (one forward pass, ``analyse``); the others are skipped with the reason.
-    ``source`` is the path they were read from, or a name."""
+    ``source`` is the path they were read from, or a name. ``similarity`` compares with
+    ``query`` (None: this image's own patch at ``opts.query_point``)."""
     opts = opts or ImageOptions()
     skipped = {q: why for q in opts.image_probes if (why := not_applicable(model, q))}
     probes = [q for q in opts.image_probes if q not in skipped]
@@ -536,7 +596,12 @@ def measure(model, pixels, source, opts: ImageOptions | None = None) -> ImagePro
     masks = am.threshold_masks(a.heads, opts.threshold) if "masks" in probes else None
     top = top_classes(model, a.logits) if a.logits is not None else None
     basis = fit_basis(a.patch_tokens, opts.pca_background) if "pca" in probes else None
-    return ImageProbes(os.fspath(source), opts, a, probes, masks, top, skipped, basis)
+    similarity = None
+    if "similarity" in probes:
+        query = query or query_of(model, pixels, source, opts, a)
+        similarity = similarity_maps(a.patch_tokens[None], query.token, a.grid_hw)[0]
+    return ImageProbes(os.fspath(source), opts, a, probes, masks, top, skipped, basis,
+                       similarity, query if similarity is not None else None)
 
 
 def image_figures(model, m: ImageProbes) -> dict:
@@ -551,6 +616,9 @@ def image_figures(model, m: ImageProbes) -> dict:
         "registers": lambda: registers_figure(model, a.registers, name),
         "norms": lambda: norms_figure(model, a.display, a.norms, name),
         "pca": lambda: pca_figure(model, a.display, m.pca, a.patch_tokens, a.grid_hw, name),
+        "similarity": lambda: similarity_figure(model, a.display, m.similarity,
+                                                m.query.record(), m.query.image == m.source,
+                                                name),
     }
     return {probe: figures[probe] for probe in m.probes}
 
@@ -620,6 +688,12 @@ def probe_record(model, m: ImageProbes) -> dict:
         }
     if m.pca is not None:
         record["pca"] = pca_record(m.pca)
+    if m.similarity is not None:
+        peak = np.unravel_index(int(np.argmax(m.similarity)), m.similarity.shape)
+        record["similarity"] = {"tokens": "final-normed patch tokens, cosine",
+                                "query": m.query.record(), "max": float(m.similarity.max()),
+                                "peak": [int(peak[0]), int(peak[1])],
+                                "mean": float(m.similarity.mean())}
     if m.top5 is not None:
         record["top5"] = m.top5
     return record
@@ -703,12 +777,23 @@ def probe_image(model, path, outdir, opts: ImageOptions | None = None,
                         overwrite)
 
 
-def _measure_file(model, path, outdir, opts, overwrite) -> ImageProbes:
+def _measure_file(model, path, outdir, opts, overwrite, query=None) -> ImageProbes:
     """``measure`` the image at ``path``, after checking that it reads and that ``outdir`` may be
     written (``probe_image``)."""
     pixels = load_image(path)
     _check_folder(Path(outdir), overwrite)
-    return measure(model, pixels, path, opts)
+    return measure(model, pixels, path, opts, query)
+
+
+def _run_query(model, first, opts: ImageOptions) -> Query:
+    """The ``similarity`` probe's query of a run: the patch at ``opts.query_point`` of its first
+    image (a path, or ``ImageProbes`` measured before); errors name that image and stop the
+    run, as no image's map could be drawn without it."""
+    if isinstance(first, ImageProbes):
+        return first.query
+    pixels = load_image(first)
+    analysis = analyse(model, pixels, opts.size, ("similarity",))
+    return query_of(model, pixels, first, opts, analysis)
 
 
 def write_joint_pca(model, folder, items, threshold=None) -> dict[str, str]:
@@ -749,7 +834,9 @@ def probe_images(model, images, outdir, opts: ImageOptions | None = None, overwr
               model figures and the index.
     progress: a bar over the images (``tqdm.auto``: a widget in Jupyter).
 
-    With ``pca`` among the probes and two images or more, one PCA fitted on all the images'
+    With ``similarity`` among the probes, every image's map compares with the patch at
+    ``opts.query`` of the first image (``_run_query``: an error there stops the run). With ``pca``
+    among the probes and two images or more, one PCA fitted on all the images'
     patch tokens is drawn as ``outdir/_model/pca-joint.png`` (``write_joint_pca``); the tokens
     are kept as float16 until then. ``opts.save_features`` streams every image's patch tokens
     into a .npy with a .json sidecar naming the images (``features.FeatureWriter``).
@@ -768,6 +855,7 @@ def probe_images(model, images, outdir, opts: ImageOptions | None = None, overwr
     names = folder_names([i.source if isinstance(i, ImageProbes) else i for i in images])
     entries, failures, joint = [], [], []
     grid = (opts.size // model.preset.patch_size,) * 2
+    query = _run_query(model, images[0], opts) if "similarity" in opts.image_probes else None
     features = None if opts.save_features is None else FeatureWriter(
         opts.save_features, grid, model.preset.embed_dim, model_meta(model), index="images")
     try:
@@ -775,7 +863,8 @@ def probe_images(model, images, outdir, opts: ImageOptions | None = None, overwr
                                     dynamic_ncols=True), names):
             try:
                 measured = isinstance(image, ImageProbes)
-                m = image if measured else _measure_file(model, image, out / name, opts, overwrite)
+                m = image if measured else _measure_file(model, image, out / name, opts,
+                                                         overwrite, query)
                 record = write_probes(model, m, out / name, overwrite)
                 if opts.viewer and not measured:
                     write_image_viewer(model, image, out / name, opts.size, opts.threshold)
