@@ -67,3 +67,31 @@ def test_last_mode_returns_only_the_last_block(pair):
     assert len(last) == 1 and none["attention"] == []
     np.testing.assert_allclose(last[0], every[-1], atol=1e-6)
     np.testing.assert_allclose(none["features"], ours.run(images)["features"], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["token", "key", "query", "value"])
+def test_facets_match_hugging_face(pair, kind):
+    """One block's patch features of each facet: the keys, queries and values its attention
+    projects (Hugging Face's k_proj, q_proj, v_proj outputs, heads side by side) and its output
+    tokens under the final norm (Hugging Face's hidden state through its layernorm)."""
+    import torch
+
+    reference, ours = pair
+    block = 1
+    images = np.random.default_rng(4).normal(size=(2, 160, 288, 3)).astype(np.float32)
+    seen = {}
+    attention = reference.layers[block].attention
+    projection = {"key": attention.k_proj, "query": attention.q_proj, "value": attention.v_proj}
+    hook = None
+    if kind != "token":
+        hook = projection[kind].register_forward_hook(lambda m, i, o: seen.update(out=o))
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    with torch.no_grad():
+        out = reference(pixel_values=x, output_hidden_states=True, interpolate_pos_encoding=True)
+        want = (reference.layernorm(out.hidden_states[block + 1]) if kind == "token"
+                else seen["out"])[:, 1:].numpy()
+    if hook is not None:
+        hook.remove()
+    got = ours.run(images, facet=(block, kind))["facet_tokens"]
+    assert got.shape == want.shape == (2, 10 * 18, ours.preset.embed_dim)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)

@@ -23,8 +23,9 @@ from vidattn.draw import map_to_frame
 from vidattn.errors import VidattnError
 from vidattn.models.presets import get_preset
 from vidattn.options import VideoOptions
-from vidattn.preprocess import video_geometry
+from vidattn.preprocess import prepare_frames, video_geometry
 from vidattn.video.pipeline import render_video
+from vidattn.video.reader import read_frames
 
 QUIET = dict(progress=False)
 
@@ -239,6 +240,37 @@ def test_similarity_view_follows_the_query_patch(tmp_path):
 def test_similarity_options_refused(kwargs, message):
     with pytest.raises(VidattnError, match=message.replace("[", r"\[").replace("]", r"\]")):
         VideoOptions(**kwargs)
+
+
+@pytest.mark.parametrize("facet, layer", [("key", 0), ("query", -1), ("token", 0)])
+def test_similarity_of_another_facet_and_block(tmp_path, facet, layer):
+    """--facet/--layer: the maps are the cosine of that block's facet (Model.run's, which the
+    parity tests check against Hugging Face) to the query patch's, frame by frame."""
+    model = planted_model(colour_tokens=True)
+    made = make_video(tmp_path / "sq.mp4", n_frames=6, fps=20, size=(96, 64), square_size=20)
+    x, y = made.centres[0]
+    maps_file = tmp_path / "maps.npz"
+    opts = VideoOptions(view="similarity", query=f"{x:.0f},{y:.0f}", facet=facet, layer=layer,
+                        size=64, save_maps=maps_file, **QUIET)
+    render_video(model, made.path, tmp_path / "out.mp4", opts)
+    maps = np.load(maps_file)["maps"][:, 0].astype(np.float32)
+    geo = video_geometry(made.height, made.width, 16, 64)
+    frames = [f.image for f in read_frames(made.path)]
+    feats = model.run(prepare_frames(frames, geo, "imagenet"), facet=(layer, facet))
+    feats = feats["facet_tokens"]
+    scale = geo.resized_hw[0] / made.height
+    row, col = int(y * scale) // 16, int(x * scale) // 16
+    query = feats[0, row * geo.grid_hw[1] + col]
+    want = (feats @ query) / (np.linalg.norm(feats, axis=-1) * np.linalg.norm(query))
+    np.testing.assert_allclose(maps, want.reshape(maps.shape), atol=2e-3)  # float16 file
+
+
+def test_similarity_layer_out_of_range(tmp_path):
+    made = make_video(tmp_path / "sq.mp4", n_frames=2, size=(96, 64))
+    opts = VideoOptions(view="similarity", query="10,10", layer=2, size=64, **QUIET)
+    with pytest.raises(VidattnError, match="--layer 2: planted has 2 blocks"):
+        render_video(planted_model(colour_tokens=True), made.path, tmp_path / "o.mp4", opts)
+    assert not (tmp_path / "o.mp4").exists()
 
 
 def test_similarity_query_outside_the_frame(tmp_path):

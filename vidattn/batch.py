@@ -286,7 +286,7 @@ def fingerprint(model, kind: str, opts: BatchOptions) -> str:
         for key in ("progress", "save_maps", "save_features", "viewer") + (
                 () if opts.viewer else ("viewer_blocks", "viewer_rollout")) + (
                 () if opts.video.needs_pca else ("pca_frames", "pca_background")) + (
-                () if opts.video.needs_similarity else ("query",)):
+                () if opts.video.needs_similarity else ("query", "facet", "layer")):
             video.pop(key)  # what does not shape this output: old fingerprints stay valid
         settings = {**video, "format": opts.format}
     else:
@@ -295,7 +295,8 @@ def fingerprint(model, kind: str, opts: BatchOptions) -> str:
         if "pca" in opts.image.image_probes and opts.image.pca_background is not None:
             settings["pca_background"] = opts.image.pca_background
         if "similarity" in opts.image.image_probes:
-            settings["query"] = opts.image.query
+            settings.update(query=opts.image.query, facet=opts.image.facet,
+                            layer=opts.image.layer)
     if opts.viewer:
         settings["viewer"] = True
     blob = json.dumps({"kind": kind, "model": model.preset.name, "weights": model.weights_label,

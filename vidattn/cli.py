@@ -261,7 +261,8 @@ def video(src, dst, save_maps, save_features, viewer, overwrite, quiet, **kw):
     the frame at @SECONDS (default: the first rendered) and colours every patch of every frame
     by its cosine similarity to it, 0 to 1 on the colormap in every frame, so a patch that
     matches the query's part of the object lights up wherever it goes (the patch matching of
-    DINOv2's and DINOv3's notebooks).
+    DINOv2's and DINOv3's notebooks). --layer and --facet choose the features compared (the
+    keys of block 11 are dino-vit-features' choice: --facet key --layer 11).
 
     \b
     The viewer folder holds index.html, video.mp4 (the kept frames, H.264, with the audio) and

@@ -17,7 +17,7 @@ from vidattn.errors import VidattnError
 
 __all__ = [
     "DEFAULT_BATCH", "DEFAULT_PRESET", "DEFAULT_SIZE", "DEFAULT_THRESHOLD", "FORMATS",
-    "IMAGE_PROBES", "MODEL_PROBES", "PRECISIONS", "PROBES", "SIDE_MAPS", "VIEWER_BLOCKS", "VIEWS",
+    "FACETS", "IMAGE_PROBES", "MODEL_PROBES", "PRECISIONS", "PROBES", "SIDE_MAPS", "VIEWER_BLOCKS", "VIEWS",
     "TRACK_PROTOCOLS", "X264_PRESETS", "BatchOptions", "ImageOptions", "ModelOptions", "RayOptions",
     "TrackOptions", "VideoOptions", "check_ray_address", "parse_numbers", "parse_probes",
 ]
@@ -28,6 +28,10 @@ DEFAULT_BATCH = 8
 DEFAULT_THRESHOLD = 0.6  # DINO's masks keep 60 % of each head's attention mass
 VIEWS = ("heads", "mean", "masks", "rollout", "pca", "similarity", "side-by-side")
 SIDE_MAPS = ("mean", "rollout", "pca", "similarity")
+# A block's patch features, for similarity: its output tokens (with the final norm, as DINO's and
+# DINOv2's get_intermediate_layers return them), or the keys, queries or values its attention
+# uses (heads side by side, as dino-vit-features concatenates them; after RoPE for DINOv3).
+FACETS = ("token", "key", "query", "value")
 FORMATS = ("mp4", "gif")
 IMAGE_PROBES = ("distance", "rollout", "heads", "masks", "registers", "norms", "pca", "similarity")
 MODEL_PROBES = ("filters", "posembed")
@@ -116,6 +120,23 @@ def pca_background_option():
         "(0, 1), e.g. 0.5. Default: keep every patch.", type=float, metavar="T")
 
 
+def facet_option():
+    """The --facet field of VideoOptions and ImageOptions (declared here, once)."""
+    return option(
+        "token", "similarity: the patch features compared: token (the block's output tokens, "
+        "final-normed), or the key, query or value of its attention (heads side by side). "
+        "dino-vit-features' inspect_similarity.py compares the keys of block 11 (--facet key "
+        "--layer 11).", choices=FACETS)
+
+
+def layer_option():
+    """The --layer field of VideoOptions and ImageOptions (declared here, once)."""
+    return option(
+        -1, "similarity: the block whose features are compared, from 0; negative counts from the "
+        "end: -1 the last (default), -2 the one before, which matches parts better for DINO v1 "
+        "(dinov2 issue 357).", type=int)
+
+
 def cli_fields(cls):
     """The fields of an options dataclass that the command line offers (those with help)."""
     return [f for f in fields(cls) if "help" in f.metadata]
@@ -177,6 +198,8 @@ class VideoOptions:
         "final-normed patch token is compared with every patch of every frame (cosine, drawn "
         "from 0 to 1 on the colormap, the same scale in every frame).", type=str,
         metavar="X,Y[@SECONDS]")
+    facet: str = facet_option()
+    layer: int = layer_option()
     viewer_blocks: str = option(
         "last", "--viewer: the blocks whose maps (every head and their mean) the viewer stores: "
         "the last, or all (depth times the data).", choices=VIEWER_BLOCKS)
@@ -204,6 +227,7 @@ class VideoOptions:
             raise VidattnError("--query X,Y[@SECONDS] goes with --view similarity (or "
                                "--side-map similarity), and they need it")
         self.query_point  # noqa: B018 - parsed now: a bad --query fails before any work
+        _check_facet(self.facet)
         if self.viewer is not None:
             _refuse_feature_viewer(self)
 
@@ -244,6 +268,11 @@ def _refuse_feature_viewer(video: VideoOptions):
     if video.needs_pca or video.needs_similarity:
         which = "pca" if video.needs_pca else "similarity"
         raise VidattnError(f"--viewer shows attention; it cannot be combined with a {which} view")
+
+
+def _check_facet(facet: str):
+    if facet not in FACETS:
+        raise VidattnError(f"--facet must be one of {', '.join(FACETS)}, got {facet!r}")
 
 
 def _check_threshold(value: float):
@@ -287,6 +316,8 @@ class ImageOptions:
         None, "similarity: the query patch, X,Y in the pixels of the first image (of each image "
         "in a batch). Every image's map is the cosine similarity of its final-normed patch "
         "tokens to that patch's token.", type=str, metavar="X,Y")
+    facet: str = facet_option()
+    layer: int = layer_option()
     save_features: Path | None = None  # also write every image's patch tokens here (.npy + .json)
 
     def __post_init__(self):
@@ -298,6 +329,7 @@ class ImageOptions:
         if ("similarity" in self.probes) != (self.query is not None):
             raise VidattnError("--query X,Y goes with the similarity probe, and it needs it")
         self.query_point  # noqa: B018 - parsed now: a bad --query fails before any work
+        _check_facet(self.facet)
         _check_threshold(self.threshold)
         _check_pca_background(self.pca_background)
         check_features_path(self.save_features)

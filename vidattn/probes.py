@@ -194,6 +194,7 @@ class Analysis:
     registers: ``(depth, heads)`` share of the CLS attention that goes to the registers.
     norms:     ``(gh, gw)`` norms of the output patch tokens before the final norm.
     patch_tokens: ``(gh * gw, D)`` final-normed patch tokens (``pca``, saved features).
+    facet_tokens: ``(gh * gw, D)`` the patch features ``similarity`` compares.
     logits:    ``(C,)`` where the preset has a head.
     """
 
@@ -207,27 +208,30 @@ class Analysis:
     registers: np.ndarray | None = None
     norms: np.ndarray | None = None
     patch_tokens: np.ndarray | None = None
+    facet_tokens: np.ndarray | None = None
     logits: np.ndarray | None = None
 
 
 def analyse(model, image, size: int = DEFAULT_SIZE, probes=IMAGE_PROBES,
-            tokens: bool = False) -> Analysis:
+            tokens: bool = False, facet=(-1, "token")) -> Analysis:
     """Run the model once on an image (a path or uint8 RGB ``(H, W, 3)``) for ``probes``.
 
     Only as much attention as the probes need leaves the model: every block for ``distance`` and
     ``registers``, the class tokens' rows of the last for ``heads`` and ``masks``, none
     otherwise (top-5 needs only
     logits); ``rollout`` is computed inside the model, and the patch tokens leave it only for
-    ``norms``, ``pca`` and ``similarity``, or with ``tokens`` (saved features).
+    ``norms`` and ``pca``, or with ``tokens`` (saved features); ``similarity`` takes the
+    ``facet`` ``(block, kind)`` (``Model.run``).
     """
     check_size(model, size)
     pixels = image if isinstance(image, np.ndarray) else load_image(image)
     probes = set(probes)
     mode = ("all" if probes & {"distance", "registers"} else
             "cls" if probes & {"heads", "masks"} else "none")
-    tokens = tokens or bool(probes & {"norms", "pca", "similarity"})
+    tokens = tokens or bool(probes & {"norms", "pca"})
     out = model.run(preprocess_image(pixels, model.preset.preprocessing, size), attention=mode,
-                    rollout="rollout" in probes, tokens=tokens)
+                    rollout="rollout" in probes, tokens=tokens,
+                    facet=facet if "similarity" in probes else None)
     attns = out["attention"]
     grid = (size // model.preset.patch_size,) * 2
     return Analysis(
@@ -241,6 +245,7 @@ def analyse(model, image, size: int = DEFAULT_SIZE, probes=IMAGE_PROBES,
         registers=register_shares(model, attns)[0] if "registers" in probes else None,
         norms=out["patch_norms"][0].reshape(grid) if "norms" in probes else None,
         patch_tokens=out["patch_tokens"][0] if tokens else None,
+        facet_tokens=out["facet_tokens"][0] if "facet_tokens" in out else None,
         logits=out["logits"][0] if "logits" in out else None,
     )
 
@@ -450,11 +455,11 @@ def joint_pca_figure(model, items, basis: PcaBasis) -> Figure:
     return _panel_figure(model, what, panels)
 
 
-def similarity_figure(model, display, similarity, query: dict, own: bool,
+def similarity_figure(model, display, similarity, query: dict, own: bool, features: str,
                       name: str = "") -> Figure:
     """One image's similarity map ``(gh, gw)`` (cosine, drawn 0..1 on the colormap, not
     rescaled): the input (with the query patch outlined, ``own``: the query is this image's) |
-    the overlay. ``query``: ``query_record``'s fields."""
+    the overlay. ``query``: ``Query.record()``; ``features``: what was compared, for the title."""
     p = model.preset.patch_size
     shown = display.copy()
     if own:
@@ -464,7 +469,7 @@ def similarity_figure(model, display, similarity, query: dict, own: bool,
     heat = draw.map_to_frame(np.clip(similarity, 0, 1), display.shape[:2], None, p)
     where = f"{Path(query['image']).name} at {query['x']:g},{query['y']:g}"
     panels = [("Input, query patch outlined" if own else "Input (the crop)", shown),
-              ("Cosine similarity, 0 to 1", heat_overlay(display, heat))]
+              (f"Cosine of {features}, 0 to 1", heat_overlay(display, heat))]
     return _panel_figure(model, _named(f"Similarity to the patch of {where}", name), panels,
                          cols=2)
 
@@ -569,6 +574,11 @@ class Query:
         return {"image": self.image, "x": self.x, "y": self.y, "row": self.row, "col": self.col}
 
 
+def _features(opts: ImageOptions) -> str:
+    """What the similarity probe compares, in words: "token of block -1"."""
+    return f"{opts.facet} of block {opts.layer}"
+
+
 def query_of(model, pixels, source, opts: ImageOptions, analysis: Analysis) -> Query:
     """The ``Query`` at ``opts.query_point`` of the image ``pixels`` (analysed, with its patch
     tokens); a point outside the crop the model sees is a VidattnError naming ``source``."""
@@ -580,7 +590,7 @@ def query_of(model, pixels, source, opts: ImageOptions, analysis: Analysis) -> Q
                            f"model sees (its {opts.size}x{opts.size} centre crop)", source)
     p, (gh, gw) = model.preset.patch_size, analysis.grid_hw
     row, col = min(gh - 1, int(at[1]) // p), min(gw - 1, int(at[0]) // p)
-    return Query(os.fspath(source), x, y, row, col, analysis.patch_tokens[row * gw + col])
+    return Query(os.fspath(source), x, y, row, col, analysis.facet_tokens[row * gw + col])
 
 
 def measure(model, pixels, source, opts: ImageOptions | None = None,
@@ -592,14 +602,15 @@ def measure(model, pixels, source, opts: ImageOptions | None = None,
     opts = opts or ImageOptions()
     skipped = {q: why for q in opts.image_probes if (why := not_applicable(model, q))}
     probes = [q for q in opts.image_probes if q not in skipped]
-    a = analyse(model, pixels, opts.size, probes, tokens=opts.save_features is not None)
+    a = analyse(model, pixels, opts.size, probes, tokens=opts.save_features is not None,
+                facet=(opts.layer, opts.facet))
     masks = am.threshold_masks(a.heads, opts.threshold) if "masks" in probes else None
     top = top_classes(model, a.logits) if a.logits is not None else None
     basis = fit_basis(a.patch_tokens, opts.pca_background) if "pca" in probes else None
     similarity = None
     if "similarity" in probes:
         query = query or query_of(model, pixels, source, opts, a)
-        similarity = similarity_maps(a.patch_tokens[None], query.token, a.grid_hw)[0]
+        similarity = similarity_maps(a.facet_tokens[None], query.token, a.grid_hw)[0]
     return ImageProbes(os.fspath(source), opts, a, probes, masks, top, skipped, basis,
                        similarity, query if similarity is not None else None)
 
@@ -618,7 +629,7 @@ def image_figures(model, m: ImageProbes) -> dict:
         "pca": lambda: pca_figure(model, a.display, m.pca, a.patch_tokens, a.grid_hw, name),
         "similarity": lambda: similarity_figure(model, a.display, m.similarity,
                                                 m.query.record(), m.query.image == m.source,
-                                                name),
+                                                _features(m.opts), name),
     }
     return {probe: figures[probe] for probe in m.probes}
 
@@ -690,7 +701,7 @@ def probe_record(model, m: ImageProbes) -> dict:
         record["pca"] = pca_record(m.pca)
     if m.similarity is not None:
         peak = np.unravel_index(int(np.argmax(m.similarity)), m.similarity.shape)
-        record["similarity"] = {"tokens": "final-normed patch tokens, cosine",
+        record["similarity"] = {"features": _features(m.opts), "measure": "cosine",
                                 "query": m.query.record(), "max": float(m.similarity.max()),
                                 "peak": [int(peak[0]), int(peak[1])],
                                 "mean": float(m.similarity.mean())}
@@ -792,7 +803,7 @@ def _run_query(model, first, opts: ImageOptions) -> Query:
     if isinstance(first, ImageProbes):
         return first.query
     pixels = load_image(first)
-    analysis = analyse(model, pixels, opts.size, ("similarity",))
+    analysis = analyse(model, pixels, opts.size, ("similarity",), facet=(opts.layer, opts.facet))
     return query_of(model, pixels, first, opts, analysis)
 
 

@@ -21,7 +21,7 @@ from vidattn.models import hub, memory
 from vidattn.models.compile import Call, compiled, streams
 from vidattn.models.presets import Preset, get_preset
 from vidattn.models.state_dict import read_checkpoint
-from vidattn.models.vit import ATTENTION_MODES, ViT, load_state_dict, randomize
+from vidattn.models.vit import ATTENTION_MODES, FACETS, ViT, load_state_dict, randomize
 
 RANDOM = "random"
 
@@ -45,7 +45,7 @@ class Model:
     def is_random(self) -> bool:
         return self.weights_label.startswith(RANDOM)
 
-    def run(self, images, attention="none", rollout=False, tokens=False) -> dict:
+    def run(self, images, attention="none", rollout=False, tokens=False, facet=None) -> dict:
         """Forward a preprocessed float32 batch ``(N, H, W, 3)``; H and W multiples of the patch.
 
         Returns numpy arrays: ``features`` ``(N, D)``, ``logits`` ``(N, C)`` where the preset has
@@ -57,7 +57,9 @@ class Model:
         inside the compiled model (``attention.rollout_map`` turns it into maps), and with
         ``tokens=True`` ``patch_tokens``: the final-normed patch tokens ``(N, gh * gw, D)``,
         prefix tokens removed, and ``patch_norms`` ``(N, gh * gw)``: their norms before the
-        final norm. ``T = preset.num_prefix_tokens + gh * gw``. One compiled call gives them all.
+        final norm; with ``facet=(block, kind)`` (``kind`` one of ``vit.FACETS``, ``block`` a
+        block index) ``facet_tokens`` ``(N, gh * gw, D)``: that block's patch features of that
+        facet. ``T = preset.num_prefix_tokens + gh * gw``. One compiled call gives them all.
 
         Memory stays within ``memory_budget`` (``vidattn.models.memory.plan``): attention in
         query chunks where one piece would not fit, and the batch run in smaller groups where
@@ -72,12 +74,21 @@ class Model:
             raise ValueError(
                 f"images must be (N, H, W, 3) with H and W multiples of {p}, got {images.shape}"
             )
-        plan = self.plan(images.shape[1:3], len(images), attention, rollout, tokens)
-        key = (attention, bool(rollout), bool(tokens), plan.chunk)
+        if facet is not None:
+            depth = self.preset.depth
+            if facet[1] not in FACETS:
+                raise ValueError(f"facet must be one of {FACETS}, got {facet[1]!r}")
+            if not -depth <= int(facet[0]) < depth:
+                raise VidattnError(f"--layer {facet[0]}: {self.preset.name} has {depth} blocks "
+                                   f"(0..{depth - 1}, or -1..-{depth} from the end)")
+            facet = (int(facet[0]) % depth, facet[1])
+        plan = self.plan(images.shape[1:3], len(images), attention, rollout,
+                         tokens or facet is not None)
+        key = (attention, bool(rollout), bool(tokens), plan.chunk, facet)
         if key not in self._compiled:
             self._compiled[key] = compiled(
                 Call(self.backbone, attention=attention, rollout=bool(rollout),
-                     tokens=bool(tokens), chunk=plan.chunk), self.backbone
+                     tokens=bool(tokens), chunk=plan.chunk, facet=facet), self.backbone
             )
         call = self._compiled[key]
         # A group that splits evenly runs as streams() calls at once (one compiled shape), which
@@ -94,7 +105,8 @@ class Model:
         result = {"attention": [np.concatenate([keras.ops.convert_to_numpy(part["attention"][b])
                                                 for part in parts])
                                 for b in range(len(parts[0]["attention"]))]}
-        for name in ("features", "logits", "rollout", "patch_tokens", "patch_norms"):
+        for name in ("features", "logits", "rollout", "patch_tokens", "patch_norms",
+                     "facet_tokens"):
             if name in parts[0]:
                 result[name] = np.concatenate([keras.ops.convert_to_numpy(part[name])
                                                for part in parts])

@@ -6,7 +6,8 @@ token), DINOv2 (with or without registers) and DINOv3, configured by a
 logits where the preset has a head, exactly the attention probabilities the caller asked for (a
 run that needs only the last block never holds every block's ``T x T`` matrices), on request the
 CLS row of attention rollout computed in the graph (:func:`cls_rollout`), so the rollout view
-never copies ``depth * heads * T**2`` floats out of the model, and the final patch tokens.
+never copies ``depth * heads * T**2`` floats out of the model, the final patch tokens, and one
+block's patch features of one facet (``FACETS``: for patch similarity).
 
 Tokens are ``[class tokens, registers, patches row by row]``. Learned position embeddings cover
 the class tokens and the patches (registers have none: DINOv2 adds positions first and then
@@ -30,8 +31,9 @@ from vidattn.errors import VidattnError
 from vidattn.models.layers import Block, PatchEmbed, attention_probs, query_chunks
 from vidattn.models.position import resize_matrix, rope_periods, rope_sin_cos
 from vidattn.models.presets import Preset
+from vidattn.options import FACETS
 
-__all__ = ["ATTENTION_MODES", "Slot", "ViT", "cls_rollout", "export_state_dict",
+__all__ = ["ATTENTION_MODES", "FACETS", "Slot", "ViT", "cls_rollout", "export_state_dict",
            "load_state_dict", "randomize", "rollout_step"]
 
 ATTENTION_MODES = ("none", "cls", "cls_all", "last", "all")
@@ -187,7 +189,8 @@ class ViT(keras.Model):
         return ops.concatenate([ops.cast(self.pos_embed[:, :n_cls], "float32"),
                                 ops.reshape(resampled, (1, gh * gw, -1))], axis=1)
 
-    def call(self, images, attention="none", rollout=False, tokens=False, chunk=None):
+    def call(self, images, attention="none", rollout=False, tokens=False, chunk=None,
+             facet=None):
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
         p = self.preset
@@ -218,7 +221,14 @@ class ViT(keras.Model):
                 probs = p.num_class_tokens
             if rollout and chunk:
                 inputs.append(x)
+            if facet is not None and facet[0] == i and facet[1] != "token":
+                qkv = block.attn.heads(block.norm1(x), rope)[("query", "key", "value").index(
+                    facet[1])]
+                n_tok = ops.shape(qkv)[1]
+                facet_out = ops.reshape(qkv, (-1, n_tok, p.embed_dim))[:, p.num_prefix_tokens:]
             x, probabilities = block(x, rope=rope, probs=probs, chunk=chunk)
+            if facet is not None and facet == (i, "token"):
+                facet_out = self.norm(x)[:, p.num_prefix_tokens:]
             if keep:
                 rows = attention in ("cls", "cls_all") and probs == "all"
                 kept.append(probabilities[:, :, : p.num_class_tokens] if rows else probabilities)
@@ -235,6 +245,8 @@ class ViT(keras.Model):
         if tokens:
             out["patch_tokens"] = x[:, p.num_prefix_tokens :]
             out["patch_norms"] = ops.norm(ops.cast(prenorm, "float32"), axis=-1)
+        if facet is not None:
+            out["facet_tokens"] = ops.cast(facet_out, "float32")
         if self.heads:
             logits = [ops.cast(head(x[:, i]), "float32") for i, head in enumerate(self.heads)]
             out["logits"] = logits[0] if len(logits) == 1 else (logits[0] + logits[1]) / 2

@@ -187,7 +187,7 @@ class MapMaker:
                  basis: PcaBasis | None = None, tokens: bool = False, query=None):
         self.model, self.opts, self.grid_hw, self.layout = model, opts, grid_hw, layout
         self.basis, self.query = basis, query
-        self.tokens = tokens or layout.pca or layout.similarity
+        self.tokens = tokens or layout.pca
         if layout.pca and basis is None:
             raise ValueError("a pca layout needs a PcaBasis")
         if layout.similarity and query is None:
@@ -202,7 +202,8 @@ class MapMaker:
         o, layout = self.opts, self.layout
         n = len(inputs)
         out = self.model.run(_padded(inputs, o.batch_size), attention=self._attention,
-                             rollout=layout.rollout, tokens=self.tokens)
+                             rollout=layout.rollout, tokens=self.tokens,
+                             facet=(o.layer, o.facet) if layout.similarity else None)
         attns = dict(zip(self._returned, out["attention"]))
         parts = []
         for block in layout.blocks:
@@ -215,7 +216,8 @@ class MapMaker:
             parts.append(np.moveaxis(self.basis.draw(tokens), -1, 1).reshape(
                 n, PCA_CHANNELS, *self.grid_hw))
         if layout.similarity:
-            parts.append(similarity_maps(tokens, self.query, self.grid_hw)[:, None])
+            parts.append(similarity_maps(out["facet_tokens"][:n], self.query,
+                                         self.grid_hw)[:, None])
         maps = np.ascontiguousarray(np.concatenate(parts, axis=1), np.float32)
         if o.smooth > 1:
             rate = 1.0 / o.smooth
@@ -435,9 +437,10 @@ def fit_video_pca(model, src, info, opts: VideoOptions, geometry) -> PcaBasis:
 
 
 def query_token(model, src, opts: VideoOptions, geometry) -> np.ndarray:
-    """The final-normed patch token ``(D,)`` under ``opts.query_point`` (frame pixels), in the
-    frame at its time (default: the first frame rendered, ``opts.start``); errors name ``src``
-    for a point outside the frame or a time past the end."""
+    """The patch features ``(D,)`` (``opts.facet`` of block ``opts.layer``) under
+    ``opts.query_point`` (frame pixels), in the frame at its time (default: the first frame
+    rendered, ``opts.start``); errors name ``src`` for a point outside the frame or a time past
+    the end."""
     x, y, seconds = opts.query_point
     (fh, fw), (rh, rw), p = geometry.frame_hw, geometry.resized_hw, model.preset.patch_size
     if not (0 <= x < fw and 0 <= y < fh):
@@ -447,7 +450,8 @@ def query_token(model, src, opts: VideoOptions, geometry) -> np.ndarray:
     if frame is None:
         raise VidattnError(f"--query: no frame at {at or 0:g} s", src)
     inputs = prepare_frames([frame.image], geometry, model.preset.preprocessing)
-    tokens = model.run(_padded(inputs, opts.batch_size), tokens=True)["patch_tokens"][0]
+    tokens = model.run(_padded(inputs, opts.batch_size),
+                       facet=(opts.layer, opts.facet))["facet_tokens"][0]
     gh, gw = geometry.grid_hw
     row, col = min(gh - 1, int(y * rh / fh) // p), min(gw - 1, int(x * rw / fw) // p)
     return tokens[row * gw + col]
