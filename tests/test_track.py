@@ -226,3 +226,17 @@ def test_every_family_tracks(preset, protocol, prefix, tmp_path):
     probs = np.load(tmp_path / "p.npy")
     assert probs.shape == (5, (h // p) * (w // p), 2)
     assert len(list((tmp_path / "m").iterdir())) == 5
+
+
+def test_start_sets_the_seed_frame(colour_model, tmp_path):
+    """--start 0.5 on a 20-frame clip at 20 fps: the seed belongs to frame 10, the track holds
+    frames 10..19, and the seed point (on the square at that time) is in the first mask."""
+    clip = make_video(tmp_path / "clip.mp4", n_frames=20, fps=20, size=(128, 96), square_size=32)
+    x, y = clip.centres[10]
+    opts = TrackOptions(start=0.5, size=96, progress=False, save_masks=tmp_path / "m")
+    result = track_video(colour_model, clip.path, None, Seed(points=((x, y),)), opts)
+    assert result.frames == 10
+    names = sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert names == [f"{i:05d}.png" for i in range(10)]
+    first = davis.read_mask(tmp_path / "m" / "00000.png")
+    assert first[int(y), int(x)] == 1 and first[5, 5] == 0

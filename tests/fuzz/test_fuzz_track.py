@@ -73,3 +73,30 @@ def test_damaged_frame_in_folder(data, seed_masks, scratch):
         return
     assert frames == [(*FRAME_HW, 3)] * 3
     event("ok")
+
+
+@reliability(("any text as `--point`, `--box` or `--query` (hypothesis: numbers, signs, "
+              "infinities, NaN, separators, unicode)", "the numbers, or one error line naming "
+              "the option and the shape it wants; never an exception of another kind"))
+@examples(300)
+@given(text=st.one_of(st.text(max_size=24), st.lists(
+    st.one_of(st.floats(allow_nan=True), st.integers(), st.sampled_from(["", " ", "1e309", "-0"])),
+    max_size=5).map(lambda xs: ",".join(map(str, xs)))), at=st.sampled_from(["", "@", "@2.5",
+                                                                              "@-1", "@x"]))
+def test_coordinates_parse_or_refuse(text, at):
+    from vidattn.options import VideoOptions, parse_numbers
+
+    for count, what in ((2, "--point"), (4, "--box")):
+        try:
+            values = parse_numbers(text, count, what)
+        except VidattnError as err:
+            assert what in str(err) and "\n" not in str(err)
+        else:
+            assert len(values) == count and all(0 <= v < float("inf") for v in values)
+    try:
+        opts = VideoOptions(view="similarity", query=text + at)
+    except VidattnError as err:
+        assert "--query" in str(err) and "\n" not in str(err)
+    else:
+        x, y, t = opts.query_point
+        assert x >= 0 and y >= 0 and (t is None or t >= 0)
