@@ -240,3 +240,17 @@ def test_start_sets_the_seed_frame(colour_model, tmp_path):
     assert names == [f"{i:05d}.png" for i in range(10)]
     first = davis.read_mask(tmp_path / "m" / "00000.png")
     assert first[int(y), int(x)] == 1 and first[5, 5] == 0
+
+
+def test_an_object_too_small_for_the_grid_is_said(colour_model, tmp_path, capsys):
+    """A seed object that covers no patch at the working size cannot be propagated: one note
+    line says so, and the track still runs."""
+    clip = make_video(tmp_path / "clip.mp4", n_frames=3, size=(128, 96), square_size=32)
+    seed = np.zeros((96, 128), np.uint8)
+    seed[30:62, 40:72] = 1
+    seed[2:4, 2:4] = 2  # 2x2 pixels: no patch centre at short side 64 (patch 16, cells of 24 px)
+    davis.write_mask(tmp_path / "seed.png", seed)
+    opts = TrackOptions(size=64, save_masks=tmp_path / "m")
+    result = track_video(colour_model, clip.path, None, Seed(mask=tmp_path / "seed.png"), opts)
+    assert result.frames == 3
+    assert "note: object 2 of the seed covers no patch at short side 64" in capsys.readouterr().err

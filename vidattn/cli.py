@@ -559,8 +559,9 @@ def track(src, dst, mask, points, boxes, save_masks, save_probs, overwrite, quie
     result = track_video(model, src, dst, seed, opts, model.memory_budget)
     if not quiet:
         wrote = [str(p) for p in (result.output, result.masks, result.probs) if p is not None]
-        click.echo(f"wrote {' and '.join(wrote)} ({result.frames} frames, {result.objects} "
-                   f"objects; {result.frames / result.seconds:.3g} frames per second)", err=True)
+        objects = f"{result.objects} object{'s' * (result.objects != 1)}"
+        click.echo(f"wrote {' and '.join(wrote)} ({result.frames} frames, {objects}; "
+                   f"{result.frames / result.seconds:.3g} frames per second)", err=True)
 
 
 def _seed(mask, points, boxes):

@@ -122,6 +122,13 @@ def propagated(model, source: Source, seed: seeds.Seed, protocol: Protocol,
         unit0 = unit_rows(tokens[0])
         onehot = first[1:].reshape(len(first) - 1, grid_hw[0] * grid_hw[1])  # (objects, gh*gw)
         present = onehot.sum(1) > 0
+        lost = sorted(set(np.unique(labels0[labels0 > 0]).tolist())
+                      - set((np.flatnonzero(present) + 1).tolist()))
+        if lost and opts.progress:
+            tqdm.write(f"vidattn: note: object{'s' * (len(lost) > 1)} "
+                       f"{', '.join(map(str, lost))} of the seed cover{'s' * (len(lost) == 1)} "
+                       f"no patch at short side {protocol.short_side}: not tracked (a larger "
+                       "--size keeps smaller objects)", file=sys.stderr)
         means = unit_rows(onehot[present] @ unit0) if present.any() else unit0[:0]
 
         def similarity(tok):  # (gh*gw, D) -> (gh, gw): the nearest object's mean feature
