@@ -19,6 +19,7 @@ from tests.support.browser import (
     expected_overlay,
     read_chunk,
     read_meta,
+    video_features,
     video_maps,
 )
 from tests.support.planted import planted_model
@@ -222,6 +223,61 @@ def test_mask_threshold_and_the_value_under_the_pointer(browser, square):
     value = maps[j, 0, row, col] / 255 * scales[j, 0]
     assert text.startswith(f"patch row {row}, column {col}: "), text
     assert float(text.split(": ")[1].split(" ")[0]) == pytest.approx(value, rel=1e-3)
+    assert page.errors == []
+
+
+def test_click_a_patch_for_its_similarity_across_the_clip(browser, tmp_path):
+    """--viewer-similarity: a click on the red square in frame 5 makes its patch the query; in
+    frame 30 every patch's value is the dot product of the stored features (as Python decodes
+    them), the peak lies on the square there, and the stored dot products are the full
+    features' cosines within the page's stated largest error."""
+    from vidattn.features import dequantize_signed, unit_rows
+    from vidattn.preprocess import prepare_frames
+    from vidattn.video.reader import read_frames
+
+    model = planted_model(colour_tokens=True)
+    made = make_video(tmp_path / "sq.mp4", n_frames=FRAMES, fps=FPS, size=(192, 112),
+                      square_size=SIDE)
+    folder = tmp_path / "viewer"
+    render_video(model, made.path, None, VideoOptions(size=112, viewer=folder,
+                                                      viewer_similarity=True, progress=False))
+    meta = read_meta(folder / "index.html")
+    scales, data = video_features(folder)
+    assert data.shape == (FRAMES, 7 * 12, 32)
+    assert meta["features"]["bytes"] == data.size + 4 * scales.size
+    stored = dequantize_signed(data, scales)
+    geo = video_geometry(made.height, made.width, 16, 112)
+    frames = [f.image for f in read_frames(made.path)]
+    tokens = model.run(prepare_frames(frames, geo, "imagenet"), tokens=True)["patch_tokens"]
+    full = unit_rows(tokens)
+    pick = np.random.default_rng(0).integers(0, full.shape[1], (2, 200))
+    exact = np.einsum("fpd,fpd->fp", full[:, pick[0]], full[::-1, pick[1]])
+    approx = np.einsum("fpd,fpd->fp", stored[:, pick[0]], stored[::-1, pick[1]])
+    assert np.abs(exact - approx).max() <= meta["features"]["max_error"] + 0.02
+    page = browser.open(folder / "index.html")
+    page.evaluate("vidattnViewer.seekFrame(5)")
+    _wait_drawn(page, 5)
+    box = page.page.locator("#stage").bounding_box()
+    cx, cy = made.centres[5]
+    page.page.mouse.click(box["x"] + cx / made.width * box["width"],
+                          box["y"] + cy / made.height * box["height"])
+    query = page.evaluate("({row, col, frame} = vidattnViewer.state.query, [row, col, frame])")
+    (rh, rw) = geo.resized_hw
+    row, col = int(cy * rh / made.height // 16), int(cx * rw / made.width // 16)
+    assert query == [row, col, 5]
+    page.evaluate("vidattnViewer.seekFrame(30)")
+    page.wait_for("() => vidattnViewer.similarityOf(30) !== null "
+                  "&& vidattnViewer.state.drawn === 30")
+    got = np.array(page.evaluate("Array.from(vidattnViewer.similarityOf(30))"))
+    want = stored[30] @ stored[5, row * 12 + col]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    peak_row, peak_col = divmod(int(got.argmax()), 12)
+    px = (peak_col + 0.5) * 16 * made.width / rw
+    py = (peak_row + 0.5) * 16 * made.height / rh
+    tx, ty = made.centres[30]
+    assert abs(px - tx) <= SIDE / 2 + 16 and abs(py - ty) <= SIDE / 2 + 16
+    assert page.evaluate("document.getElementById('map').value") == "similarity"
+    page.screenshot("viewer-similarity.png")
     assert page.errors == []
 
 

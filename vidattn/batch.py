@@ -285,6 +285,7 @@ def fingerprint(model, kind: str, opts: BatchOptions) -> str:
         video = dataclasses.asdict(opts.video)
         for key in ("progress", "save_maps", "save_features", "viewer") + (
                 () if opts.viewer else ("viewer_blocks", "viewer_rollout")) + (
+                () if opts.viewer and opts.video.viewer_similarity else ("viewer_similarity",)) + (
                 () if opts.video.needs_pca else ("pca_frames", "pca_background")) + (
                 () if opts.video.needs_similarity else ("query", "facet", "layer")):
             video.pop(key)  # what does not shape this output: old fingerprints stay valid

@@ -49,6 +49,53 @@ def unit_rows(x) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(1e-12))
 
 
+VIEWER_DIMS = 32  # the video viewer's stored patch features: directions kept per patch
+ERROR_SAMPLE = 2048  # tokens whose pairs measure a reduction's largest error
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """Unit patch features projected onto ``axes`` ``(k, D)``, the directions holding most of
+    their energy (an uncentred PCA of a sample's unit tokens), then stored as int8 with one
+    scale per patch (``quantize_signed``), so that the dot product of two stored vectors
+    approximates the cosine of the full features. ``max_error``: the largest
+    ``|cosine - stored dot|`` over the pairs of (up to ``ERROR_SAMPLE``) tokens of the sample."""
+
+    axes: np.ndarray
+    max_error: float
+
+    def __call__(self, tokens) -> np.ndarray:
+        """Tokens ``(..., D)`` -> reduced ``(..., k)`` float32 (before the int8 storage)."""
+        return (unit_rows(tokens) @ self.axes.T.astype(np.float32)).astype(np.float32)
+
+
+def quantize_signed(values) -> tuple[np.ndarray, np.ndarray]:
+    """Float ``(..., k)`` -> ``(uint8 (..., k), float32 (...))``: each vector as ``round(127 *
+    v / max|v|) + 128`` and ``max|v|`` its scale; ``(byte - 128) / 127 * scale`` gives ``v``
+    back within ``scale / 254``."""
+    values = np.asarray(values, np.float32)
+    scale = np.abs(values).max(axis=-1, keepdims=True)
+    ratio = np.divide(values, scale, out=np.zeros_like(values), where=scale > 0)
+    return (np.rint(ratio * 127) + 128).astype(np.uint8), scale[..., 0]
+
+
+def dequantize_signed(data, scales) -> np.ndarray:
+    """The inverse of ``quantize_signed``: float32 ``(..., k)``."""
+    return (np.asarray(data, np.float32) - 128) / 127 * np.asarray(scales, np.float32)[..., None]
+
+
+def fit_reduction(sample, k: int = VIEWER_DIMS) -> Reduction:
+    """A ``Reduction`` to ``k`` directions fitted on tokens ``(..., D)``, its error measured on
+    the sample (see the class)."""
+    unit = unit_rows(np.asarray(sample).reshape(-1, np.shape(sample)[-1])).astype(np.float64)
+    _, _, vt = np.linalg.svd(unit, full_matrices=False)
+    axes = vt[:k]
+    pick = np.random.default_rng(0).permutation(len(unit))[:ERROR_SAMPLE]
+    stored = dequantize_signed(*quantize_signed(unit[pick] @ axes.T))
+    error = float(np.abs(unit[pick] @ unit[pick].T - stored @ stored.T).max())
+    return Reduction(axes.astype(np.float32), error)
+
+
 def similarity_maps(tokens, query, grid_hw) -> np.ndarray:
     """Patch tokens ``(N, gh * gw, D)`` and one query token ``(D,)`` -> the cosine similarity
     of every patch to the query, ``(N, gh, gw)`` float32 in [-1, 1]."""

@@ -17,7 +17,8 @@ from vidattn.errors import VidattnError
 
 __all__ = [
     "DEFAULT_BATCH", "DEFAULT_PRESET", "DEFAULT_SIZE", "DEFAULT_THRESHOLD", "FORMATS",
-    "FACETS", "IMAGE_PROBES", "MODEL_PROBES", "PRECISIONS", "PROBES", "SIDE_MAPS", "VIEWER_BLOCKS", "VIEWS",
+    "FACETS", "IMAGE_PROBES", "MODEL_PROBES", "PRECISIONS", "PROBES", "SIDE_MAPS",
+    "VIEWER_BLOCKS", "VIEWS",
     "TRACK_PROTOCOLS", "X264_PRESETS", "BatchOptions", "ImageOptions", "ModelOptions", "RayOptions",
     "TrackOptions", "VideoOptions", "check_ray_address", "parse_numbers", "parse_probes",
 ]
@@ -206,6 +207,10 @@ class VideoOptions:
     viewer_rollout: bool = option(
         False, "--viewer: store attention rollout too (always with --view rollout or "
         "--side-map rollout).")
+    viewer_similarity: bool = option(
+        False, "--viewer: also store every frame's patch features (the last block's final-normed "
+        "tokens, reduced to 32 directions, int8), so that a click on a patch shows its cosine "
+        "similarity in every frame; the page says the reduction's largest error.")
     save_maps: Path | None = None  # also write the raw per-frame maps here (.npz)
     save_features: Path | None = None  # also stream the patch tokens here (.npy + .json)
     viewer: Path | None = None  # also write the browser viewer into this folder

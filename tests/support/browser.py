@@ -145,3 +145,19 @@ def video_maps(folder) -> tuple[np.ndarray, np.ndarray]:
         scales.append(np.frombuffer(raw[: 4 * n * k], "<f4").reshape(n, k))
         maps.append(np.frombuffer(raw[4 * n * k:], np.uint8).reshape(n, k, gh, gw))
     return np.concatenate(scales), np.concatenate(maps)
+
+
+def video_features(folder) -> tuple[np.ndarray, np.ndarray]:
+    """Every frame's stored patch features of the video viewer in ``folder`` (with
+    ``--viewer-similarity``), as the page reads them: ``(scales (F, cells) float32, bytes (F,
+    cells, dims) uint8)``."""
+    meta = read_meta(Path(folder) / "index.html")
+    cells, dims = meta["grid"][0] * meta["grid"][1], meta["features"]["dims"]
+    scales, data = [], []
+    for key in meta["features"]["chunks"]["keys"]:
+        raw = read_chunk(Path(folder, meta["features"]["chunks"]["folder"], f"{key}.js"))
+        n = len(raw) // (cells * (dims + 4))
+        assert len(raw) == n * cells * (dims + 4)
+        scales.append(np.frombuffer(raw[: 4 * n * cells], "<f4").reshape(n, cells))
+        data.append(np.frombuffer(raw[4 * n * cells:], np.uint8).reshape(n, cells, dims))
+    return np.concatenate(scales), np.concatenate(data)

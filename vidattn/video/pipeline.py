@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from vidattn import attention as am
 from vidattn import draw
 from vidattn.errors import VidattnError
-from vidattn.features import (FeatureWriter, PcaBasis, fit_basis, fit_times, model_meta,
-                              similarity_maps)
+from vidattn.features import (FeatureWriter, PcaBasis, fit_basis, fit_reduction, fit_times,
+                              model_meta, similarity_maps)
 from vidattn.models.memory import format_bytes
 from vidattn.options import VideoOptions
 from vidattn.preprocess import prepare_frames, resize_frame, video_geometry
@@ -320,8 +320,13 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
         _check_writable(dst)
     basis = fit_video_pca(model, src, info, opts, geometry) if layout.pca else None
     query = query_token(model, src, opts, geometry) if layout.similarity else None
+    reduction = None
+    if opts.viewer is not None and opts.viewer_similarity:
+        _check_viewer_features(src, total, geometry)
+        reduction = fit_reduction(sample_tokens(model, src, info, opts, geometry))
     make_maps = MapMaker(model, opts, geometry.grid_hw, layout, basis,
-                         tokens=opts.save_features is not None, query=query)
+                         tokens=opts.save_features is not None or reduction is not None,
+                         query=query)
     render_frame = FrameRenderer(model, opts, geometry)
     saved_maps, saved_pts = [], []
     started = time.perf_counter()
@@ -351,17 +356,18 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
 
     def consume(item):
         nonlocal writer, written
-        batch, maps = item
+        batch, maps, tokens = item
         images = [None] * len(batch) if dst is None else _in_parallel(
             pool, lambda args: render_frame(*args),
             [(f.image, m[list(layout.view)], f.pts_s) for f, m in zip(batch, maps)])
-        for frame, frame_maps, image in zip(batch, maps, images):
+        for i, (frame, frame_maps, image) in enumerate(zip(batch, maps, images)):
             if image is not None:
                 if writer is None:
                     writer = open_writer(dst, image.shape[1], image.shape[0])
                 writer.write(image, frame.pts_s)
             if viewer is not None:
-                viewer.write(frame.image, frame.pts_s, frame_maps)
+                viewer.write(frame.image, frame.pts_s, frame_maps,
+                             None if reduction is None else tokens[i])
             written += 1
         bar.update(len(batch))
 
@@ -369,7 +375,7 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
         from vidattn.viewer.video import VideoViewer
 
         viewer = VideoViewer(opts.viewer, model, geometry, layout, open_writer, Path(src).name,
-                             _viewer_defaults(opts))
+                             _viewer_defaults(opts), reduction)
     if opts.save_features is not None:
         try:
             features = FeatureWriter(opts.save_features, geometry.grid_hw,
@@ -389,7 +395,7 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
                 if opts.save_maps is not None:
                     saved_maps.append(maps[:, list(layout.view)].astype(np.float16))
                     saved_pts.extend(f.pts_s for f in batch)
-                sink.put((batch, maps))
+                sink.put((batch, maps, tokens))
         sink.close()
         if not written:
             raise VidattnError("no frames in the requested range", src)
@@ -424,8 +430,14 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
 
 def fit_video_pca(model, src, info, opts: VideoOptions, geometry) -> PcaBasis:
     """The one PCA basis of a video (``features.fit_basis``, background per
-    ``opts.pca_background``), fitted on the patch tokens of the frames ``fit_frames`` reads.
-    They run through the model in batches of ``opts.batch_size``, as the render's frames do."""
+    ``opts.pca_background``), fitted on ``sample_tokens``."""
+    return fit_basis(sample_tokens(model, src, info, opts, geometry), opts.pca_background)
+
+
+def sample_tokens(model, src, info, opts: VideoOptions, geometry) -> np.ndarray:
+    """The patch tokens ``(frames, gh * gw, D)`` of the frames ``fit_frames`` reads, run through
+    the model in batches of ``opts.batch_size`` as the render's frames are: what a video's PCA
+    and the viewer's feature reduction are fitted on."""
     sample, kind = [], model.preset.preprocessing
     for batch in _batches(fit_frames(src, info, opts), opts.batch_size):
         inputs = prepare_frames([f.image for f in batch], geometry, kind)
@@ -433,7 +445,7 @@ def fit_video_pca(model, src, info, opts: VideoOptions, geometry) -> PcaBasis:
         sample.append(out["patch_tokens"][: len(batch)])
     if not sample:
         raise VidattnError("no frames in the requested range", src)
-    return fit_basis(np.concatenate(sample), opts.pca_background)
+    return np.concatenate(sample)
 
 
 def query_token(model, src, opts: VideoOptions, geometry) -> np.ndarray:
@@ -483,6 +495,19 @@ def _frames_end(info, opts: VideoOptions) -> float | None:
     if opts.max_frames is None or not info.fps:
         return None
     return (opts.start or 0.0) + opts.max_frames * opts.every / float(info.fps)
+
+
+def _check_viewer_features(src, total, geometry):
+    """One error line, before any work, when the viewer's stored features would pass
+    ``VIEWER_FEATURE_CAP`` (the page loads them into the browser)."""
+    from vidattn.viewer.video import VIEWER_FEATURE_CAP, feature_bytes
+
+    if total and feature_bytes(total, geometry.grid_hw) > VIEWER_FEATURE_CAP:
+        need = format_bytes(feature_bytes(total, geometry.grid_hw))
+        raise VidattnError(f"--viewer-similarity would store {need} of features for {total} "
+                           f"frames, above the viewer's {format_bytes(VIEWER_FEATURE_CAP)}: "
+                           "keep fewer frames (--every, --max-frames, --end) or a smaller --size",
+                           src)
 
 
 def _viewer_defaults(opts: VideoOptions) -> dict:

@@ -5,12 +5,19 @@
     index.html          the page (``static/video.html``, ``video.js``): open it from the disk
     video.mp4           the kept frames, unannotated, H.264 yuv420p with the input's audio
     data/maps-NNNNN.js  the maps of ``frames_per_chunk`` consecutive frames each
+    data/feats-NNNNN.js with --viewer-similarity: the frames' reduced patch features
 
 A chunk of ``n`` frames holds, for ``K`` maps per frame on a ``gh x gw`` grid, ``n * K`` float32
 scales (frame by frame) and then ``n * K * gh * gw`` bytes (``pages.quantize``). The ``K`` maps of a
 frame are, for each stored block (the last, or all of them with ``--viewer-blocks all``), its
 heads' CLS maps and their mean, then rollout if it was asked for (``MapLayout`` in the pipeline).
 So the data grows as ``frames * K * (gh * gw + 4)`` bytes, a third more in base64.
+
+With a ``Reduction`` (``--viewer-similarity``), each frame's patch features are stored too, for
+the page to compute a clicked patch's cosine similarity in every frame: a feature chunk of ``n``
+frames holds ``n * gh * gw`` float32 scales, then ``n * gh * gw * k`` bytes
+(``features.quantize_signed``), ``frames * gh * gw * (k + 4)`` bytes in all, at most
+``VIEWER_FEATURE_CAP``.
 
 The folder is written as the frames come, into a hidden temporary folder beside ``DIR`` that
 replaces ``DIR`` only when complete (``io.publish_folder``): memory holds one chunk, and a failed or
@@ -23,7 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from vidattn.errors import VidattnError
+from vidattn.features import VIEWER_DIMS, quantize_signed
 from vidattn.io import discard_folder, publish_folder, temporary_folder
+from vidattn.models.memory import format_bytes
 from vidattn.preprocess import resize_frame
 from vidattn.viewer.pages import (
     colormap_tables,
@@ -33,7 +43,7 @@ from vidattn.viewer.pages import (
     write_viewer_page,
 )
 
-__all__ = ["VideoViewer", "viewer_video_size"]
+__all__ = ["VIEWER_FEATURE_CAP", "VideoViewer", "feature_bytes", "viewer_video_size"]
 
 VIDEO_NAME = "video.mp4"
 DATA_FOLDER = "data"
@@ -41,6 +51,12 @@ PAGE = "index.html"
 CHUNK_RAW_BYTES = 1 << 20  # about 1 MiB of maps per chunk script: a few hundred frames
 MAX_SIDE = 1920  # the page's video: long side at most this (H.264 levels browsers decode)
 MIN_SIDE = 64  # ... and tiny videos enlarged to this short side, so the page is usable
+VIEWER_FEATURE_CAP = 256 * 2**20  # bytes of stored features a page may load
+
+
+def feature_bytes(frames: int, grid_hw, dims: int = VIEWER_DIMS) -> int:
+    """Bytes the features of ``frames`` frames take (before base64), ``dims`` per patch."""
+    return frames * grid_hw[0] * grid_hw[1] * (dims + 4)
 
 
 def viewer_video_size(frame_hw) -> tuple[int, int]:
@@ -59,10 +75,12 @@ class VideoViewer:
     ``rollout``, ``count``). ``open_writer(path, width, height)`` opens the ``VideoWriter`` for the
     page's video, with the run's encoder settings and audio. ``source``: the input's name, shown on
     the page. ``defaults``: the controls' first state (``map``, ``mode``, ``colormap``, ``alpha``,
-    ``threshold``).
+    ``threshold``). ``reduction``: store each frame's patch features reduced by it (``write``'s
+    ``tokens``), for the page's click-a-patch similarity.
     """
 
-    def __init__(self, folder, model, geometry, layout, open_writer, source: str, defaults: dict):
+    def __init__(self, folder, model, geometry, layout, open_writer, source: str, defaults: dict,
+                 reduction=None):
         self.folder = Path(folder)
         self._model, self._geometry, self._layout = model, geometry, layout
         self._open_writer, self._source, self._defaults = open_writer, source, defaults
@@ -75,14 +93,19 @@ class VideoViewer:
         self._times: list[float] = []
         self._video_hw = viewer_video_size(geometry.frame_hw)
         self._writer = None
+        self._reduction = reduction
+        self.frames_per_feature_chunk = max(1, CHUNK_RAW_BYTES // feature_bytes(1, (gh, gw)))
+        self._pending_features: list[tuple[np.ndarray, np.ndarray]] = []
+        self._feature_keys: list[str] = []
 
     @property
     def size(self) -> tuple[int, int]:
         """``(width, height)`` of the page's video."""
         return self._writer.size if self._writer else self._video_hw[::-1]
 
-    def write(self, image: np.ndarray, pts_s: float, maps: np.ndarray):
-        """One kept frame: uint8 ``(H, W, 3)`` at ``pts_s`` and its float maps ``(K, gh, gw)``."""
+    def write(self, image: np.ndarray, pts_s: float, maps: np.ndarray, tokens=None):
+        """One kept frame: uint8 ``(H, W, 3)`` at ``pts_s``, its float maps ``(K, gh, gw)`` and,
+        with a reduction, its patch tokens ``(gh * gw, D)``."""
         if self._writer is None:
             h, w = self._video_hw
             self._writer = self._open_writer(self._temp / VIDEO_NAME, w, h)
@@ -92,6 +115,25 @@ class VideoViewer:
         self._times.append(float(pts_s))
         if len(self._pending) == self.frames_per_chunk:
             self._flush()
+        if self._reduction is not None:
+            if feature_bytes(len(self._times), self._geometry.grid_hw) > VIEWER_FEATURE_CAP:
+                raise VidattnError(f"--viewer-similarity: the features passed the viewer's "
+                                   f"{format_bytes(VIEWER_FEATURE_CAP)} at frame "
+                                   f"{len(self._times)}: keep fewer frames or a smaller --size",
+                                   self._source)
+            data, scales = quantize_signed(self._reduction(tokens))
+            self._pending_features.append((scales, data))
+            if len(self._pending_features) == self.frames_per_feature_chunk:
+                self._flush_features()
+
+    def _flush_features(self):
+        if not self._pending_features:
+            return
+        key = f"feats-{len(self._feature_keys):05d}"
+        scales, data = zip(*self._pending_features)
+        write_chunk(self._temp / DATA_FOLDER, key, np.stack(scales), np.stack(data))
+        self._feature_keys.append(key)
+        self._pending_features.clear()
 
     def _flush(self):
         if not self._pending:
@@ -106,6 +148,7 @@ class VideoViewer:
         """Write the last chunk, close the video and write the page, all still in the temporary
         folder."""
         self._flush()
+        self._flush_features()
         self._writer.close()
         first = self._times[0]
         times = [round(t - first, 6) for t in self._times]
@@ -118,6 +161,12 @@ class VideoViewer:
             chunks={"folder": DATA_FOLDER, "frames": self.frames_per_chunk, "keys": self._keys},
             blocks=list(layout.blocks), rollout=layout.rollout, maps=layout.count,
             colormaps=colormap_tables(self._defaults.get("colormap")), defaults=self._defaults,
+            features=None if self._reduction is None else {
+                "dims": int(self._reduction.axes.shape[0]),
+                "max_error": self._reduction.max_error,
+                "bytes": feature_bytes(len(times), geo.grid_hw, self._reduction.axes.shape[0]),
+                "chunks": {"folder": DATA_FOLDER, "frames": self.frames_per_feature_chunk,
+                           "keys": self._feature_keys}},
         )
         label = "RANDOM WEIGHTS · " if self._model.is_random else ""
         write_viewer_page(self._temp / PAGE, "video",

@@ -21,6 +21,7 @@
     frame: -1, drawn: -1, presented: -1, block: info.blocks.length - 1,
     map: d.map === "rollout" && !info.rollout ? "mean" : d.map, mode: d.mode,
     colormap: d.colormap, alpha: d.alpha, threshold: d.threshold, pointer: null,
+    query: null,  // similarity: {frame, row, col, vector} of the clicked patch
   };
 
   // -- data: chunk c holds frames c * perChunk ...; n * K float32 scales, then n * K maps -----
@@ -43,6 +44,51 @@
     });
   }
 
+  // -- features (--viewer-similarity): chunk c holds frames c * fPer ...; n * cells float32
+  // scales, then n * cells * dims bytes (features.quantize_signed) --------------------------
+  const feats = info.features, featChunks = new Map();
+  const dims = feats ? feats.dims : 0, fPer = feats ? feats.chunks.frames : 1;
+
+  function featChunk(c) {
+    if (featChunks.has(c)) return Promise.resolve(featChunks.get(c));
+    return VA.load(feats.chunks.folder, feats.chunks.keys[c]).then((bytes) => {
+      const n = bytes.length / (cells * (dims + 4));
+      if (!Number.isInteger(n) || n !== Math.min(fPer, count - c * fPer)) {
+        throw new Error(`${feats.chunks.keys[c]}.js: damaged feature data (${bytes.length} bytes)`);
+      }
+      const scales = new Float32Array(bytes.buffer, bytes.byteOffset, n * cells);
+      const entry = { first: c * fPer, n, scales, bytes: bytes.subarray(n * cells * 4) };
+      featChunks.set(c, entry);
+      for (const k of featChunks.keys()) {
+        if (Math.abs(k - c) > NEAR) { featChunks.delete(k); VA.forget(feats.chunks.keys[k]); }
+      }
+      return entry;
+    });
+  }
+
+  /** Patch p's stored feature vector in frame i (Float32Array of dims), or null if not here. */
+  function vectorOf(i, p) {
+    const entry = featChunks.get(Math.floor(i / fPer));
+    if (!entry) return null;
+    const j = (i - entry.first) * cells + p, s = entry.scales[j] / 127;
+    const bytes = entry.bytes.subarray(j * dims, (j + 1) * dims);
+    return Float32Array.from(bytes, (b) => (b - 128) * s);
+  }
+
+  /** Each patch of frame i: its stored feature's dot product with the query's (the cosine of
+   * the full features, within meta.features.max_error), or null if frame i is not loaded. */
+  function similarityOf(i) {
+    if (!state.query || !featChunks.has(Math.floor(i / fPer))) return null;
+    const q = state.query.vector, out = new Float32Array(cells);
+    for (let p = 0; p < cells; p++) {
+      const v = vectorOf(i, p);
+      let dot = 0;
+      for (let k = 0; k < dims; k++) dot += v[k] * q[k];
+      out[p] = dot;
+    }
+    return out;
+  }
+
   /** Which of a frame's K maps the controls choose. */
   function mapIndex() {
     if (state.map === "rollout") return K - 1;
@@ -61,6 +107,7 @@
 
   // -- drawing --------------------------------------------------------------------------------
   function render() {
+    if (state.map === "similarity") { renderSimilarity(); return; }
     const i = state.frame, k = mapIndex(), values = mapOf(i, k);
     if (!values) return;
     const color = state.map === "mean" || state.map === "rollout"
@@ -77,6 +124,22 @@
     readPointer();
   }
 
+  /** The similarity map of the frame shown (cosine 0..1 on the colormap, never rescaled). */
+  function renderSimilarity() {
+    const i = state.frame, values = similarityOf(i);
+    if (!state.query) {
+      overlay.ctx.clearRect(0, 0, canvas.width, canvas.height);
+      $("cursor").textContent = "Click a patch to see its similarity across the clip.";
+    }
+    if (!values) return;
+    overlay.drawHeat(values, VA.lut(info, state.colormap), state.alpha);
+    if (info.random) overlay.caption("RANDOM WEIGHTS (untrained)");
+    state.drawn = i;
+    canvas.dataset.frame = String(i);
+    canvas.dataset.map = "similarity";
+    readPointer();
+  }
+
   /** Show frame i: draw it now if its chunk is here, else once it has loaded. */
   function show(i) {
     i = Math.min(Math.max(i, 0), count - 1);
@@ -86,6 +149,11 @@
     const c = Math.floor(i / perChunk);
     chunk(c).then(() => { if (Math.floor(state.frame / perChunk) === c) render(); }, VA.fail);
     if (c + 1 < info.chunks.keys.length) chunk(c + 1).catch(VA.fail);
+    if (feats) {
+      const f = Math.floor(i / fPer);
+      featChunk(f).then(() => { if (Math.floor(state.frame / fPer) === f) render(); }, VA.fail);
+      if (f + 1 < feats.chunks.keys.length) featChunk(f + 1).catch(VA.fail);
+    }
   }
 
   /** The frame shown at media time t: the last one whose time is not after t. */
@@ -151,10 +219,13 @@
              state.block);
   const maps = VA.headChoices(H);
   if (info.rollout) maps.push(["rollout", "rollout (all blocks)"]);
+  if (feats) maps.push(["similarity", "similarity to a clicked patch"]);
   VA.options($("map"), maps, state.map);
   $("scrub").max = String(count - 1);
   const sync = () => {
-    $("block").disabled = info.blocks.length < 2 || state.map === "rollout";
+    $("block").disabled = info.blocks.length < 2 || state.map === "rollout" ||
+      state.map === "similarity";
+    $("mode").disabled = state.map === "similarity";
   };
   VA.controls(info, state, () => { sync(); render(); });
   sync();
@@ -180,6 +251,15 @@
   // -- the value under the pointer ------------------------------------------------------------
   function readPointer() {
     const cell = state.pointer && VA.cellAt(state.pointer, stage, cellsH, cellsW, gh, gw);
+    if (state.map === "similarity") {
+      const sims = cell && similarityOf(state.frame), q = state.query;
+      if (!sims) return;
+      $("cursor").textContent = `patch row ${cell.row}, column ${cell.col}: ` +
+        `${VA.fmt(sims[cell.row * gw + cell.col])} · cosine similarity to row ${q.row}, ` +
+        `column ${q.col} of frame ${q.frame + 1} (${dims} dimensions kept, largest error ` +
+        `${VA.fmt(feats.max_error)})`;
+      return;
+    }
     const values = cell && mapOf(state.frame, mapIndex());
     if (!values) return;
     const v = values[cell.row * gw + cell.col];
@@ -190,7 +270,21 @@
   }
   stage.addEventListener("pointermove", (e) => { state.pointer = e; readPointer(); });
   stage.addEventListener("pointerleave", () => { state.pointer = null; });
+  /** A click on a patch (with stored features) makes it the similarity's query. */
+  function choose(cell) {
+    const vector = cell && vectorOf(state.frame, cell.row * gw + cell.col);
+    if (!vector) return;
+    state.query = { frame: state.frame, row: cell.row, col: cell.col, vector };
+    state.map = "similarity";
+    $("map").value = "similarity";
+    sync();
+    render();
+  }
+  if (feats) stage.addEventListener("click", (e) => {
+    choose(VA.cellAt(e, stage, cellsH, cellsW, gh, gw));
+  });
 
   show(0);
-  window.vidattnViewer = { state, frameAt, seekFrame, mapIndex, mapOf, canvas };
+  window.vidattnViewer = { state, frameAt, seekFrame, mapIndex, mapOf, similarityOf, choose,
+                           canvas };
 })();
