@@ -15,7 +15,8 @@ from PIL import Image
 from tests.support.planted import planted_model, planted_tokens
 from tests.support.videos import make_video
 from vidattn.errors import VidattnError
-from vidattn.features import fit_basis, fit_projection, fit_times
+from vidattn.features import (dequantize_signed, fit_basis, fit_projection, fit_reduction,
+                              fit_times, quantize_signed, unit_rows)
 from vidattn.options import ImageOptions, VideoOptions
 from vidattn.preprocess import prepare_frames, video_geometry
 from vidattn.probes import probe_images
@@ -311,3 +312,36 @@ def test_every_family_renders_pca_and_saves_its_patch_tokens(family, tmp_path):
     tokens = np.load(tmp_path / "f.npy")
     assert result.frames == 6 and tokens.shape == (6, gh * gw, model.preset.embed_dim)
     assert np.isfinite(tokens).all()
+
+
+def test_reduction_keeps_cosines_within_its_stated_error():
+    """The viewer's reduced features: the dot products of the stored (projected, int8) vectors
+    against the full cosines, over every pair of a sample; the stated error is that maximum;
+    with as many directions as dimensions only the int8 step is left."""
+    rng = np.random.default_rng(0)
+    tokens = rng.standard_normal((600, 48)) @ rng.standard_normal((48, 48)) + 3.0  # correlated
+    reduction = fit_reduction(tokens, k=16)
+    stored = dequantize_signed(*quantize_signed(reduction(tokens)))
+    full = unit_rows(tokens)
+    error = np.abs(full @ full.T - stored @ stored.T).max()
+    assert error == pytest.approx(reduction.max_error, abs=1e-5) and 0 < error < 0.5
+    exact = fit_reduction(tokens, k=48)
+    assert exact.max_error < 0.02 < reduction.max_error  # the int8 step alone
+    values = rng.standard_normal((5, 7)).astype(np.float32)
+    data, scales = quantize_signed(values)
+    assert data.dtype == np.uint8 and scales.shape == (5,)
+    assert np.abs(dequantize_signed(data, scales) - values).max() <= scales.max() / 254 + 1e-6
+
+
+def test_viewer_features_above_the_cap_are_refused(tmp_path, monkeypatch):
+    """--viewer-similarity on a clip whose features would pass the cap: one error line naming
+    the clip before any work, and no viewer folder."""
+    import vidattn.viewer.video as viewer_video
+
+    monkeypatch.setattr(viewer_video, "VIEWER_FEATURE_CAP", 10_000)
+    made = make_video(tmp_path / "clip.mp4", n_frames=12, size=(96, 64))
+    opts = VideoOptions(size=64, viewer=tmp_path / "v", viewer_similarity=True, progress=False)
+    with pytest.raises(VidattnError, match="--viewer-similarity would store .* above the") as err:
+        render_video(planted_model(), made.path, None, opts)
+    assert err.value.path == str(made.path) and not (tmp_path / "v").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]

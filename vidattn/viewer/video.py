@@ -127,22 +127,20 @@ class VideoViewer:
                 self._flush_features()
 
     def _flush_features(self):
-        if not self._pending_features:
-            return
-        key = f"feats-{len(self._feature_keys):05d}"
-        scales, data = zip(*self._pending_features)
-        write_chunk(self._temp / DATA_FOLDER, key, np.stack(scales), np.stack(data))
-        self._feature_keys.append(key)
-        self._pending_features.clear()
+        self._write_pending("feats", self._pending_features, self._feature_keys)
 
     def _flush(self):
-        if not self._pending:
+        self._write_pending("maps", self._pending, self._keys)
+
+    def _write_pending(self, prefix: str, pending: list, keys: list):
+        """Write ``pending`` ``(scales, bytes)`` frames as the next ``PREFIX-NNNNN`` chunk."""
+        if not pending:
             return
-        key = f"maps-{len(self._keys):05d}"
-        scales, data = zip(*self._pending)
+        key = f"{prefix}-{len(keys):05d}"
+        scales, data = zip(*pending)
         write_chunk(self._temp / DATA_FOLDER, key, np.stack(scales), np.stack(data))
-        self._keys.append(key)
-        self._pending.clear()
+        keys.append(key)
+        pending.clear()
 
     def finish(self):
         """Write the last chunk, close the video and write the page, all still in the temporary

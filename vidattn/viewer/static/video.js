@@ -6,7 +6,7 @@
   const [gh, gw] = info.grid, cells = gh * gw, K = info.maps, H = info.heads;
   const [fh, fw] = info.frame, cellsH = info.resized[0] / info.patch;
   const cellsW = info.resized[1] / info.patch;
-  const times = info.times, count = times.length, perChunk = info.chunks.frames;
+  const times = info.times, count = times.length;
   const CANVAS_SIDE = 960;  // the overlay's long side in canvas pixels
   const NEAR = 2;  // chunks kept either side of the one shown
 
@@ -24,51 +24,42 @@
     query: null,  // similarity: {frame, row, col, vector} of the clicked patch
   };
 
-  // -- data: chunk c holds frames c * perChunk ...; n * K float32 scales, then n * K maps -----
-  const chunks = new Map();  // chunk index -> {first, n, scales, bytes}
-
-  function chunk(c) {
-    if (chunks.has(c)) return Promise.resolve(chunks.get(c));
-    return VA.load(info.chunks.folder, info.chunks.keys[c]).then((bytes) => {
-      const n = bytes.length / (K * (cells + 4));
-      if (!Number.isInteger(n) || n !== Math.min(perChunk, count - c * perChunk)) {
-        throw new Error(`${info.chunks.keys[c]}.js: damaged map data (${bytes.length} bytes)`);
-      }
-      const scales = new Float32Array(bytes.buffer, bytes.byteOffset, n * K);
-      const entry = { first: c * perChunk, n, scales, bytes: bytes.subarray(n * K * 4) };
-      chunks.set(c, entry);
-      for (const k of chunks.keys()) {
-        if (Math.abs(k - c) > NEAR) { chunks.delete(k); VA.forget(info.chunks.keys[k]); }
-      }
-      return entry;
-    });
+  // -- data ---------------------------------------------------------------------------------
+  /** A series of data chunks (`spec`: {folder, keys, frames}): chunk c holds frames
+   * c * spec.frames ...; for its n frames, n * vectors float32 scales, then n * vectors * width
+   * bytes. `get(c)` loads chunk c (those more than NEAR away are let go); `of(i)` is frame i's
+   * chunk {first, n, scales, bytes} if loaded. */
+  function series(spec, vectors, width, what) {
+    const cached = new Map();
+    function get(c) {
+      if (cached.has(c)) return Promise.resolve(cached.get(c));
+      return VA.load(spec.folder, spec.keys[c]).then((bytes) => {
+        const n = bytes.length / (vectors * (width + 4));
+        if (!Number.isInteger(n) || n !== Math.min(spec.frames, count - c * spec.frames)) {
+          throw new Error(`${spec.keys[c]}.js: damaged ${what} (${bytes.length} bytes)`);
+        }
+        const scales = new Float32Array(bytes.buffer, bytes.byteOffset, n * vectors);
+        const entry = {
+          first: c * spec.frames, n, scales, bytes: bytes.subarray(n * vectors * 4),
+        };
+        cached.set(c, entry);
+        for (const k of cached.keys()) {
+          if (Math.abs(k - c) > NEAR) { cached.delete(k); VA.forget(spec.keys[k]); }
+        }
+        return entry;
+      });
+    }
+    return { get, of: (i) => cached.get(Math.floor(i / spec.frames)), spec };
   }
-
-  // -- features (--viewer-similarity): chunk c holds frames c * fPer ...; n * cells float32
-  // scales, then n * cells * dims bytes (features.quantize_signed) --------------------------
-  const feats = info.features, featChunks = new Map();
-  const dims = feats ? feats.dims : 0, fPer = feats ? feats.chunks.frames : 1;
-
-  function featChunk(c) {
-    if (featChunks.has(c)) return Promise.resolve(featChunks.get(c));
-    return VA.load(feats.chunks.folder, feats.chunks.keys[c]).then((bytes) => {
-      const n = bytes.length / (cells * (dims + 4));
-      if (!Number.isInteger(n) || n !== Math.min(fPer, count - c * fPer)) {
-        throw new Error(`${feats.chunks.keys[c]}.js: damaged feature data (${bytes.length} bytes)`);
-      }
-      const scales = new Float32Array(bytes.buffer, bytes.byteOffset, n * cells);
-      const entry = { first: c * fPer, n, scales, bytes: bytes.subarray(n * cells * 4) };
-      featChunks.set(c, entry);
-      for (const k of featChunks.keys()) {
-        if (Math.abs(k - c) > NEAR) { featChunks.delete(k); VA.forget(feats.chunks.keys[k]); }
-      }
-      return entry;
-    });
-  }
+  // the maps: K per frame, each gh * gw bytes of its own maximum (pages.quantize)
+  const mapData = series(info.chunks, K, cells, "map data");
+  // --viewer-similarity: each patch's reduced feature, dims bytes (features.quantize_signed)
+  const feats = info.features, dims = feats ? feats.dims : 0;
+  const featData = feats ? series(feats.chunks, cells, dims, "feature data") : null;
 
   /** Patch p's stored feature vector in frame i (Float32Array of dims), or null if not here. */
   function vectorOf(i, p) {
-    const entry = featChunks.get(Math.floor(i / fPer));
+    const entry = featData && featData.of(i);
     if (!entry) return null;
     const j = (i - entry.first) * cells + p, s = entry.scales[j] / 127;
     const bytes = entry.bytes.subarray(j * dims, (j + 1) * dims);
@@ -78,7 +69,7 @@
   /** Each patch of frame i: its stored feature's dot product with the query's (the cosine of
    * the full features, within meta.features.max_error), or null if frame i is not loaded. */
   function similarityOf(i) {
-    if (!state.query || !featChunks.has(Math.floor(i / fPer))) return null;
+    if (!state.query || !featData.of(i)) return null;
     const q = state.query.vector, out = new Float32Array(cells);
     for (let p = 0; p < cells; p++) {
       const v = vectorOf(i, p);
@@ -98,7 +89,7 @@
 
   /** Map k of frame i as attention values (Float32Array of gh * gw), or null if not loaded. */
   function mapOf(i, k) {
-    const entry = chunks.get(Math.floor(i / perChunk));
+    const entry = mapData.of(i);
     if (!entry) return null;
     const j = (i - entry.first) * K + k, s = entry.scales[j] / 255;
     const bytes = entry.bytes.subarray(j * cells, (j + 1) * cells);
@@ -146,13 +137,10 @@
     state.frame = i;
     $("scrub").value = String(i);
     $("clock").textContent = `frame ${i + 1} of ${count} · ${times[i].toFixed(3)} s`;
-    const c = Math.floor(i / perChunk);
-    chunk(c).then(() => { if (Math.floor(state.frame / perChunk) === c) render(); }, VA.fail);
-    if (c + 1 < info.chunks.keys.length) chunk(c + 1).catch(VA.fail);
-    if (feats) {
-      const f = Math.floor(i / fPer);
-      featChunk(f).then(() => { if (Math.floor(state.frame / fPer) === f) render(); }, VA.fail);
-      if (f + 1 < feats.chunks.keys.length) featChunk(f + 1).catch(VA.fail);
+    for (const data of featData ? [mapData, featData] : [mapData]) {
+      const per = data.spec.frames, c = Math.floor(i / per);
+      data.get(c).then(() => { if (Math.floor(state.frame / per) === c) render(); }, VA.fail);
+      if (c + 1 < data.spec.keys.length) data.get(c + 1).catch(VA.fail);
     }
   }
 
