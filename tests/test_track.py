@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tests.support.clirun import DEMO, assert_one_error, partial_files, run
+from tests.support.clirun import DEMO, partial_files, run
 from tests.support.families import tiny_dinov2, tiny_dinov3
 from tests.support.planted import planted_model
 from tests.support.reliability import reliability
@@ -190,8 +190,11 @@ def test_track_eval_missing_annotation(davis_set, tmp_path):
     root = shutil.copytree(davis_set, tmp_path / "davis")
     missing = root / "Annotations" / "480p" / "scaling" / "00007.png"
     missing.unlink()
-    proc = run("track-eval", root, "-o", tmp_path / "r", *DEMO, "-q", cwd=tmp_path)
-    assert_one_error(proc, missing)
+    result = CliRunner().invoke(cli.main, ["track-eval", str(root), "-o", str(tmp_path / "r"),
+                                           *DEMO, "-q"])
+    lines = result.stderr.splitlines()
+    assert result.exit_code == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"vidattn: error: {missing}: ")
     assert not (tmp_path / "r").exists() and partial_files(tmp_path) == []
 
 
