@@ -32,7 +32,7 @@ from vidattn.track.frames import Source, open_source, read_source
 from vidattn.track.propagate import Propagator, labels_from_probs
 from vidattn.track.protocols import (PROTOCOLS, Protocol, default_protocol, prepare_frame,
                                      seed_probs)
-from vidattn.video.pipeline import _batches, _padded, _Sink
+from vidattn.video.pipeline import _batches, _padded, _Sink, model_label
 from vidattn.video.reader import Frame, Prefetcher
 from vidattn.video.writer import VideoWriter
 
@@ -163,9 +163,7 @@ class TrackRenderer:
     def __init__(self, model, opts: TrackOptions, protocol: Protocol):
         self.opts, self.patch = opts, model.preset.patch_size
         self.lut = draw.colormap_lut(opts.colormap)
-        labels = ["RANDOM WEIGHTS (untrained)"] * model.is_random + [model.precision] * (
-            model.precision != "fp32")
-        self.model_label = " · ".join(labels) or None
+        self.model_label = model_label(model)
         self.protocol = protocol.name
 
     def __call__(self, item: Tracked) -> np.ndarray:

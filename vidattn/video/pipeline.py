@@ -229,6 +229,14 @@ class MapMaker:
         return maps, tokens
 
 
+def model_label(model) -> str | None:
+    """The caption every rendered frame carries for what could be mistaken for a trained fp32
+    model: RANDOM WEIGHTS for an untrained one, and a reduced precision's name; None for neither."""
+    labels = ["RANDOM WEIGHTS (untrained)"] * model.is_random + [model.precision] * (
+        model.precision != "fp32")
+    return " · ".join(labels) or None
+
+
 class FrameRenderer:
     """Draws one frame's maps onto it as the chosen view.
 
@@ -245,9 +253,7 @@ class FrameRenderer:
         self.opts, self.geometry = opts, geometry
         self.patch = model.preset.patch_size
         self.lut = draw.colormap_lut(opts.colormap)
-        labels = ["RANDOM WEIGHTS (untrained)"] * model.is_random + [model.precision] * (
-            model.precision != "fp32")
-        self.model_label = " · ".join(labels) or None
+        self.model_label = model_label(model)
         heads = model.preset.num_heads
         self.cols = math.ceil(math.sqrt(heads))
         self.mask_colors = draw.head_colors(heads)
