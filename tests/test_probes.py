@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import vidattn
-from tests.support.planted import planted_model
+from tests.support.planted import planted_model, strided
 from vidattn import attention as am
 from vidattn import probes as pr
 from vidattn.errors import VidattnError
@@ -82,7 +82,7 @@ def test_mean_distances_match_the_study_loop_per_block(n_prefix, grid, patch):
     """Prefix tokens (class tokens, and registers: 5 = CLS + 4) are dropped as the study drops
     its class token."""
     rng = np.random.default_rng(grid)
-    model = SimpleNamespace(preset=SimpleNamespace(patch_size=patch, num_prefix_tokens=n_prefix))
+    model = SimpleNamespace(preset=SimpleNamespace(cell_stride=patch, num_prefix_tokens=n_prefix))
     attns = [softmax_attention(rng, 2, 3, n_prefix + grid * grid) for _ in range(4)]
     got = pr.mean_distances(model, attns, (grid, grid))
     assert got.shape == (2, 4, 3)  # (N, depth, heads)
@@ -314,10 +314,13 @@ def _square_photo(path, box, size=(300, 400), seed=0):
     return path
 
 
-def test_similarity_query_is_found_in_every_image(tmp_path):
+@pytest.mark.parametrize("stride", [None, 8])
+def test_similarity_query_is_found_in_every_image(tmp_path, stride):
     """The query on image A's red square: in A the query patch has cosine 1 and A's map peaks on
-    the square; in B, whose red square is elsewhere, the map peaks on B's square."""
+    the square; in B, whose red square is elsewhere, the map peaks on B's square. Also on the
+    27 x 27 grid of 16-pixel patches 8 apart (``--stride 8``)."""
     model = planted_model(colour_tokens=True)
+    model, s = (strided(model, stride), stride) if stride else (model, 16)
     a = _square_photo(tmp_path / "a.png", RED_BOX)
     other = (slice(180, 260), slice(60, 140))
     b = _square_photo(tmp_path / "b.png", other, seed=1)
@@ -328,10 +331,12 @@ def test_similarity_query_is_found_in_every_image(tmp_path):
     for (name, record), box in zip(run.entries, (RED_BOX, other)):
         sim = record["similarity"]
         assert sim["query"]["image"] == str(a)
+        assert record["shapes"]["grid"] == [1 + (224 - 16) // s] * 2
+        assert record["model"]["stride"] == s
         display = display_image(np.asarray(Image.open(tmp_path / f"{name}.png")), 224)
         red = (display[..., 0] > 180) & (display[..., 1] < 80)  # the square in the crop
         r, c = sim["peak"]
-        assert red[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16].mean() > 0.5, (name, r, c)
+        assert red[r * s:r * s + 16, c * s:c * s + 16].mean() > 0.5, (name, r, c)
         assert (tmp_path / "out" / name / "similarity.png").exists()
     m = pr.measure(model, np.asarray(Image.open(a)), a, opts)
     assert m.similarity[m.query.row, m.query.col] == pytest.approx(1.0, abs=1e-5)

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import av
 import numpy as np
@@ -16,7 +19,7 @@ from PIL import Image
 
 from tests.support.clirun import DEMO, partial_files, run
 from tests.support.families import tiny_dinov2, tiny_dinov3
-from tests.support.planted import planted_model
+from tests.support.planted import planted_model, strided
 from tests.support.reliability import reliability
 from tests.support.videos import make_truncated_copy, make_video
 from vidattn import cli
@@ -58,6 +61,41 @@ def test_planted_objects_followed(colour_model, davis_set, tmp_path):
         last = davis.read_mask(tmp_path / protocol / "crossing" / "00014.png")
         cols = {k: np.nonzero(last == k)[1].mean() for k in (1, 2)}
         assert cols[1] > last.shape[1] / 2 > cols[2]  # 1 started left, 2 right: they swapped
+
+
+def test_overlapping_patches_track_on_the_finer_grid(colour_model, davis_set, tmp_path):
+    """--stride 8 on 16-pixel patches (seeds, propagation and upsampling on the cells' centres):
+    the moving and the crossing objects are still followed (J above J_BOUND, ids kept)."""
+    model = strided(colour_model, 8)
+    opts = TrackOptions(protocol="dino", size=144, progress=False)
+    scores, line = evaluate_davis(model, davis_set, tmp_path / "eval",
+                                  sequences=["moving", "crossing"], opts=opts)
+    assert line.endswith("patches every 8 px (--stride)")
+    j = {row["Sequence"]: row["J-Mean"] for row in scores.per_sequence}
+    assert min(j.values()) > J_BOUND, j
+    last = davis.read_mask(tmp_path / "eval" / "crossing" / "00014.png")
+    cols = {k: np.nonzero(last == k)[1].mean() for k in (1, 2)}
+    assert cols[1] > last.shape[1] / 2 > cols[2]
+
+
+RSS_BOUND_MIB = 2048  # a 480p patch-8 track's peak (1.5 GB here); DINO's masks would add 1.3 GB
+RSS_GROWTH_MIB = 64  # what the peak may grow by once the context is full
+
+
+def test_a_480p_patch_8_track_stays_within_its_memory(tmp_path):
+    """16 frames of 480x854 through a patch-8 model (a 60 x 104 grid, the dino protocol's
+    neighbourhood and context), in a process of its own: the peak RSS stays under RSS_BOUND_MIB,
+    and from the frame that fills the context to the last it grows by less than RSS_GROWTH_MIB
+    (each frame's features kept only while in the context)."""
+    proc = subprocess.run([sys.executable, "-m", "tests.support.trackrss", str(tmp_path), "16"],
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["frames"] == 16 and got["grid"] == [60, 104]
+    assert got["last_area"] > 0.5 * 80 * 80  # the square is still followed
+    assert got["end_mib"] < RSS_BOUND_MIB, got
+    assert got["end_mib"] - got["full_context_mib"] < RSS_GROWTH_MIB, got
 
 
 def test_track_command_outputs(tmp_path):

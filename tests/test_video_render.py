@@ -11,7 +11,7 @@ import pytest
 
 import vidattn
 from tests.support.families import tiny_dinov2, tiny_dinov3
-from tests.support.planted import planted_model
+from tests.support.planted import planted_model, strided
 from tests.support.reliability import reliability
 from tests.support.videos import (
     make_audio_only,
@@ -109,13 +109,17 @@ def test_gif_frame_count(planted, clip, tmp_path):
     assert frames[0][1].shape[1] == 80
 
 
-@pytest.mark.parametrize("size,rotation,registers", [((192, 112), 0, 0), ((176, 96), 90, 0),
-                                                     ((192, 112), 0, 4)])
-def test_planted_peak_follows_the_square(planted, tmp_path, size, rotation, registers):
+@pytest.mark.parametrize("size,rotation,registers,stride", [
+    ((192, 112), 0, 0, None), ((176, 96), 90, 0, None), ((192, 112), 0, 4, None),
+    ((176, 96), 0, 0, 8)])
+def test_planted_peak_follows_the_square(planted, tmp_path, size, rotation, registers, stride):
     """The map of each frame peaks on the moving square; also with 4 registers that take most of
-    the attention (they never appear in a map)."""
+    the attention (they never appear in a map), and on the finer grid of overlapping patches
+    (``--stride 8``: cells 8 px apart, the peak drawn at the cells' centres)."""
     if registers:
         planted = planted_model(patch=16, depth=2, heads=2, dim=32, grid=14, registers=registers)
+    if stride:
+        planted = strided(planted, stride)
     made = make_video(tmp_path / "sq.mp4", n_frames=20, fps=20, size=size, rotation=rotation,
                       square_size=28)
     maps_file = tmp_path / "maps.npz"
@@ -124,9 +128,11 @@ def test_planted_peak_follows_the_square(planted, tmp_path, size, rotation, regi
     saved = np.load(maps_file)
     maps = saved["maps"][:, 0].astype(np.float32)
     assert len(maps) == 20 and (made.height, made.width) != (0, 0)
-    geo = video_geometry(made.height, made.width, 16, 112)
-    assert tuple(saved["grid_hw"]) == geo.grid_hw
-    heat = map_to_frame(maps, (made.height, made.width), geo.resized_hw, 16)
+    geo = video_geometry(made.height, made.width, 16, 112, stride=stride)
+    assert tuple(saved["grid_hw"]) == geo.grid_hw == (
+        tuple(2 * side // 16 - 1 for side in geo.input_hw) if stride else
+        tuple(side // 16 for side in geo.input_hw))
+    heat = map_to_frame(maps, (made.height, made.width), geo.resized_hw, 16, stride=stride)
     reach = made.square_size / 2 + 16 * made.height / geo.resized_hw[0]  # on it, within a patch
     for frame_heat, (cx, cy) in zip(heat, made.centres):
         py, px = np.unravel_index(frame_heat.argmax(), frame_heat.shape)

@@ -6,6 +6,7 @@ tested in Chromium: test_viewer_browser.py)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import av
@@ -257,8 +258,46 @@ def test_image_viewer_rows_and_size(tmp_path, tiny):
     want = am.rollout_matrix(out["attention"])[0, :, 1:]
     assert np.abs(rows - want).max() <= want.max() / 500
     total = sum(f.stat().st_size for f in folder.glob("*.js"))
+    key = meta["features"]["key"]  # and the P patch features: 48 dims, 4 bytes of scale
     assert total == 3 * _script_size(3 * t * (p + 4), "block-00") + _script_size(
-        t * (p + 4), "rollout")
+        t * (p + 4), "rollout") + _script_size(p * (48 + 4), key)
+
+
+def test_image_run_lists_the_images_done_with_their_features(tmp_path, tiny):
+    """``vidattn image --viewer``: the run file lists the images done (not the one that failed,
+    nor, after a rerun, those of the run before); each stored P x D int8 block decodes to
+    vectors whose dot products are the facet's float cosines, across images too, within the
+    stated largest error, which is small."""
+    from vidattn.features import dequantize_signed, unit_rows
+    from vidattn.options import ImageOptions
+    from vidattn.probes import probe_images
+    from vidattn.viewer.image import RUN_FILE
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)).save(tmp_path / f"{name}.png")
+    (tmp_path / "bad.png").write_text("not an image")
+    out, opts = tmp_path / "out", ImageOptions(probes="rollout", size=64, viewer=True,
+                                               facet="key", layer=1)
+    paths = [tmp_path / n for n in ("a.png", "bad.png", "b.png")]
+    probe_images(tiny, paths, out, opts, on_error=lambda err: None)
+    run = json.loads(read_chunk(out / RUN_FILE))
+    assert [e["folder"] for e in run["images"]] == ["a", "b"]
+    assert (run["facet"], run["layer"], run["bytes"]) == ("key", 1, 2 * 16 * (48 + 4))
+    unit, stored = [], []
+    for e in run["images"]:
+        raw = read_chunk(out / e["features"] / f"{e['key']}.js")
+        assert len(raw) == e["bytes"] == read_meta(out / e["page"])["features"]["bytes"]
+        stored.append(dequantize_signed(np.frombuffer(raw[64:], np.uint8).reshape(16, 48),
+                                        np.frombuffer(raw[:64], "<f4")))
+        pixels = np.asarray(Image.open(tmp_path / f"{e['folder']}.png"))
+        tokens = tiny.run(preprocess_image(pixels, "imagenet", 64), facet=(1, "key"))
+        unit.append(unit_rows(tokens["facet_tokens"][0]))
+    errors = [np.abs(unit[i] @ unit[j].T - stored[i] @ stored[j].T).max()
+              for i in (0, 1) for j in (0, 1)]
+    assert max(errors) <= run["max_error"] + 1e-6 and run["max_error"] < 0.02
+    probe_images(tiny, paths[2:], out, opts, overwrite=True)
+    assert [e["folder"] for e in json.loads(read_chunk(out / RUN_FILE))["images"]] == ["b"]
 
 
 def test_image_command_adds_a_viewer_linked_from_the_index(tmp_path, monkeypatch):

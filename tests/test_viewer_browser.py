@@ -5,6 +5,7 @@ looks at the red square, head 1 (``local_head``) from each patch at its own neig
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -22,11 +23,12 @@ from tests.support.browser import (
     video_features,
     video_maps,
 )
-from tests.support.planted import planted_model
+from tests.support.planted import planted_model, strided
 from tests.support.reliability import reliability
 from tests.support.videos import make_truncated_copy, make_video
 from vidattn import attention as am
 from vidattn.batch import run_batch
+from vidattn.cells import cell_index
 from vidattn.options import BatchOptions, ImageOptions, VideoOptions
 from vidattn.preprocess import preprocess_image, video_geometry
 from vidattn.video.pipeline import render_video
@@ -186,6 +188,39 @@ def test_every_map_drawn_as_stored(browser, square):
         assert _canvas_point(pixels, made, *made.centres[j])[3] >= 0.8 * 255 * ALPHA, value
         far[value] = _canvas_point(pixels, made, *corner)[3]
     assert far["0"] <= 3 and far["1"] >= 0.5 * 255 * ALPHA  # switching head moves the heat
+    assert page.errors == []
+
+
+def test_overlapping_patches_drawn_at_their_centres(browser, planted, tmp_path):
+    """--stride 8: the page draws the finer grid's maps as the rendered videos do (each cell at
+    its patch's centre, ``cells.map_to_frame``), and the pointer names the cell centred nearest
+    it."""
+    model = strided(planted, 8)
+    made = make_video(tmp_path / "sq.mp4", n_frames=6, fps=FPS, size=(192, 112),
+                      square_size=SIDE)
+    render_video(model, made.path, None, VideoOptions(size=112, viewer=tmp_path / "v",
+                                                      progress=False))
+    geo = video_geometry(made.height, made.width, 16, 112, stride=8)
+    scales, maps = video_maps(tmp_path / "v")
+    assert maps.shape[2:] == geo.grid_hw == (13, 23)  # 1 + (input - 16) / 8 a side
+    page = browser.open(tmp_path / "v" / "index.html")
+    page.evaluate("vidattnViewer.seekFrame(3)")
+    _wait_drawn(page, 3)
+    _set(page, "map", "0")
+    page.wait_for("() => vidattnViewer.canvas.dataset.map === '0'")
+    pixels = page.canvas().astype(float)
+    want = expected_overlay(maps[3, 0], pixels.shape[:2], geo.resized_hw, 16, "inferno", ALPHA,
+                            stride=8)
+    assert np.abs(pixels[..., 3] - want[..., 3]).max() <= 2
+    box = page.page.locator("#stage").bounding_box()
+    cx, cy = made.centres[3]
+    page.page.mouse.move(box["x"] + cx / made.width * box["width"],
+                         box["y"] + cy / made.height * box["height"])
+    scale = geo.resized_hw[0] / made.height
+    row, col = (int(cell_index(v * scale, n, 16, 8)) for v, n in zip((cy, cx), geo.grid_hw))
+    text = page.evaluate("document.getElementById('cursor').textContent")
+    assert text.startswith(f"patch row {row}, column {col}: "), text
+    assert "every 8 px" in page.evaluate("document.getElementById('model').textContent")
     assert page.errors == []
 
 
@@ -393,6 +428,52 @@ def test_image_viewer_data(still):
     assert len(read_chunk(folder / "rollout.js")) == t * (p + 4)
     assert (t, meta["grid"], meta["image"]) == (197, [14, 14], "viewer/input.png")
     assert Image.open(folder / "input.png").size == (224, 224)
+
+
+def test_click_a_patch_for_its_similarity_over_the_run(browser, tmp_path):
+    """``vidattn image --viewer`` over two images with the same red square in different places:
+    a click on the square in A shows, on A and on B in A's strip, the float cosine of the
+    model's features to that patch within the run's stated largest error, peaking on B's
+    square; the map control's "similarity" draws A's own."""
+    from vidattn.features import unit_rows
+    from vidattn.probes import probe_images
+    from vidattn.viewer.image import RUN_FILE
+
+    model, rng = planted_model(colour_tokens=True), np.random.default_rng(0)
+    squares = {"a": (1, 1), "b": (5, 4)}  # top-left patch of each 2 x 2 patch square, grid 8
+    tokens = {}
+    for name, (r, c) in squares.items():
+        pixels = np.repeat(rng.integers(40, 140, (128, 128, 1), np.uint8), 3, axis=2)
+        pixels[r * 16:(r + 2) * 16, c * 16:(c + 2) * 16] = (255, 0, 0)
+        Image.fromarray(pixels).save(tmp_path / f"{name}.png")
+        out = model.run(preprocess_image(pixels, "imagenet", 128), facet=(-1, "token"))
+        tokens[name] = unit_rows(out["facet_tokens"][0])
+    out = tmp_path / "out"
+    probe_images(model, [tmp_path / "a.png", tmp_path / "b.png"], out,
+                 ImageOptions(probes="rollout", size=128, viewer=True))
+    max_error = json.loads(read_chunk(out / RUN_FILE))["max_error"]
+    page = browser.open(out / "a" / "viewer.html", "() => window.vidattnViewer && "
+                        "document.querySelectorAll('#strip figure').length === 2")
+    box = page.page.locator("#stage").bounding_box()
+    page.page.mouse.click(box["x"] + 2.5 / 8 * box["width"], box["y"] + 2.5 / 8 * box["height"])
+    query = 2 * 8 + 2  # patch (2, 2): in A's square
+    page.wait_for("q => document.getElementById('strip').dataset.drawn === String(q)", 1 + query)
+    got = page.evaluate("vidattnViewer.similarities()")
+    for name in squares:
+        want = tokens[name] @ tokens["a"][query]
+        assert np.abs(np.array(got[name]) - want).max() <= max_error + 1e-5, name
+    peak = divmod(int(np.argmax(got["b"])), 8)
+    assert peak[0] - squares["b"][0] in (0, 1) and peak[1] - squares["b"][1] in (0, 1), peak
+    assert 0 < max_error < 0.02
+    _set(page, "map", "similarity")
+    page.wait_for("d => vidattnViewer.state.drawn === d", f"similarity/{1 + query}")
+    canvas = page.canvas()
+    assert _cell_pixel(canvas, 1, 1, 8)[3] >= 0.8 * 255 * 0.6  # A's square, not rescaled
+    assert _cell_pixel(canvas, 6, 6, 8)[3] <= 0.2 * 255 * 0.6
+    assert "against the float cosine" in page.evaluate(
+        "document.getElementById('similar-note').textContent")
+    page.screenshot("viewer-image-similarity.png")
+    assert page.errors == []
 
 
 # -- the batch gallery -------------------------------------------------------------------------

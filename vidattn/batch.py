@@ -300,6 +300,8 @@ def fingerprint(model, kind: str, opts: BatchOptions) -> str:
                             layer=opts.image.layer)
     if opts.viewer:
         settings["viewer"] = True
+        if kind == "image":  # the image viewer stores these features for its similarity
+            settings.update(facet=opts.image.facet, layer=opts.image.layer)
     blob = json.dumps({"kind": kind, "model": model.preset.name, "weights": model.weights_label,
                        **settings}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -384,7 +386,8 @@ def _attempt(model, item: Item, outdir: Path, opts: BatchOptions, fp: str, claim
         else:
             pr.probe_image(model, item.src, dst, opts.image, overwrite=True)
             if opts.viewer:
-                write_image_viewer(model, item.src, dst, opts.image.size, opts.image.threshold)
+                write_image_viewer(model, item.src, dst, opts.image.size, opts.image.threshold,
+                                   facet=(opts.image.layer, opts.image.facet))
         gallery.make_thumbnail(outdir, item.kind, item.out, item.src)
     except Exception as err:  # noqa: BLE001 - one bad file must not stop the batch
         if opts.raise_unexpected and not isinstance(err, VidattnError):

@@ -324,7 +324,7 @@ def image(images, outdir, save_features, overwrite, quiet, **kw):
       vidattn image photos/*.jpg -o probes/ --model vit_b16  # supervised ViT, with top-5 classes
       vidattn image cat.png -o out/ --probes heads,masks --threshold 0.5
       vidattn image cat.png -o out/ --model dino_vits8 --weights dino_deitsmall8_pretrain.pth
-      vidattn image cat.png -o out/ --viewer     # + out/cat/viewer.html: click a patch
+      vidattn image cat.png dog.png -o out/ --viewer   # + out/cat/viewer.html: click a patch
       vidattn image cat.jpg dog.jpg -o out/ --probes similarity --query 120,80
 
     \b
@@ -353,7 +353,10 @@ def image(images, outdir, save_features, overwrite, quiet, **kw):
       OUTDIR/_model/<probe>.png     the per-model figures, written once per run
       OUTDIR/_model/pca-joint.png   the joint PCA of the run's images (.json: its numbers)
       OUTDIR/<stem>/viewer.html     with --viewer: click any patch to see where it looks, in
-                                    any block and head, or rollout (data in <stem>/viewer/)
+                                    any block and head, or rollout, and its similarity (the
+                                    cosine of its --facet of block --layer) on every image of
+                                    the run (data in <stem>/viewer/)
+      OUTDIR/viewer-run.js          with --viewer: the run's images, for the pages' similarity
     Images whose names share a stem get <stem>-2, <stem>-3... The index shows this run's
     images. Each image is resized and centre-cropped as the study does; the maps are drawn on
     that crop. An image that cannot be read (or whose folder exists, without --overwrite) gets

@@ -1,4 +1,5 @@
-"""Attention maps into pictures: colormaps, map-to-frame geometry, overlays, grids, captions.
+"""Attention maps into pictures: colormaps, map-to-frame geometry (``cells.map_to_frame``),
+overlays, grids, captions.
 
 Images are uint8 RGB ``(H, W, 3)`` arrays of any size (odd sizes included); maps are float arrays
 with values in [0, 1] (``attention.normalize_maps``). Each operation is one or two cv2/numpy calls
@@ -13,6 +14,7 @@ import math
 import cv2
 import numpy as np
 
+from vidattn.cells import map_to_frame
 from vidattn.errors import VidattnError
 
 __all__ = [
@@ -28,11 +30,6 @@ __all__ = [
     "overlay",
     "side_by_side",
 ]
-
-INTERPOLATIONS = {  # INTER_NEAREST_EXACT: pixel centres, like the other two (INTER_NEAREST is not)
-    "nearest": cv2.INTER_NEAREST_EXACT, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC,
-}
-
 
 @functools.lru_cache(maxsize=None)
 def colormap_lut(name: str) -> np.ndarray:
@@ -70,43 +67,6 @@ def apply_colormap(values: np.ndarray, lut: np.ndarray) -> np.ndarray:
     index = np.clip(values * 256, 0, 255).astype(np.uint8).reshape(-1, values.shape[-1] or 1)
     colors = cv2.applyColorMap(index, lut.reshape(256, 1, 3))
     return colors.reshape(*values.shape, 3)
-
-
-def map_to_frame(attention_map, frame_hw, resized_hw, patch_size: int, interpolation="linear"):
-    """Upsample grid maps onto the frame they came from: ``(..., gh, gw)`` -> float32
-    ``(..., H, W)``, with ``frame_hw = (H, W)`` (one map, a stack of heads, a batch of stacks).
-
-    The geometry of ``preprocess.video_geometry``: the frame was resized to ``resized_hw`` =
-    ``(rh, rw)`` and padded bottom/right to the model input ``(gh * p, gw * p)``; grid cell
-    ``(i, j)`` covers input pixels ``[i*p, (i+1)*p) x [j*p, (j+1)*p)``. So the map, stretched to
-    the input, is cropped to the top-left ``(rh, rw)`` and stretched to ``(H, W)``. That is one
-    affine warp: frame pixel centre ``y + 0.5`` lies at input row ``(y + 0.5) * rh / H``, i.e. at
-    grid coordinate ``(y + 0.5) * rh / (H * p) - 0.5`` counted between cell centres (columns
-    alike); the pad never shows. For a still image (no padding) pass ``resized_hw=None``.
-
-    interpolation: ``"linear"`` (smooth, stays within the map's range), ``"cubic"`` (smoother,
-    may overshoot a little; ``apply_colormap`` clips), or ``"nearest"`` (DINO's blocky cells).
-    uint8 maps (masks as 0/255) stay uint8, a quarter of the memory traffic; others become float32.
-    """
-    maps = np.asarray(attention_map)
-    maps = maps if maps.dtype == np.uint8 else maps.astype(np.float32, copy=False)
-    if maps.ndim < 2:
-        raise ValueError(f"maps must be (..., gh, gw), got {maps.shape}")
-    gh, gw = maps.shape[-2:]
-    h, w = frame_hw
-    rh, rw = (gh * patch_size, gw * patch_size) if resized_hw is None else resized_hw
-    if not (0 < rh <= gh * patch_size and 0 < rw <= gw * patch_size):
-        raise ValueError(f"resized size {rh}x{rw} does not fit a {gh}x{gw} grid of {patch_size}")
-    # cv2.resize with explicit factors (no dsize) maps output pixel x to source coordinate
-    # (x + 0.5) / fx - 0.5, exactly this affine, with replicated borders; the output covers the
-    # whole grid (the pad too), so crop it. Several times faster than the same warpAffine.
-    fy, fx = h * patch_size / rh, w * patch_size / rw
-    out = np.empty((*maps.shape[:-2], h, w), maps.dtype)
-    for src, dst in zip(maps.reshape(-1, gh, gw), out.reshape(-1, h, w)):
-        dst[:] = cv2.resize(src, None, fx=fx, fy=fy, interpolation=INTERPOLATIONS[interpolation])[
-            :h, :w
-        ]
-    return out
 
 
 def overlay(frame: np.ndarray, heat: np.ndarray, lut: np.ndarray, alpha: float) -> np.ndarray:
@@ -182,13 +142,13 @@ def _tint(out, mask8, color, alpha, outline):
 
 
 def draw_masks(frame, masks, colors, alpha: float, patch_size: int, resized_hw=None,
-               interpolation="linear") -> np.ndarray:
+               interpolation="linear", stride: int | None = None) -> np.ndarray:
     """Grid masks ``(k, gh, gw)`` bool onto a uint8 ``(H, W, 3)`` frame -> new image: mask i
     tinted and outlined in ``colors[i]`` as ``mask_overlay`` does, later masks on top. Each mask
     is brought to the frame by ``map_to_frame`` (same geometry arguments) as 0/255 uint8 and cut
     at half, so "linear" rounds the cells' corners and "nearest" keeps DINO's square cells."""
     masks = np.asarray(masks, dtype=bool).astype(np.uint8) * np.uint8(255)
-    regions = map_to_frame(masks, frame.shape[:2], resized_hw, patch_size, interpolation)
+    regions = map_to_frame(masks, frame.shape[:2], resized_hw, patch_size, interpolation, stride)
     out = frame.copy()
     for region, color in zip(regions, colors):
         _tint(out, (region >= 128).view(np.uint8), color, alpha, outline=True)

@@ -299,5 +299,5 @@ def model_meta(model) -> dict:
     """The sidecar's description of the model the features come from."""
     return {"model": model.preset.name, "weights": model.weights_label,
             "random_weights": model.is_random, "patch_size": model.preset.patch_size,
-            "precision": model.precision,
+            "stride": model.preset.cell_stride, "precision": model.precision,
             "tokens": "final-normed patch tokens (class, register and storage tokens removed)"}

@@ -89,13 +89,20 @@ class ModelOptions:
         "fp32", "Arithmetic of the model's matmuls: fp32 (exact), or bf16 / fp16 (faster on GPUs "
         "and CPUs that have them; the softmax and the maps stay float32). Everything a reduced "
         "precision makes is labelled with it.", choices=PRECISIONS)
+    stride: int | None = option(
+        None, "Dense features: overlapping patches S pixels apart (S divides the patch size) for "
+        "a finer grid of every map, PCA, similarity and track, as dino-vit-features' "
+        "patch_vit_resolution makes them (learned positions only: not DINOv3). The grid grows "
+        "as (p / S)^2 and attention as its square. Default: the patch size.", type=int,
+        metavar="S", min=1)
 
     def load(self):
         """``vidattn.load_model`` with these options."""
         from vidattn.models.api import load_model
 
         return load_model(self.model, weights=self.weights, checkpoint_key=self.checkpoint_key,
-                          memory_budget=self.memory_budget, precision=self.precision)
+                          memory_budget=self.memory_budget, precision=self.precision,
+                          stride=self.stride)
 
 
 def _check_pca_background(value):

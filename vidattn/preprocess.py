@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vidattn.backend import keras
+from vidattn.cells import grid_shape
 from vidattn.errors import VidattnError
 from vidattn.options import DEFAULT_SIZE
 
@@ -248,11 +249,13 @@ class VideoGeometry:
     frame_hw:   the source frame.
     resized_hw: the frame after an aspect-preserving resize (equal to frame_hw at full resolution).
     input_hw:   resized_hw padded at the bottom/right to multiples of the patch size.
-    grid_hw:    input_hw // patch, the patch-token grid.
+    grid_hw:    the patch-token grid, ``input_hw // patch`` (finer with a ``stride``:
+                ``cells.grid_shape``).
+    patch, stride: the patch size, and the pixels between patches (the patch size unless they
+                overlap).
 
     The resized frame occupies the top-left ``resized_hw`` of the input; an attention map of
-    ``grid_hw`` upsampled by ``patch`` and cropped to ``resized_hw`` maps back to the frame by a
-    plain resize to ``frame_hw``.
+    ``grid_hw`` maps back to the frame through the cells' centres (``cells.map_to_frame``).
     """
 
     frame_hw: tuple[int, int]
@@ -260,10 +263,11 @@ class VideoGeometry:
     input_hw: tuple[int, int]
     grid_hw: tuple[int, int]
     patch: int
+    stride: int
 
 
 def video_geometry(frame_h: int, frame_w: int, patch: int, size: int = DEFAULT_SIZE,
-                   full_res: bool = False):
+                   full_res: bool = False, stride: int | None = None):
     """The resolution policy for videos -> ``VideoGeometry``.
 
     The short side is scaled to ``size`` (``full_res``: frames keep their native size) and the long
@@ -284,8 +288,8 @@ def video_geometry(frame_h: int, frame_w: int, patch: int, size: int = DEFAULT_S
         # round(side * size / short), half up, in integers (no float or banker's rounding).
         resized_hw = tuple(max(1, (2 * side * size + short) // (2 * short)) for side in frame_hw)
     input_hw = tuple(math.ceil(side / patch) * patch for side in resized_hw)
-    grid_hw = tuple(side // patch for side in input_hw)
-    return VideoGeometry(frame_hw, resized_hw, input_hw, grid_hw, int(patch))
+    return VideoGeometry(frame_hw, resized_hw, input_hw, grid_shape(input_hw, patch, stride),
+                         int(patch), int(stride or patch))
 
 
 def resize_frame(frame: np.ndarray, size_hw) -> np.ndarray:

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from vidattn import attention as am
 from vidattn import draw
+from vidattn.cells import cell_index
 from vidattn.errors import VidattnError
 from vidattn.features import FeatureWriter, PcaBasis, fit_basis, model_meta, similarity_maps
 from vidattn.io import unique_names, write_bytes_atomic
@@ -53,7 +54,7 @@ from vidattn.options import DEFAULT_SIZE, IMAGE_PROBES, MODEL_PROBES, ImageOptio
 from vidattn.preprocess import (crop_point, display_image, imagenet_labels, load_image,
                                 preprocess_image)
 from vidattn.report import write_index
-from vidattn.viewer.image import write_image_viewer
+from vidattn.viewer.image import ImageRun
 
 MODEL_FOLDER = "_model"  # OUTDIR/_model/ holds the model-level figures of a run (and a batch's)
 JOINT_PCA = "pca-joint"  # OUTDIR/_model/pca-joint.png and .json: the joint PCA of a run's images
@@ -81,9 +82,10 @@ def check_size(model, size: int) -> None:
 def mean_distances(model, attns, grid_hw) -> np.ndarray:
     """Mean attention distance in pixels, ``(N, depth, heads)``, from the per-block attention
     ``model.run(..., attention="all")`` returns (a list of ``(N, heads, T, T)``, first block
-    first), with the model's prefix tokens removed and its patch size as the unit."""
-    p, n_prefix = model.preset.patch_size, model.preset.num_prefix_tokens
-    return np.stack([am.mean_attention_distance(a, n_prefix, grid_hw, p) for a in attns], axis=1)
+    first), with the model's prefix tokens removed and the pixels between neighbouring patches
+    (the patch size, or the stride of overlapping ones) as the unit."""
+    s, n_prefix = model.preset.cell_stride, model.preset.num_prefix_tokens
+    return np.stack([am.mean_attention_distance(a, n_prefix, grid_hw, s) for a in attns], axis=1)
 
 
 def average_mean_distance(model, images, size: int = DEFAULT_SIZE, batch_size: int = 8) -> np.ndarray:
@@ -94,7 +96,7 @@ def average_mean_distance(model, images, size: int = DEFAULT_SIZE, batch_size: i
     batch's attention however many images there are. An unreadable file raises VidattnError.
     """
     check_size(model, size)
-    grid = (size // model.preset.patch_size,) * 2
+    grid = model.preset.grid_at((size, size))
     running = am.RunningMean()
     batch = []
 
@@ -233,7 +235,7 @@ def analyse(model, image, size: int = DEFAULT_SIZE, probes=IMAGE_PROBES,
                     rollout="rollout" in probes, tokens=tokens,
                     facet=facet if "similarity" in probes else None)
     attns = out["attention"]
-    grid = (size // model.preset.patch_size,) * 2
+    grid = model.preset.grid_at((size, size))
     return Analysis(
         image_hw=tuple(pixels.shape[:2]),
         display=display_image(pixels, size),
@@ -253,11 +255,11 @@ def analyse(model, image, size: int = DEFAULT_SIZE, probes=IMAGE_PROBES,
 # -- pictures --------------------------------------------------------------------------------------
 
 
-def upsample(maps, image_hw, patch: int) -> np.ndarray:
+def upsample(maps, image_hw, patch: int, stride: int | None = None) -> np.ndarray:
     """Grid maps ``(..., gh, gw)`` scaled to peak 1 and upsampled (bilinear) onto the square crop
-    they came from, ``image_hw = (gh*p, gw*p)`` -> float32 ``(..., H, W)`` in [0, 1]: the heat
-    that the figures draw, in the display image's own pixel coordinates."""
-    return draw.map_to_frame(am.normalize_maps(maps), image_hw, None, patch)
+    they came from, ``image_hw`` -> float32 ``(..., H, W)`` in [0, 1]: the heat that the figures
+    draw, in the display image's own pixel coordinates (``cells.map_to_frame``)."""
+    return draw.map_to_frame(am.normalize_maps(maps), image_hw, None, patch, stride=stride)
 
 
 def heat_overlay(display, heat, alpha: float = ALPHA, colormap=COLORMAP) -> np.ndarray:
@@ -265,10 +267,11 @@ def heat_overlay(display, heat, alpha: float = ALPHA, colormap=COLORMAP) -> np.n
     return draw.overlay(display, heat, draw.colormap_lut(colormap), alpha)
 
 
-def mask_image(display, masks, patch: int, colors, alpha: float = 0.45):
+def mask_image(display, masks, preset, colors, alpha: float = 0.45):
     """Grid masks ``(k, gh, gw)`` bool drawn onto the uint8 display image, mask i in
-    ``colors[i]``, as DINO shows them: whole patches (nearest upsampling), tinted and outlined."""
-    return draw.draw_masks(display, masks, colors, alpha, patch, interpolation="nearest")
+    ``colors[i]``, as DINO shows them: whole cells (nearest upsampling), tinted and outlined."""
+    return draw.draw_masks(display, masks, colors, alpha, preset.patch_size,
+                           interpolation="nearest", stride=preset.stride)
 
 
 def _figure(model, what: str, width: float, height: float) -> Figure:
@@ -337,7 +340,7 @@ def rollout_figure(model, display, rollout_map, name: str = "", top=None) -> Fig
     what = _named("Attention rollout", name)
     if top:
         what += f" · predicted: {top[0]['name'] or top[0]['class']} ({top[0]['probability']:.0%})"
-    heat = upsample(rollout_map, display.shape[:2], model.preset.patch_size)
+    heat = upsample(rollout_map, display.shape[:2], model.preset.patch_size, model.preset.stride)
     masked = (heat[..., None] * display).astype(np.uint8)
     panels = [
         ("Input (the crop the model saw)", display),
@@ -351,7 +354,7 @@ def heads_figure(model, display, maps, name: str = "") -> Figure:
     """Last-block CLS attention ``(heads, gh, gw)`` overlaid per head on the display image, one
     labelled panel per head, each map scaled to its own peak."""
     what = _named("Last-block CLS attention per head (each scaled to its peak)", name)
-    heats = upsample(maps, display.shape[:2], model.preset.patch_size)
+    heats = upsample(maps, display.shape[:2], model.preset.patch_size, model.preset.stride)
     panels = [(f"head {k}", heat_overlay(display, heat)) for k, heat in enumerate(heats)]
     return _panel_figure(model, what, panels)
 
@@ -359,8 +362,7 @@ def heads_figure(model, display, maps, name: str = "") -> Figure:
 def masks_figure(model, display, masks, keep: float, name: str = "") -> Figure:
     """DINO's threshold masks ``(heads, gh, gw)`` bool: one panel per head in its colour, with its
     patch count, and a last panel with every head."""
-    colors = draw.head_colors(len(masks))
-    p = model.preset.patch_size
+    colors, p = draw.head_colors(len(masks)), model.preset
     panels = [(f"head {k}: {int(m.sum())} patches", mask_image(display, m[None], p, [c]))
               for k, (m, c) in enumerate(zip(masks, colors))]
     panels.append(("all heads", mask_image(display, masks, p, colors, alpha=0.25)))
@@ -393,10 +395,10 @@ def norms_figure(model, display, norms, name: str = "") -> Figure:
     even them out; this is where the high-norm artifact tokens of a ViT without registers live,
     as in dinov2 issue 373): the crop, the norm of each patch over it (whole patches, so a lone
     high-norm token stays one cell), and their histogram, where artifacts are a separate mode."""
-    p = model.preset.patch_size
+    p = model.preset
     low, span = norms.min(), np.ptp(norms)
     scaled = (norms - low) / span if span > 0 else np.zeros_like(norms)
-    heat = draw.map_to_frame(scaled, display.shape[:2], None, p, "nearest")
+    heat = draw.map_to_frame(scaled, display.shape[:2], None, p.patch_size, "nearest", p.stride)
     fig = _figure(model, _named("Output patch-token norms (before the final norm)", name), 13,
                   4.6)
     axes = fig.subplots(1, 3)
@@ -418,15 +420,19 @@ def _pca_panels(model, display, basis: PcaBasis, tokens, grid_hw):
     """The colours of one image's patches ``(gh * gw, D)`` under ``basis``, whole patches on the
     crop's pixel grid (``(size, size, 3)`` uint8, black where background), and those colours
     blended over the crop (the background left untouched)."""
-    p = model.preset.patch_size
     drawn = basis.draw(tokens).reshape(*grid_hw, 4)
-    patches = upsample_nearest(draw.to_uint8(drawn[..., :3] * drawn[..., 3:]), p)
-    return patches, draw.blend(display, patches, upsample_nearest(drawn[..., 3], p) * ALPHA)
+    hw, p = display.shape[:2], model.preset
+    patches = upsample_nearest(draw.to_uint8(drawn[..., :3] * drawn[..., 3:]), hw, p)
+    return patches, draw.blend(display, patches, upsample_nearest(drawn[..., 3], hw, p) * ALPHA)
 
 
-def upsample_nearest(grid_map, patch: int) -> np.ndarray:
-    """``(gh, gw, ...)`` -> ``(gh * p, gw * p, ...)``: whole patches, as DINO shows its cells."""
-    return np.repeat(np.repeat(grid_map, patch, 0), patch, 1)
+def upsample_nearest(grid_map, image_hw, preset) -> np.ndarray:
+    """``(gh, gw, ...)`` -> ``(H, W, ...)``: each pixel of the crop takes its nearest cell
+    (``cells.cell_index``; whole patches without overlap, as DINO shows its cells)."""
+    (h, w), (gh, gw) = image_hw, grid_map.shape[:2]
+    p, s = preset.patch_size, preset.stride
+    rows, cols = cell_index(np.arange(h) + 0.5, gh, p, s), cell_index(np.arange(w) + 0.5, gw, p, s)
+    return grid_map[rows[:, None], cols[None, :]]
 
 
 def _explained(basis: PcaBasis) -> str:
@@ -460,13 +466,13 @@ def similarity_figure(model, display, similarity, query: dict, own: bool, featur
     """One image's similarity map ``(gh, gw)`` (cosine, drawn 0..1 on the colormap, not
     rescaled): the input (with the query patch outlined, ``own``: the query is this image's) |
     the overlay. ``query``: ``Query.record()``; ``features``: what was compared, for the title."""
-    p = model.preset.patch_size
+    p, s = model.preset.patch_size, model.preset.cell_stride
     shown = display.copy()
-    if own:
-        box = shown[query["row"] * p:(query["row"] + 1) * p,
-                    query["col"] * p:(query["col"] + 1) * p]
+    if own:  # the query's patch, p x p at its cell (overlapping ones: s apart)
+        top, left = query["row"] * s, query["col"] * s
+        box = shown[top:top + p, left:left + p]
         box[[0, -1], :], box[:, [0, -1]] = 255, 255
-    heat = draw.map_to_frame(np.clip(similarity, 0, 1), display.shape[:2], None, p)
+    heat = draw.map_to_frame(np.clip(similarity, 0, 1), display.shape[:2], None, p, stride=s)
     where = f"{Path(query['image']).name} at {query['x']:g},{query['y']:g}"
     panels = [("Input, query patch outlined" if own else "Input (the crop)", shown),
               (f"Cosine of {features}, 0 to 1", heat_overlay(display, heat))]
@@ -588,8 +594,8 @@ def query_of(model, pixels, source, opts: ImageOptions, analysis: Analysis) -> Q
         h, w = pixels.shape[:2]
         raise VidattnError(f"--query {x:g},{y:g} is outside the part of the {w}x{h} image the "
                            f"model sees (its {opts.size}x{opts.size} centre crop)", source)
-    p, (gh, gw) = model.preset.patch_size, analysis.grid_hw
-    row, col = min(gh - 1, int(at[1]) // p), min(gw - 1, int(at[0]) // p)
+    p, s, (gh, gw) = model.preset.patch_size, model.preset.stride, analysis.grid_hw
+    row, col = int(cell_index(at[1], gh, p, s)), int(cell_index(at[0], gw, p, s))
     return Query(os.fspath(source), x, y, row, col, analysis.facet_tokens[row * gw + col])
 
 
@@ -655,7 +661,8 @@ def probe_record(model, m: ImageProbes) -> dict:
         "input_size": [size, size],
         "model": {
             "preset": model.preset.name, "weights": model.weights_label,
-            "random_weights": model.is_random, "patch_size": p, "depth": model.preset.depth,
+            "random_weights": model.is_random, "patch_size": p,
+            "stride": model.preset.cell_stride, "depth": model.preset.depth,
             "heads": model.preset.num_heads, "class_tokens": model.preset.num_class_tokens,
             "register_tokens": model.preset.num_register_tokens, "precision": model.precision,
         },
@@ -835,7 +842,9 @@ def probe_images(model, images, outdir, opts: ImageOptions | None = None, overwr
                  progress: bool = False, on_error=None) -> ProbeRun:
     """What ``vidattn image`` does: probe each of ``images`` into ``outdir/<folder>/``
     (``folder_names``: the stem, ``-2``... for repeats), with its browser viewer there if
-    ``opts.viewer`` (files only), then write the model-level figures into ``outdir/_model/`` and
+    ``opts.viewer`` (files only; ``viewer.image.ImageRun``: each page also shows the similarity
+    of a clicked patch's ``opts.facet`` of block ``opts.layer`` on every image of the run, listed
+    in ``outdir/viewer-run.js``), then write the model-level figures into ``outdir/_model/`` and
     ``outdir/index.html`` with every image done and every failure.
 
     images:   paths, or ``ImageProbes`` already measured with ``opts`` (the notebook's
@@ -865,10 +874,11 @@ def probe_images(model, images, outdir, opts: ImageOptions | None = None, overwr
     images = list(images)
     names = folder_names([i.source if isinstance(i, ImageProbes) else i for i in images])
     entries, failures, joint = [], [], []
-    grid = (opts.size // model.preset.patch_size,) * 2
+    grid = model.preset.grid_at((opts.size, opts.size))
     query = _run_query(model, images[0], opts) if "similarity" in opts.image_probes else None
     features = None if opts.save_features is None else FeatureWriter(
         opts.save_features, grid, model.preset.embed_dim, model_meta(model), index="images")
+    viewers = ImageRun(out, (opts.layer, opts.facet)) if opts.viewer else None
     try:
         for image, name in zip(tqdm(images, unit="image", disable=not progress,
                                     dynamic_ncols=True), names):
@@ -877,8 +887,8 @@ def probe_images(model, images, outdir, opts: ImageOptions | None = None, overwr
                 m = image if measured else _measure_file(model, image, out / name, opts,
                                                          overwrite, query)
                 record = write_probes(model, m, out / name, overwrite)
-                if opts.viewer and not measured:
-                    write_image_viewer(model, image, out / name, opts.size, opts.threshold)
+                if viewers is not None and not measured:
+                    viewers.write(model, image, name, opts.size, opts.threshold)
             except VidattnError as err:
                 if on_error is None:
                     raise
@@ -892,6 +902,8 @@ def probe_images(model, images, outdir, opts: ImageOptions | None = None, overwr
                 joint.append((Path(m.source).name, a.display, tokens, grid))
             if features is not None:
                 features.write(a.patch_tokens[None], [m.source])
+        if viewers is not None:
+            viewers.finish()
         model_files = write_model_probes(model, out / MODEL_FOLDER, opts.model_probes)
         if len(joint) > 1:
             model_files.update(write_joint_pca(model, out / MODEL_FOLDER, joint,
@@ -905,5 +917,7 @@ def probe_images(model, images, outdir, opts: ImageOptions | None = None, overwr
     except BaseException:
         if features is not None:
             features.abort()
+        if viewers is not None:  # the pages written so far see each other
+            viewers.finish()
         raise
     return ProbeRun(index, entries, failures)

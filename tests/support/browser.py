@@ -108,14 +108,15 @@ def read_chunk(path) -> bytes:
 
 
 def expected_overlay(values, canvas_hw, resized_hw, patch: int, colormap: str,
-                     alpha: float) -> np.ndarray:
+                     alpha: float, stride: int | None = None) -> np.ndarray:
     """What the page should draw for the map ``values`` ``(gh, gw)``: the map over its peak,
     brought to the canvas exactly as the rendered videos bring it to a frame
-    (``draw.map_to_frame`` with the input's ``resized_hw`` and ``patch``), each pixel the
-    colormap's colour with opacity ``alpha * heat`` -> float ``(h, w, 4)`` RGBA in 0..255."""
+    (``draw.map_to_frame`` with the input's ``resized_hw``, ``patch`` and ``stride``), each pixel
+    the colormap's colour with opacity ``alpha * heat`` -> float ``(h, w, 4)`` RGBA in 0..255."""
     values = np.asarray(values, np.float32)
     heat = values / values.max() if values.max() > 0 else values
-    up = np.clip(draw.map_to_frame(heat, canvas_hw, resized_hw, patch), 0, 1).astype(np.float64)
+    up = draw.map_to_frame(heat, canvas_hw, resized_hw, patch, stride=stride)
+    up = np.clip(up, 0, 1).astype(np.float64)
     rgb = draw.colormap_lut(colormap)[np.minimum(255, np.floor(up * 256).astype(int))]
     return np.concatenate([rgb, np.round(255 * alpha * up)[..., None]], axis=-1)
 

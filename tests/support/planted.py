@@ -21,8 +21,8 @@ import time
 import numpy as np
 
 from vidattn.models.api import Model, build_backbone, labelled
-from vidattn.models.presets import get_preset
-from vidattn.models.vit import load_state_dict
+from vidattn.models.presets import get_preset, with_stride
+from vidattn.models.vit import export_state_dict, load_state_dict
 
 
 def _position_code(grid, width):
@@ -142,3 +142,12 @@ class Dawdling:
 def dawdling_planted_model(width: int, seconds: float, log, **planted) -> Dawdling:
     """``planted_model(**planted)``, slow on batches ``width`` pixels wide (``Dawdling``)."""
     return Dawdling(planted_model(**planted), width, seconds, log)
+
+
+def strided(model: Model, stride: int) -> Model:
+    """``model`` with the same weights and overlapping patches ``stride`` apart
+    (``presets.with_stride``), as ``load_model(..., stride=stride)`` builds it."""
+    preset = with_stride(model.preset, stride)
+    backbone = build_backbone(preset, model.precision)
+    load_state_dict(backbone, export_state_dict(model.backbone), source="planted")
+    return Model(preset, backbone, model.weights_label, precision=model.precision)

@@ -19,7 +19,7 @@ from vidattn.backend import keras
 from vidattn.errors import VidattnError
 from vidattn.models import hub, memory
 from vidattn.models.compile import Call, compiled, streams
-from vidattn.models.presets import Preset, get_preset
+from vidattn.models.presets import Preset, get_preset, with_stride
 from vidattn.models.state_dict import read_checkpoint
 from vidattn.models.vit import ATTENTION_MODES, FACETS, ViT, load_state_dict, randomize
 
@@ -155,7 +155,7 @@ def build_backbone(preset, precision: str = "fp32") -> ViT:
 
 
 def load_model(preset, weights=None, seed: int | None = 0, checkpoint_key="teacher",
-               memory_budget=None, precision: str = "fp32") -> Model:
+               memory_budget=None, precision: str = "fp32", stride: int | None = None) -> Model:
     """Build a preset's model and load its weights.
 
     Args:
@@ -172,9 +172,13 @@ def load_model(preset, weights=None, seed: int | None = 0, checkpoint_key="teach
         precision: "fp32" (exact), "bf16" or "fp16": the matmuls' arithmetic; the softmax and
             what ``run`` returns stay float32. A reduced precision is part of the label
             (``weights_label``), so everything the model makes says so.
+        stride: overlapping patches this many pixels apart, for a finer grid of every map
+            (``presets.with_stride``, dino-vit-features' ``patch_vit_resolution``); None: the
+            patch size. The weights are the same; ``preset.stride`` says it.
     """
     budget = None if memory_budget is None else memory.parse_bytes(memory_budget)
     preset = get_preset(preset) if isinstance(preset, str) else preset
+    preset = with_stride(preset, stride)
     if weights == RANDOM:
         backbone = build_backbone(preset, precision)
         randomize(backbone, seed)

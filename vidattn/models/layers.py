@@ -24,19 +24,21 @@ __all__ = ["MLP", "Attention", "Block", "LayerScale", "PatchEmbed", "SwiGLU", "a
 
 
 class PatchEmbed(keras.layers.Layer):
-    """Cut an image into non-overlapping ``p x p`` patches and project each to ``dim``.
+    """Cut an image into ``p x p`` patches ``stride`` pixels apart and project each to ``dim``.
 
-    Equivalent to a ``Conv2D(dim, p, strides=p)`` but written as reshape + matmul, which is what a
-    stride-p convolution is; the kernel is ``(p * p * 3, dim)`` over patches flattened as
-    (row, column, channel).
+    Without a stride (``stride`` = p) the patches do not overlap, and the convolution
+    ``Conv2D(dim, p, strides=p)`` is written as what it is, reshape + matmul; a smaller stride
+    (``presets.with_stride``: overlapping patches) runs the same kernel as a strided
+    convolution. The kernel is ``(p * p * 3, dim)`` over patches flattened as (row, column,
+    channel), the layout of a ``(p, p, 3, dim)`` convolution kernel.
 
-    Input ``(N, H, W, 3)`` with H and W multiples of p; output ``(N, H/p * W/p, dim)``, patches
-    row by row.
+    Input ``(N, H, W, 3)`` with H and W multiples of p; output ``(N, gh * gw, dim)``, patches
+    row by row, ``gh = 1 + (H - p) // stride`` (``H / p`` without overlap), ``gw`` alike.
     """
 
-    def __init__(self, patch_size, dim, **kwargs):
+    def __init__(self, patch_size, dim, stride=None, **kwargs):
         super().__init__(**kwargs)
-        self.patch_size = patch_size
+        self.patch_size, self.stride = patch_size, stride or patch_size
         self.proj = keras.layers.Dense(dim, name="proj")
 
     def build(self, input_shape):
@@ -45,6 +47,11 @@ class PatchEmbed(keras.layers.Layer):
     def call(self, images):
         p = self.patch_size
         n, h, w, c = ops.shape(images)
+        if self.stride != p:
+            kernel = ops.cast(ops.reshape(self.proj.kernel, (p, p, c, -1)), self.compute_dtype)
+            x = ops.conv(ops.cast(images, self.compute_dtype), kernel, strides=self.stride)
+            x = ops.reshape(x, (n, -1, x.shape[-1]))
+            return x + ops.cast(self.proj.bias, x.dtype)
         x = ops.reshape(images, (n, h // p, p, w // p, p, c))
         x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
         x = ops.reshape(x, (n, (h // p) * (w // p), p * p * c))

@@ -7,9 +7,11 @@ so ``vit.py`` holds a single backbone with switches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-__all__ = ["PRESETS", "Preset", "get_preset"]
+from vidattn.cells import grid_shape
+
+__all__ = ["PRESETS", "Preset", "get_preset", "with_stride"]
 
 _DINO = "https://dl.fbaipublicfiles.com/dino"
 _DINOV2 = "https://dl.fbaipublicfiles.com/dinov2"
@@ -52,6 +54,8 @@ class Preset:
         licence: the weights' licence.
         family: whose checkpoint names the weights use (``vidattn.models.families``).
         layer_norm_eps: LayerNorm epsilon of the checkpoint's implementation.
+        stride: the patch convolution's stride where patches overlap (``with_stride``), None
+            for the family's own ``patch_size``.
     """
 
     name: str
@@ -81,6 +85,7 @@ class Preset:
     licence: str = "Apache-2.0"
     family: str = "vit"
     layer_norm_eps: float = 1e-6
+    stride: int | None = None
 
     @property
     def grid_size(self) -> int:
@@ -97,10 +102,19 @@ class Preset:
         """Tokens at the native resolution: prefix tokens plus patches."""
         return self.num_prefix_tokens + self.grid_size**2
 
+    @property
+    def cell_stride(self) -> int:
+        """Pixels between neighbouring patches: the stride, or the patch size."""
+        return self.stride or self.patch_size
+
+    def grid_at(self, input_hw) -> tuple[int, int]:
+        """The patch grid ``(gh, gw)`` of an input ``(H, W)`` (``cells.grid_shape``)."""
+        return grid_shape(input_hw, self.patch_size, self.stride)
+
     def tokens_at(self, input_hw) -> int:
-        """Tokens of an input ``(H, W)``: prefix tokens plus its whole patches."""
-        return self.num_prefix_tokens + (input_hw[0] // self.patch_size) * (
-            input_hw[1] // self.patch_size)
+        """Tokens of an input ``(H, W)``: prefix tokens plus its patches."""
+        gh, gw = self.grid_at(input_hw)
+        return self.num_prefix_tokens + gh * gw
 
     @property
     def head_dim(self) -> int:
@@ -221,3 +235,29 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise VidattnError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}") from None
+
+
+def with_stride(preset: Preset, stride: int | None) -> Preset:
+    """``preset`` with overlapping patches ``stride`` pixels apart: dino-vit-features'
+    ``patch_vit_resolution`` (ShirAmir/dino-vit-features ``extractor.py``).
+
+    That code sets the patch convolution's stride and replaces the model's position
+    interpolation with its ``_fix_pos_enc``: DINO's rule (``position`` "offset": bicubic at
+    scale ``(g + 0.1) / M``, skipped on the native grid) on the grid ``1 + (H - p) // s``, for
+    whatever family it patches, so every family here takes that rule with a stride. A stride
+    equal to the patch size changes nothing, there as here. Raises VidattnError for a stride
+    that does not divide the patch (the reference asserts it) and for RoPE (DINOv3), where no
+    reference defines overlapping patches.
+    """
+    from vidattn.errors import VidattnError
+
+    if stride is None or stride == preset.patch_size:
+        return preset
+    p = preset.patch_size
+    if preset.position != "learned":
+        raise VidattnError(f"--stride: {preset.name} places patches by RoPE, and no reference "
+                           "defines overlapping patches for it (only learned positions)")
+    if not 0 < stride < p or p % stride:
+        raise VidattnError(f"--stride {stride}: must divide {preset.name}'s patch size {p} "
+                           f"(one of {', '.join(str(s) for s in range(1, p) if p % s == 0)})")
+    return replace(preset, stride=int(stride), pos_resize="offset")

@@ -112,12 +112,13 @@ class ViT(keras.Model):
       ``(N, heads, T, T)`` of the last block; ``"all"``: every block; ``"cls"``: the class
       tokens' rows of the last block, ``(N, heads, num_class_tokens, T)``, all that a map of
       CLS attention needs; ``"cls_all"``: those rows of every block; ``"none"``: empty), where
-      ``T = num_prefix_tokens + (H/p) * (W/p)``,
+      ``T = num_prefix_tokens + gh * gw`` on the patch grid ``preset.grid_at((H, W))``
+      (``(H/p, W/p)``, finer with a stride),
       prefix tokens first, patches row by row;
     - ``rollout``: ``(N, T)``, the CLS row of attention rollout through every block
       (:func:`cls_rollout`), only with ``rollout=True``;
-    - ``patch_tokens``: ``(N, (H/p) * (W/p), D)``, the final-normed patch tokens (DINOv2's
-      ``x_norm_patchtokens``), and ``patch_norms``: ``(N, (H/p) * (W/p))``, the L2 norms of the
+    - ``patch_tokens``: ``(N, gh * gw, D)``, the final-normed patch tokens (DINOv2's
+      ``x_norm_patchtokens``), and ``patch_norms``: ``(N, gh * gw)``, the L2 norms of the
       patch tokens before the final norm (the residual stream, DINOv2's ``x_prenorm``, where the
       high-norm artifact tokens of "Vision Transformers Need Registers" show), only with
       ``tokens=True``.
@@ -133,7 +134,7 @@ class ViT(keras.Model):
         super().__init__(name=preset.name, **kwargs)
         self.preset = p = preset
         d = p.embed_dim
-        self.patch_embed = PatchEmbed(p.patch_size, d, name="patch_embed")
+        self.patch_embed = PatchEmbed(p.patch_size, d, p.stride, name="patch_embed")
         self.blocks = [
             Block(d, p.num_heads, p.hidden, p.layer_norm_eps, mlp=p.mlp,
                   layer_scale=p.layer_scale, mask_k_bias=p.mask_k_bias, name=f"blocks_{i}")
@@ -195,7 +196,7 @@ class ViT(keras.Model):
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
         p = self.preset
         n, h, w = images.shape[0], images.shape[1], images.shape[2]
-        grid = (h // p.patch_size, w // p.patch_size)
+        grid = p.grid_at((h, w))
         x = self.patch_embed(images)
         batch = ops.shape(x)[0] if n is None else n
 

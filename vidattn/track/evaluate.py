@@ -47,4 +47,4 @@ def evaluate_davis(model, root, out_dir, split: str = "val", sequences=None,
     except BaseException:
         discard_folder(temp)
         raise
-    return scores, protocol.describe()
+    return scores, protocol.describe(model.preset.stride)

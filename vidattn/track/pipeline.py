@@ -79,7 +79,7 @@ class _Features:
 
     def __init__(self, model, protocol: Protocol, batch_size: int):
         self.model, self.protocol, self.batch_size = model, protocol, batch_size
-        self.patch = model.preset.patch_size
+        self.patch, self.stride = model.preset.patch_size, model.preset.stride
 
     def prepare(self, image) -> np.ndarray:
         return prepare_frame(self.protocol, image, self.patch, self.model.preset.preprocessing)
@@ -108,17 +108,17 @@ def propagated(model, source: Source, seed: seeds.Seed, protocol: Protocol,
             raise VidattnError("no frames in the requested range", source.path)
         batch, inputs = first_batch
         tokens = feats.tokens(inputs)
-        patch = feats.patch
+        patch, stride = feats.patch, feats.stride
         frame_hw, working_hw = source.frame_hw, inputs.shape[1:3]
-        grid_hw = (working_hw[0] // patch, working_hw[1] // patch)
+        grid_hw = model.preset.grid_at(working_hw)
         if seed.needs_features:
             labels0 = seeds.frame_labels(
                 seeds.grid_labels(seed, tokens[0], frame_hw, working_hw, grid_hw, patch,
-                                  source.path),
-                frame_hw, working_hw, patch)
+                                  source.path, stride),
+                frame_hw, working_hw, patch, stride)
         else:
             labels0 = seeds.labels_from_mask(seed.mask, frame_hw)
-        first = seed_probs(protocol, labels0, frame_hw, patch)
+        first = seed_probs(protocol, labels0, frame_hw, patch, stride)
         unit0 = unit_rows(tokens[0])
         onehot = first[1:].reshape(len(first) - 1, grid_hw[0] * grid_hw[1])  # (objects, gh*gw)
         present = onehot.sum(1) > 0
@@ -151,7 +151,7 @@ def propagated(model, source: Source, seed: seeds.Seed, protocol: Protocol,
                 count += 1
                 probs = propagator.step(tok)
                 yield Tracked(frame, source.frame_name(frame, count),
-                              labels_from_probs(protocol, probs, patch, frame_hw), probs,
+                              labels_from_probs(protocol, probs, patch, frame_hw, stride), probs,
                               similarity(tok))
 
 
@@ -161,7 +161,7 @@ class TrackRenderer:
     beside it. Captions: the time and the protocol, and RANDOM WEIGHTS for an untrained model."""
 
     def __init__(self, model, opts: TrackOptions, protocol: Protocol):
-        self.opts, self.patch = opts, model.preset.patch_size
+        self.opts, self.patch, self.stride = opts, model.preset.patch_size, model.preset.stride
         self.lut = draw.colormap_lut(opts.colormap)
         self.model_label = model_label(model)
         self.protocol = protocol.name
@@ -170,7 +170,8 @@ class TrackRenderer:
         o, image = self.opts, item.frame.image
         out = draw.draw_labels(image, item.labels, PALETTE, o.alpha)
         if o.side_by_side:
-            heat = draw.map_to_frame(item.similarity, image.shape[:2], None, self.patch)
+            heat = draw.map_to_frame(item.similarity, image.shape[:2], None, self.patch,
+                                     stride=self.stride)
             out = draw.side_by_side(out, draw.overlay(image, heat, self.lut, 1.0))
         if o.captions:
             out = draw.caption(out, f"t={item.frame.pts_s:.2f}s", corner="br")
@@ -209,8 +210,9 @@ def track_video(model, src, dst, seed: seeds.Seed, opts: TrackOptions | None = N
         raise ValueError("track_video needs an output: dst, opts.save_masks or opts.save_probs")
     source = open_source(src)
     protocol = protocol_of(model, opts)
+    ran = protocol.describe(model.preset.stride)
     if opts.progress:
-        tqdm.write(f"vidattn: {protocol.describe()}", file=sys.stderr)
+        tqdm.write(f"vidattn: {ran}", file=sys.stderr)
     render = TrackRenderer(model, opts, protocol)
     started = time.perf_counter()
     bar = tqdm(total=_expected(source, opts), unit="frame", disable=not opts.progress,
@@ -240,7 +242,7 @@ def track_video(model, src, dst, seed: seeds.Seed, opts: TrackOptions | None = N
             if probs is None and opts.save_probs is not None:
                 grid_hw, channels = item.probs.shape[1:], item.probs.shape[0]
                 probs = FeatureWriter(opts.save_probs, grid_hw, channels, {
-                    "source": Path(src).name, "protocol": protocol.describe(),
+                    "source": Path(src).name, "protocol": ran,
                     "probs": "per-object probabilities on the patch grid as propagated, "
                              "(frames, gh*gw, objects + 1), channel 0 the background",
                     **model_meta(model)})
@@ -264,7 +266,7 @@ def track_video(model, src, dst, seed: seeds.Seed, opts: TrackOptions | None = N
         raise
     finally:
         bar.close()
-    return TrackResult(written, time.perf_counter() - started, protocol.describe(), objects,
+    return TrackResult(written, time.perf_counter() - started, ran, objects,
                        None if dst is None else Path(dst),
                        opts.save_masks and Path(opts.save_masks),
                        opts.save_probs and Path(opts.save_probs))

@@ -21,11 +21,11 @@ the context buffers stay on the host, where the model returns its features.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from PIL import Image
 
 from vidattn.backend import ops
+from vidattn.cells import cell_index, map_to_frame
 from vidattn.features import unit_rows
 from vidattn.track.protocols import Protocol
 
@@ -174,7 +174,8 @@ class Propagator:
         return (weights / weights.sum(1, keepdims=True)) @ probs
 
 
-def labels_from_probs(protocol: Protocol, probs, patch: int, frame_hw) -> np.ndarray:
+def labels_from_probs(protocol: Protocol, probs, patch: int, frame_hw,
+                      stride: int | None = None) -> np.ndarray:
     """A frame's propagated probabilities ``(C, gh, gw)`` -> its labels ``(H, W)`` uint8 at
     the frame's size, post-processed as the protocol's code does:
 
@@ -186,12 +187,17 @@ def labels_from_probs(protocol: Protocol, probs, patch: int, frame_hw) -> np.nda
     - dinov3: nearest upsampling to the frame, per object min-max (NaN -> 0), argmax. Nearest
       upsampling only repeats grid values, so the min-max and the argmax are taken on the grid
       and the labels then upsampled: the same labels, without the ``(C, H, W)`` floats.
+
+    With overlapping patches ``stride`` apart, which neither protocol defines, the upsampling
+    goes through the cells' centres (``cells``): bilinear onto the model input (dino), or the
+    nearest cell to each frame pixel (dinov3).
     """
     probs = np.asarray(probs, np.float32)
     fh, fw = frame_hw
+    s = stride or patch
+    covered = tuple((g - 1) * s + patch for g in probs.shape[1:])  # the input, (gh * p, gw * p)
     if protocol.name == "dino":
-        up = np.stack([cv2.resize(c, None, fx=patch, fy=patch, interpolation=cv2.INTER_LINEAR)
-                       for c in probs])
+        up = map_to_frame(probs, covered, None, patch, "linear", stride)
         top = up.reshape(len(up), -1).max(1)
         low = up.reshape(len(up), -1).min(1)
         span = (top - low)[:, None, None]
@@ -205,7 +211,11 @@ def labels_from_probs(protocol: Protocol, probs, patch: int, frame_hw) -> np.nda
     scaled = np.divide(probs - low, span, out=np.zeros_like(probs), where=span > 0)
     grid = np.argmax(scaled, 0).astype(np.uint8)
     gh, gw = grid.shape
-    rows = np.minimum((np.arange(fh) * (gh / fh)).astype(np.int64), gh - 1)  # torch "nearest"
-    cols = np.minimum((np.arange(fw) * (gw / fw)).astype(np.int64), gw - 1)
+    if s != patch:
+        rows = cell_index((np.arange(fh) + 0.5) * covered[0] / fh, gh, patch, s)
+        cols = cell_index((np.arange(fw) + 0.5) * covered[1] / fw, gw, patch, s)
+    else:  # torch "nearest"
+        rows = np.minimum((np.arange(fh) * (gh / fh)).astype(np.int64), gh - 1)
+        cols = np.minimum((np.arange(fw) * (gw / fw)).astype(np.int64), gw - 1)
     return np.ascontiguousarray(grid[rows[:, None], cols[None, :]])
 

@@ -35,6 +35,10 @@ fails; here the mask follows the frame's rule. And a patch size that does not di
 (14 into 832) is cut at the bottom and right as the reference model's stride-p convolution cuts
 it. A model whose own normalisation is not ImageNet's mean and std (the supervised ViT's
 [-1, 1]) is fed its own: the protocol's would give it inputs it never saw.
+
+Overlapping patches (``--stride``), which neither protocol defines: the grid is
+``cells.grid_shape``, each cell's seed label is the label under its patch's centre, the
+upsampling goes through the cells' centres, and the neighbourhood still counts cells.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from vidattn.cells import cell_centres, grid_shape
 from vidattn.preprocess import normalize
 
 DINO_LONG_MULTIPLE = 64  # DINO floors the long side to a multiple of 64
@@ -79,8 +84,9 @@ class Protocol:
                  "temperature": temperature, "context": context}
         return dataclasses.replace(self, **{k: v for k, v in given.items() if v is not None})
 
-    def describe(self) -> str:
-        """One line saying what runs."""
+    def describe(self, stride: int | None = None) -> str:
+        """One line saying what runs (``stride``: the model's overlapping patches, which no
+        protocol defines)."""
         long = ("floored to a multiple of 64" if self.name == "dino"
                 else "both rounded up to the patch")
         where = ("the whole frame" if not self.neighbourhood else
@@ -88,7 +94,8 @@ class Protocol:
         weight = (f"exp(cos/{self.temperature:g})" if self.weighting == "exp"
                   else f"softmax(cos/{self.temperature:g})")
         return (f"{self.name} protocol: short side {self.short_side} (long side {long}), "
-                f"{where}, top-{self.topk}, {weight}, first + {self.context} previous frames")
+                f"{where}, top-{self.topk}, {weight}, first + {self.context} previous frames"
+                + (f"; patches every {stride} px (--stride)" if stride else ""))
 
 
 PROTOCOLS = {
@@ -146,12 +153,21 @@ def prepare_frame(protocol: Protocol, image, patch: int, kind: str = "imagenet")
     return ((resized.astype(np.float32) / np.float32(255.0) - mean) / std).astype(np.float32)
 
 
-def seed_probs(protocol: Protocol, labels, frame_hw, patch: int) -> np.ndarray:
+def seed_probs(protocol: Protocol, labels, frame_hw, patch: int,
+               stride: int | None = None) -> np.ndarray:
     """The seed frame's labels ``(H, W)`` uint8 -> one-hot float32 ``(C, gh, gw)`` on the grid of
-    ``working_hw``, as the protocol's code makes it (C = largest id + 1; channel 0 background)."""
+    ``working_hw``, as the protocol's code makes it (C = largest id + 1; channel 0 background).
+    With overlapping patches ``stride`` apart, which neither protocol defines, each cell takes
+    the label under its patch's centre."""
     labels = np.asarray(labels, np.uint8)
-    gh, gw = (side // patch for side in working_hw(protocol, frame_hw, patch))
-    if protocol.name == "dino":  # its read_seg: PIL nearest to (w // p, h // p) of the resize
+    gh, gw = grid_shape(working_hw(protocol, frame_hw, patch), patch, stride)
+    if stride not in (None, patch):
+        (fh, fw), (h, w) = labels.shape, resized_hw(protocol, frame_hw, patch)
+        rows = np.minimum((cell_centres(gh, patch, stride) * fh / h).astype(np.int64), fh - 1)
+        cols = np.minimum((cell_centres(gw, patch, stride) * fw / w).astype(np.int64), fw - 1)
+        small = labels[rows[:, None], cols[None, :]]
+        channels = int((small if protocol.name == "dino" else labels).max()) + 1
+    elif protocol.name == "dino":  # its read_seg: PIL nearest to (w // p, h // p) of the resize
         h, w = resized_hw(protocol, frame_hw, patch)
         small = np.asarray(Image.fromarray(labels).resize((w // patch, h // patch), Image.NEAREST))
         small = small[:gh, :gw]

@@ -26,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from vidattn.cells import cell_centres, cell_index
 from vidattn.errors import VidattnError
 from vidattn.features import unit_rows
 from vidattn.track.davis import read_mask
@@ -56,12 +57,15 @@ class Seed:
         return self.mask is None
 
 
-def cell_of(x: float, y: float, frame_hw, working_hw, grid_hw, patch: int) -> tuple[int, int]:
+def cell_of(x: float, y: float, frame_hw, working_hw, grid_hw, patch: int,
+            stride: int | None = None) -> tuple[int, int]:
     """The patch ``(row, col)`` under frame pixel ``(x, y)``: the frame was resized to
     ``working_hw`` and its bottom/right cut to the grid (a pixel in the cut part takes the last
-    row or column)."""
+    row or column); with overlapping patches ``stride`` apart, the one centred nearest
+    (``cells.cell_index``)."""
     (fh, fw), (h, w), (gh, gw) = frame_hw, working_hw, grid_hw
-    return (min(gh - 1, int(y * h / fh) // patch), min(gw - 1, int(x * w / fw) // patch))
+    return (int(cell_index(int(y * h / fh), gh, patch, stride)),
+            int(cell_index(int(x * w / fw), gw, patch, stride)))
 
 
 def check_inside(points_or_corners, frame_hw, what: str, edge: bool = False, path=None) -> None:
@@ -89,7 +93,7 @@ def labels_from_mask(path, frame_hw) -> np.ndarray:
 
 
 def grid_labels(seed: Seed, tokens, frame_hw, working_hw, grid_hw, patch: int,
-                path=None) -> np.ndarray:
+                path=None, stride: int | None = None) -> np.ndarray:
     """Points and boxes -> labels on the patch grid ``(gh, gw)`` uint8, from the first frame's
     patch features ``tokens`` ``(gh * gw, D)`` (see the module docstring for the rules); errors
     name ``path``, the video."""
@@ -104,14 +108,14 @@ def grid_labels(seed: Seed, tokens, frame_hw, working_hw, grid_hw, patch: int,
     unit = unit_rows(tokens)
     scores, regions = [], []
     for x, y in seed.points:
-        r, c = cell_of(x, y, frame_hw, working_hw, grid_hw, patch)
+        r, c = cell_of(x, y, frame_hw, working_hw, grid_hw, patch, stride)
         sim = (unit @ unit[r * gw + c]).reshape(gh, gw)
         keep = (sim >= (1 + np.median(sim)) / 2).astype(np.uint8)
         _, parts = cv2.connectedComponents(keep, connectivity=4)
         scores.append(sim)
         regions.append(parts == parts[r, c])
     for box in seed.boxes:
-        inside = _box_cells(box, frame_hw, working_hw, grid_hw, patch)
+        inside = _box_cells(box, frame_hw, working_hw, grid_hw, patch, stride)
         flat = inside.ravel()
         sim_in = (unit @ unit_rows(unit[flat].mean(0))).reshape(gh, gw)
         region = inside
@@ -128,24 +132,24 @@ def grid_labels(seed: Seed, tokens, frame_hw, working_hw, grid_hw, patch: int,
     return np.where(np.isfinite(score.max(0)), best + 1, 0).astype(np.uint8)
 
 
-def _box_cells(box, frame_hw, working_hw, grid_hw, patch) -> np.ndarray:
+def _box_cells(box, frame_hw, working_hw, grid_hw, patch, stride) -> np.ndarray:
     """bool ``(gh, gw)``: the patches whose centres, in frame pixels, lie in ``box``; at least
     the patch under the box's centre."""
     x0, y0, x1, y1 = box
     (fh, fw), (h, w), (gh, gw) = frame_hw, working_hw, grid_hw
-    cy = (np.arange(gh) + 0.5) * patch * fh / h
-    cx = (np.arange(gw) + 0.5) * patch * fw / w
+    cy = cell_centres(gh, patch, stride) * fh / h
+    cx = cell_centres(gw, patch, stride) * fw / w
     cells = ((cy >= y0) & (cy < y1))[:, None] & ((cx >= x0) & (cx < x1))[None, :]
-    r, c = cell_of((x0 + x1) / 2, (y0 + y1) / 2, frame_hw, working_hw, grid_hw, patch)
+    r, c = cell_of((x0 + x1) / 2, (y0 + y1) / 2, frame_hw, working_hw, grid_hw, patch, stride)
     cells[r, c] = True
     return cells
 
 
-def frame_labels(grid, frame_hw, working_hw, patch: int) -> np.ndarray:
+def frame_labels(grid, frame_hw, working_hw, patch: int, stride: int | None = None) -> np.ndarray:
     """Grid labels ``(gh, gw)`` -> frame labels ``(H, W)``: each pixel takes the label of the
     patch it falls in (``cell_of``), so a seed drawn from points shows the patches it chose."""
     (fh, fw), (h, w) = frame_hw, working_hw
     gh, gw = grid.shape
-    rows = np.minimum(gh - 1, (np.arange(fh) * h // fh) // patch)
-    cols = np.minimum(gw - 1, (np.arange(fw) * w // fw) // patch)
+    rows = cell_index(np.arange(fh) * h // fh, gh, patch, stride)
+    cols = cell_index(np.arange(fw) * w // fw, gw, patch, stride)
     return np.ascontiguousarray(grid[rows[:, None], cols[None, :]])

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from vidattn import attention as am
 from vidattn import draw
+from vidattn.cells import cell_index
 from vidattn.errors import VidattnError
 from vidattn.features import (FeatureWriter, PcaBasis, fit_basis, fit_reduction, fit_times,
                               model_meta, similarity_maps)
@@ -259,7 +260,8 @@ class FrameRenderer:
         self.mask_colors = draw.head_colors(heads)
 
     def _heat(self, grid_map, out_hw):
-        return draw.map_to_frame(grid_map, out_hw, self.geometry.resized_hw, self.patch)
+        return draw.map_to_frame(grid_map, out_hw, self.geometry.resized_hw, self.patch,
+                                 stride=self.geometry.stride)
 
     def __call__(self, image, maps, pts_s):
         o = self.opts
@@ -286,7 +288,7 @@ class FrameRenderer:
         elif o.view == "masks":
             masks = am.threshold_masks(am.normalize_maps(maps)[None], keep=o.threshold)[0]
             out = draw.draw_masks(image, masks, self.mask_colors, o.alpha, self.patch,
-                                    self.geometry.resized_hw)
+                                    self.geometry.resized_hw, stride=self.geometry.stride)
         else:
             out = draw.overlay(image, self._heat(am.normalize_maps(maps)[0], (h, w)), self.lut,
                                o.alpha)
@@ -317,8 +319,8 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
     if total and total < opts.batch_size:  # a short run: one smaller batch, no padded frames
         opts = dataclasses.replace(opts, batch_size=total)
     geometry = video_geometry(
-        info.height, info.width, model.preset.patch_size, opts.size, opts.full_res
-    )
+        info.height, info.width, model.preset.patch_size, opts.size, opts.full_res,
+        model.preset.stride)
     opts = _plan_batch(model, opts, geometry)
     kind = model.preset.preprocessing
     layout = MapLayout.of(model, opts)
@@ -460,7 +462,7 @@ def query_token(model, src, opts: VideoOptions, geometry) -> np.ndarray:
     rendered, ``opts.start``); errors name ``src`` for a point outside the frame or a time past
     the end."""
     x, y, seconds = opts.query_point
-    (fh, fw), (rh, rw), p = geometry.frame_hw, geometry.resized_hw, model.preset.patch_size
+    (fh, fw), (rh, rw) = geometry.frame_hw, geometry.resized_hw
     if not (0 <= x < fw and 0 <= y < fh):
         raise VidattnError(f"--query {x:g},{y:g} is outside the {fw}x{fh} frame", src)
     at = opts.start if seconds is None else seconds
@@ -471,7 +473,8 @@ def query_token(model, src, opts: VideoOptions, geometry) -> np.ndarray:
     tokens = model.run(_padded(inputs, opts.batch_size),
                        facet=(opts.layer, opts.facet))["facet_tokens"][0]
     gh, gw = geometry.grid_hw
-    row, col = min(gh - 1, int(y * rh / fh) // p), min(gw - 1, int(x * rw / fw) // p)
+    row = cell_index(y * rh / fh, gh, geometry.patch, geometry.stride)
+    col = cell_index(x * rw / fw, gw, geometry.patch, geometry.stride)
     return tokens[row * gw + col]
 
 
@@ -541,13 +544,14 @@ def _plan_batch(model, opts: VideoOptions, geometry) -> VideoOptions:
     when it is lower than asked; raises VidattnError, naming the largest ``--size`` that fits,
     when one frame cannot fit. Besides the model's working memory, each frame of a batch is held
     about five times as decoded pixels in the pipeline's queues."""
-    (fh, fw), p = geometry.frame_hw, model.preset.patch_size
+    (fh, fw), p, s = geometry.frame_hw, geometry.patch, geometry.stride
     layout = MapLayout.of(model, opts)
     plan = model.plan(
         geometry.input_hw, opts.batch_size, layout.attention(model.preset.depth), layout.rollout,
         tokens=layout.pca or layout.similarity or opts.save_features is not None,
         extra_per_image=5 * fh * fw * 3,
-        sizes=(min(geometry.resized_hw), lambda s: video_geometry(fh, fw, p, s).input_hw))
+        sizes=(min(geometry.resized_hw),
+               lambda side: video_geometry(fh, fw, p, side, stride=s).input_hw))
     if plan.batch < opts.batch_size:
         if opts.progress:
             tqdm.write(f"vidattn: note: batch size {plan.batch} instead of {opts.batch_size}: "
@@ -584,4 +588,5 @@ def _save_maps(path, maps, pts, opts, model, geometry):
                 f, maps=np.concatenate(maps), pts_s=np.asarray(pts, np.float64),
                 view=opts.view, model=model.preset.name, weights=model.weights_label,
                 grid_hw=np.asarray(geometry.grid_hw), patch_size=model.preset.patch_size,
+                stride=geometry.stride,
             )

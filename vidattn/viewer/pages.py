@@ -17,7 +17,7 @@ from vidattn import draw
 from vidattn.io import atomic_path
 
 __all__ = [
-    "CHUNK_FUNCTION", "COLORMAPS", "colormap_tables", "page_meta", "quantize",
+    "CHUNK_FUNCTION", "COLORMAPS", "chunk_script", "colormap_tables", "page_meta", "quantize",
     "write_chunk", "write_page", "write_viewer_page",
 ]
 
@@ -46,8 +46,13 @@ def write_chunk(folder, key: str, *arrays) -> None:
         np.ascontiguousarray(a, "<f4" if np.asarray(a).dtype.kind == "f" else np.uint8).tobytes()
         for a in arrays
     )
-    text = f'{CHUNK_FUNCTION}("{key}","{base64.b64encode(raw).decode("ascii")}");\n'
-    Path(folder, f"{key}.js").write_text(text, encoding="ascii")
+    Path(folder, f"{key}.js").write_text(chunk_script(key, raw), encoding="ascii")
+
+
+def chunk_script(key: str, raw: bytes) -> str:
+    """The text of a chunk script handing the pages ``raw`` under ``key``:
+    ``vidattnChunk("KEY","BASE64");`` (``common.js`` ``VA.load`` receives it)."""
+    return f'{CHUNK_FUNCTION}("{key}","{base64.b64encode(raw).decode("ascii")}");\n'
 
 
 def colormap_tables(extra: str | None = None) -> dict[str, str]:
@@ -63,7 +68,7 @@ def page_meta(model, **fields) -> dict:
     p = model.preset
     return {
         "model": p.name, "weights": model.weights_label, "random": model.is_random,
-        "patch": p.patch_size, "depth": p.depth, "heads": p.num_heads,
+        "patch": p.patch_size, "stride": p.cell_stride, "depth": p.depth, "heads": p.num_heads,
         "prefix_tokens": p.num_prefix_tokens, "head_colors": draw.head_colors(p.num_heads),
         **fields,
     }

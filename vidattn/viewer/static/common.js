@@ -67,27 +67,36 @@ const VA = (() => {
     return mask;
   }
 
+  /** Where the grid's cells lie on a picture of `extentH x extentW` model-input pixels (the
+   * resized frame, or the image crop), as cells.py says: cell i is centred on input pixel
+   * i * stride + patch / 2. So a fraction f of the picture lies at cell coordinate
+   * f * span - offset, with span = extent / stride and offset = patch / (2 stride). */
+  function cells(info, extentH, extentW) {
+    const stride = info.stride || info.patch;
+    return { spanH: extentH / stride, spanW: extentW / stride, offset: info.patch / (2 * stride) };
+  }
+
   /** Draws a gh x gw map onto a canvas as vidattn draws it onto video frames
-   * (render.map_to_frame + render.overlay): the map covers `cellsH x cellsW` cells of the picture
-   * (fewer than the grid where the model's input was padded), bilinear between cell centres with
-   * replicated borders, each pixel coloured by the colormap at its heat, with opacity
-   * alpha * heat, so cold parts leave the picture untouched. */
+   * (cells.map_to_frame + draw.overlay): the picture's geometry `geo` (`cells`), bilinear
+   * between cell centres with replicated borders (the pad of a padded input never shows), each
+   * pixel coloured by the colormap at its heat, with opacity alpha * heat, so cold parts leave
+   * the picture untouched. */
   class Overlay {
-    constructor(canvas, gh, gw, cellsH, cellsW) {
+    constructor(canvas, gh, gw, geo) {
       Object.assign(this, { canvas, gh, gw });
       this.ctx = canvas.getContext("2d", { willReadFrequently: true });
-      this.rows = Overlay.taps(canvas.height, cellsH, gh);
-      this.cols = Overlay.taps(canvas.width, cellsW, gw);
+      this.rows = Overlay.taps(canvas.height, geo.spanH, geo.offset, gh);
+      this.cols = Overlay.taps(canvas.width, geo.spanW, geo.offset, gw);
       this.image = this.ctx.createImageData(canvas.width, canvas.height);
       this.heat = new Float32Array(canvas.width * canvas.height);
     }
 
     /** For each of `n` output pixels: the two cells it lies between and the weight of the second
-     * (cell coordinate (x + 0.5) * cells / n - 0.5, clamped to the grid). */
-    static taps(n, cells, size) {
+     * (cell coordinate (x + 0.5) * span / n - offset, clamped to the grid). */
+    static taps(n, span, offset, size) {
       const lo = new Int32Array(n), hi = new Int32Array(n), w = new Float32Array(n);
       for (let x = 0; x < n; x++) {
-        const g = Math.min(Math.max((x + 0.5) * cells / n - 0.5, 0), size - 1);
+        const g = Math.min(Math.max((x + 0.5) * span / n - offset, 0), size - 1);
         lo[x] = Math.floor(g);
         hi[x] = Math.min(lo[x] + 1, size - 1);
         w[x] = g - lo[x];
@@ -158,14 +167,37 @@ const VA = (() => {
     }
   }
 
-  /** The grid cell under a pointer event on `element` whose picture is covered by
-   * `cellsH x cellsW` cells -> {row, col}, or null outside the map. */
-  function cellAt(event, element, cellsH, cellsW, gh, gw) {
+  /** The grid cell nearest a pointer event on `element`, whose picture has the geometry `geo`
+   * (`cells`) -> {row, col}, or null outside the picture. */
+  function cellAt(event, element, geo, gh, gw) {
     const box = element.getBoundingClientRect();
     const fx = (event.clientX - box.left) / box.width, fy = (event.clientY - box.top) / box.height;
     if (fx < 0 || fy < 0 || fx >= 1 || fy >= 1) return null;
-    const row = Math.floor(fy * cellsH), col = Math.floor(fx * cellsW);
-    return row < gh && col < gw ? { row, col } : null;
+    const nearest = (f, span, size) => Math.min(size - 1,
+      Math.max(0, Math.floor(f * span - geo.offset + 0.5)));
+    return { row: nearest(fy, geo.spanH, gh), col: nearest(fx, geo.spanW, gw) };
+  }
+
+  /** Stored patch features (features.quantize_signed): `scales` (one float32 per vector) and
+   * `bytes` (dims per vector); vector j is (byte - 128) / 127 * scales[j]. -> vector j, a
+   * Float32Array of dims. */
+  function signedVector(scales, bytes, dims, j) {
+    const s = scales[j] / 127;
+    return Float32Array.from(bytes.subarray(j * dims, (j + 1) * dims), (b) => (b - 128) * s);
+  }
+
+  /** The dot products of stored vectors first .. first + n - 1 (as `signedVector`) with
+   * `query` (dims values) -> Float32Array of n: the cosine of the full features, within the
+   * error the page states, where both are unit vectors stored so. */
+  function signedDots(scales, bytes, dims, first, n, query) {
+    const out = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+      const j = first + i, o = j * dims;
+      let dot = 0;
+      for (let k = 0; k < dims; k++) dot += (bytes[o + k] - 128) * query[k];
+      out[i] = dot * scales[j] / 127;
+    }
+    return out;
   }
 
   /** Fill a <select> with [value, label] pairs and choose `chosen`. */
@@ -211,8 +243,9 @@ const VA = (() => {
   function header(info, title) {
     document.getElementById("title").textContent = title;
     document.getElementById("model").textContent =
-      `model ${info.model} · weights: ${info.weights} · patch ${info.patch} px, ` +
-      `${info.depth} blocks, ${info.heads} heads`;
+      `model ${info.model} · weights: ${info.weights} · patch ${info.patch} px` +
+      (info.stride && info.stride !== info.patch ? ` every ${info.stride} px (--stride)` : "") +
+      `, ${info.depth} blocks, ${info.heads} heads`;
     document.getElementById("random").hidden = !info.random;
   }
 
@@ -224,7 +257,7 @@ const VA = (() => {
   const fmt = (v) => (v === 0 ? "0" : Math.abs(v) >= 0.01 ? v.toFixed(4) : v.toExponential(2));
 
   return {
-    load, forget, meta, lut, keepMass, Overlay, cellAt, options, headChoices, blockLabel,
-    controls, header, fail, fmt,
+    load, forget, meta, lut, keepMass, cells, Overlay, cellAt, signedVector, signedDots, options,
+    headChoices, blockLabel, controls, header, fail, fmt,
   };
 })();

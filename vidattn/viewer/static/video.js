@@ -4,8 +4,7 @@
   const $ = (id) => document.getElementById(id);
   const video = $("video"), stage = $("stage"), canvas = $("overlay");
   const [gh, gw] = info.grid, cells = gh * gw, K = info.maps, H = info.heads;
-  const [fh, fw] = info.frame, cellsH = info.resized[0] / info.patch;
-  const cellsW = info.resized[1] / info.patch;
+  const [fh, fw] = info.frame, geo = VA.cells(info, ...info.resized);
   const times = info.times, count = times.length;
   const CANVAS_SIDE = 960;  // the overlay's long side in canvas pixels
   const NEAR = 2;  // chunks kept either side of the one shown
@@ -14,7 +13,7 @@
   canvas.width = Math.max(1, Math.round(fw * scale));
   canvas.height = Math.max(1, Math.round(fh * scale));
   stage.style.aspectRatio = `${fw} / ${fh}`;
-  const overlay = new VA.Overlay(canvas, gh, gw, cellsH, cellsW);
+  const overlay = new VA.Overlay(canvas, gh, gw, geo);
 
   const d = info.defaults;
   const state = {
@@ -61,23 +60,16 @@
   function vectorOf(i, p) {
     const entry = featData && featData.of(i);
     if (!entry) return null;
-    const j = (i - entry.first) * cells + p, s = entry.scales[j] / 127;
-    const bytes = entry.bytes.subarray(j * dims, (j + 1) * dims);
-    return Float32Array.from(bytes, (b) => (b - 128) * s);
+    return VA.signedVector(entry.scales, entry.bytes, dims, (i - entry.first) * cells + p);
   }
 
   /** Each patch of frame i: its stored feature's dot product with the query's (the cosine of
    * the full features, within meta.features.max_error), or null if frame i is not loaded. */
   function similarityOf(i) {
-    if (!state.query || !featData.of(i)) return null;
-    const q = state.query.vector, out = new Float32Array(cells);
-    for (let p = 0; p < cells; p++) {
-      const v = vectorOf(i, p);
-      let dot = 0;
-      for (let k = 0; k < dims; k++) dot += v[k] * q[k];
-      out[p] = dot;
-    }
-    return out;
+    const entry = state.query && featData.of(i);
+    if (!entry) return null;
+    return VA.signedDots(entry.scales, entry.bytes, dims, (i - entry.first) * cells, cells,
+                         state.query.vector);
   }
 
   /** Which of a frame's K maps the controls choose. */
@@ -238,7 +230,7 @@
 
   // -- the value under the pointer ------------------------------------------------------------
   function readPointer() {
-    const cell = state.pointer && VA.cellAt(state.pointer, stage, cellsH, cellsW, gh, gw);
+    const cell = state.pointer && VA.cellAt(state.pointer, stage, geo, gh, gw);
     if (state.map === "similarity") {
       const sims = cell && similarityOf(state.frame), q = state.query;
       if (!sims) return;
@@ -269,7 +261,7 @@
     render();
   }
   if (feats) stage.addEventListener("click", (e) => {
-    choose(VA.cellAt(e, stage, cellsH, cellsW, gh, gw));
+    choose(VA.cellAt(e, stage, geo, gh, gw));
   });
 
   show(0);
