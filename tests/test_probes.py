@@ -210,9 +210,10 @@ def test_probe_image_writes_every_probe(tmp_path):
     assert plt.get_fignums() == []  # nothing left open in pyplot
     saved = json.loads((tmp_path / "out" / "photo" / "probes.json").read_text())
     assert saved == record
-    assert record["probes"] == list(pr.IMAGE_PROBES) and set(files) == set(pr.MODEL_PROBES)
+    ran = [p for p in pr.IMAGE_PROBES if p != "explain"]  # tests/test_explain.py: a head
+    assert record["probes"] == ran and set(files) == set(pr.MODEL_PROBES)
     assert record["image_size"] == [300, 400] and record["shapes"]["tokens"] == 201
-    assert "skipped" not in record and record["model"]["register_tokens"] == 4
+    assert list(record["skipped"]) == ["explain"] and record["model"]["register_tokens"] == 4
     shares = np.array(record["register_attention"]["per_block_head"])
     assert shares.shape == (2, 2) and (shares > 0.5).all()
     norms = record["patch_token_norms"]
@@ -228,7 +229,7 @@ def test_probe_image_writes_every_probe(tmp_path):
                 "masks": (600, 700), "filters": (1300, 255), "posembed": (750, 700),
                 "registers": (600, 500), "norms": (1300, 460), "pca": (900, 400),
                 "similarity": (600, 400)}
-    paths = {p: tmp_path / "out" / "photo" / f"{p}.png" for p in pr.IMAGE_PROBES}
+    paths = {p: tmp_path / "out" / "photo" / f"{p}.png" for p in ran}
     paths.update({p: tmp_path / "out" / "model" / f for p, f in files.items()})
     for probe, path in paths.items():
         with Image.open(path) as im:

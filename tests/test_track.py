@@ -83,16 +83,16 @@ RSS_GROWTH_MIB = 64  # what the peak may grow by once the context is full
 
 
 def test_a_480p_patch_8_track_stays_within_its_memory(tmp_path):
-    """16 frames of 480x854 through a patch-8 model (a 60 x 104 grid, the dino protocol's
+    """12 frames of 480x854 through a patch-8 model (a 60 x 104 grid, the dino protocol's
     neighbourhood and context), in a process of its own: the peak RSS stays under RSS_BOUND_MIB,
     and from the frame that fills the context to the last it grows by less than RSS_GROWTH_MIB
     (each frame's features kept only while in the context)."""
-    proc = subprocess.run([sys.executable, "-m", "tests.support.trackrss", str(tmp_path), "16"],
+    proc = subprocess.run([sys.executable, "-m", "tests.support.trackrss", str(tmp_path), "12"],
                           cwd=Path(__file__).resolve().parent.parent, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert got["frames"] == 16 and got["grid"] == [60, 104]
+    assert got["frames"] == 12 and got["grid"] == [60, 104]
     assert got["last_area"] > 0.5 * 80 * 80  # the square is still followed
     assert got["end_mib"] < RSS_BOUND_MIB, got
     assert got["end_mib"] - got["full_context_mib"] < RSS_GROWTH_MIB, got

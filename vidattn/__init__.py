@@ -23,6 +23,7 @@ from vidattn.errors import VidattnError  # noqa: E402
 _LAZY = {
     "load_model": "vidattn.models.api",
     "probe": "vidattn.notebook",
+    "explain": "vidattn.notebook",
     "render": "vidattn.notebook",
     "ProbeResult": "vidattn.notebook",
     "RenderResult": "vidattn.notebook",
@@ -32,7 +33,8 @@ __all__ = ["VidattnError", "__version__", *_LAZY]
 
 
 def __getattr__(name):
-    """``vidattn.load_model``, ``probe``, ``render`` and their results, imported on first use."""
+    """``vidattn.load_model``, ``probe``, ``explain``, ``render`` and their results, imported on
+    first use."""
     if name in _LAZY:
         import importlib
 

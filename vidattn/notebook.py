@@ -38,8 +38,8 @@ from vidattn.options import DEFAULT_PRESET, ImageOptions, VideoOptions
 from vidattn.preprocess import as_rgb, load_image
 from vidattn.video.pipeline import render_video
 
-__all__ = ["MODEL_CACHE_SIZE", "ProbeResult", "RenderResult", "clear_model_cache", "model_for",
-           "probe", "render"]
+__all__ = ["MODEL_CACHE_SIZE", "ProbeResult", "RenderResult", "clear_model_cache", "explain",
+           "model_for", "probe", "render"]
 
 # Presets loaded by name stay loaded, the most recently used first: a ViT-B holds ~350 MB, so
 # two of them, enough to compare a model with another or with its random twin.
@@ -141,6 +141,8 @@ class ProbeResult:
                       ``masks``)
       masks           ``(heads, gh, gw)`` bool, DINO's masks (``masks``, ``opts.threshold``)
       top5            ``[{class, name, probability}]`` for presets with a classifier head
+      explanation     the ``explain`` probe's maps (``relevance.methods.Explanation``: ``classes``,
+                      ``methods``, ``maps`` ``(classes, methods, gh, gw)`` raw)
       record          the ``probes.json`` record: the numbers above in lists, shapes, the model
     ``model`` is the Model, ``opts`` the ImageOptions, ``source`` the path or name.
     """
@@ -151,6 +153,7 @@ class ProbeResult:
         self.source, self.opts = measured.source, measured.opts
         self.image, self.mean_distances, self.rollout = a.display, a.distances, a.rollout
         self.heads, self.masks, self.top5 = a.heads, measured.masks, measured.top5
+        self.explanation = measured.explanation
 
     @property
     def record(self) -> dict:
@@ -206,6 +209,18 @@ def probe(image, model=DEFAULT_PRESET, weights=None, *, name=None, checkpoint_ke
     else:
         pixels, source = as_rgb(image), getattr(image, "filename", "") or "image"
     return ProbeResult(m, pr.measure(m, pixels, name or source, opts))
+
+
+def explain(image, model="vit_b16", weights=None, *, method="generic", target="top1",
+            head="mean", checkpoint_key=None, **options) -> ProbeResult:
+    """Why the model says a class: ``probe`` with the ``explain`` probe alone -> a
+    ``ProbeResult`` whose ``explanation`` holds the maps (shown inline as the figure).
+
+    method: one relevance method or a comma list (``options.EXPLAIN_METHODS``); target: "top1",
+    "topK", a class index or an ImageNet-1k name; head: distilled DeiT's "cls", "dist" or
+    "mean". ``options``: more ImageOptions (``size``...)."""
+    return probe(image, model, weights, checkpoint_key=checkpoint_key, probes="explain",
+                 explain_method=method, explain_class=str(target), explain_head=head, **options)
 
 
 # -- videos ----------------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from vidattn.errors import VidattnError
 
 __all__ = [
     "DEFAULT_BATCH", "DEFAULT_PRESET", "DEFAULT_SIZE", "DEFAULT_THRESHOLD", "FORMATS",
-    "FACETS", "IMAGE_PROBES", "MODEL_PROBES", "PRECISIONS", "PROBES", "SIDE_MAPS",
-    "VIEWER_BLOCKS", "VIEWS",
+    "EXPLAIN_HEADS", "EXPLAIN_METHODS", "FACETS", "IMAGE_PROBES", "MODEL_PROBES", "PRECISIONS",
+    "PROBES", "SIDE_MAPS", "VIEWER_BLOCKS", "VIEWS",
     "TRACK_PROTOCOLS", "X264_PRESETS", "BatchOptions", "ImageOptions", "ModelOptions", "RayOptions",
     "TrackOptions", "VideoOptions", "check_ray_address", "parse_numbers", "parse_probes",
 ]
@@ -34,7 +34,10 @@ SIDE_MAPS = ("mean", "rollout", "pca", "similarity")
 # uses (heads side by side, as dino-vit-features concatenates them; after RoPE for DINOv3).
 FACETS = ("token", "key", "query", "value")
 FORMATS = ("mp4", "gif")
-IMAGE_PROBES = ("distance", "rollout", "heads", "masks", "registers", "norms", "pca", "similarity")
+IMAGE_PROBES = ("distance", "rollout", "heads", "masks", "registers", "norms", "pca", "similarity",
+                "explain")
+EXPLAIN_METHODS = ("generic", "grad-rollout", "gradcam", "attention", "rollout")  # relevance
+EXPLAIN_HEADS = ("cls", "dist", "mean")  # distilled DeiT's heads: CLS, distillation, their mean
 MODEL_PROBES = ("filters", "posembed")
 PROBES = IMAGE_PROBES + MODEL_PROBES
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -143,6 +146,23 @@ def layer_option():
         -1, "similarity: the block whose features are compared, from 0; negative counts from the "
         "end: -1 the last (default), -2 the one before, which matches parts better for DINO v1 "
         "(dinov2 issue 357).", type=int)
+
+
+def _check_methods(text):
+    names = [t.strip() for t in str(text).split(",") if t.strip()]
+    unknown = [n for n in names if n not in EXPLAIN_METHODS]
+    if unknown or not names:
+        raise VidattnError(f"--explain-method {text!r}: choose among {', '.join(EXPLAIN_METHODS)}")
+    return ",".join(names)
+
+
+def _check_explain_class(text):
+    text = str(text).strip()
+    if text.startswith("top") and not text[3:].isdigit():
+        raise VidattnError(f"--explain-class {text!r}: topK takes a number, e.g. top1 or top3")
+    if text.startswith("top") and int(text[3:]) < 1:
+        raise VidattnError(f"--explain-class {text!r}: topK counts from top1")
+    return text
 
 
 def cli_fields(cls):
@@ -312,8 +332,8 @@ class ImageOptions:
         "all", "Comma-separated probes: distance, rollout, heads, masks, registers, norms, pca, "
         "similarity (per image; similarity runs with --query, and all includes it only then), "
         "filters, posembed (per model). A probe a model cannot have (registers without "
-        "registers, posembed without learned positions) is skipped and said so.",
-        metavar="all|LIST")
+        "registers, posembed without learned positions, explain without a classifier head) is "
+        "skipped and said so.", metavar="all|LIST")
     size: int = option(
         DEFAULT_SIZE, "Side of the square centre crop the model sees (a multiple of the patch).",
         min=1)
@@ -330,6 +350,19 @@ class ImageOptions:
         "tokens to that patch's token.", type=str, metavar="X,Y")
     facet: str = facet_option()
     layer: int = layer_option()
+    explain_method: str = option(
+        ",".join(EXPLAIN_METHODS), "explain: comma-separated relevance methods, each as its "
+        "reference computes it: generic (Chefer et al. ICCV 2021), grad-rollout (vit-explain, "
+        "its layer pairing fixed), gradcam (pytorch-grad-cam's ViT recipe), attention and "
+        "rollout (the class-agnostic baselines of Chefer's code).", metavar="LIST",
+        check=_check_methods)
+    explain_class: str = option(
+        "top3", "explain: the classes explained: topK (each image's K most probable), a class "
+        "index, or an ImageNet-1k name (tabby cat; near misses get suggestions).",
+        metavar="topK|INDEX|NAME", check=_check_explain_class)
+    explain_head: str = option(
+        "mean", "explain: distilled DeiT's head: cls, dist (distillation) or mean (their "
+        "average, timm's prediction).", choices=EXPLAIN_HEADS)
     save_features: Path | None = None  # also write every image's patch tokens here (.npy + .json)
 
     def __post_init__(self):
@@ -342,6 +375,8 @@ class ImageOptions:
             raise VidattnError("--query X,Y goes with the similarity probe, and it needs it")
         self.query_point  # noqa: B018 - parsed now: a bad --query fails before any work
         _check_facet(self.facet)
+        _check_methods(self.explain_method)
+        _check_explain_class(self.explain_class)
         _check_threshold(self.threshold)
         _check_pca_background(self.pca_background)
         check_features_path(self.save_features)

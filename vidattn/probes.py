@@ -140,6 +140,8 @@ def not_applicable(model, probe: str) -> str | None:
         return "the model has no register tokens"
     if probe == "posembed" and model.patch_position_embeddings() is None:
         return "the model has no learned position embeddings (RoPE)"
+    if probe == "explain" and not model.preset.num_classes:
+        return "the model has no classifier head, so no class to explain"
     return None
 
 
@@ -496,6 +498,21 @@ def filters_figure(model, filters) -> Figure:
     return fig
 
 
+def explain_figure(model, display, explanation, name: str = "") -> Figure:
+    """The ``explain`` probe: a row per class (its name and probability), a column per method,
+    each map over its own peak on the crop."""
+    e = explanation
+    what = _named("Why this class: class-specific relevance (each map over its peak)", name)
+    panels = []
+    for c, per_method in zip(e.classes, e.maps):
+        label = f"{c['name'] or c['class']} ({c['probability']:.0%})"
+        heats = upsample(np.maximum(per_method, 0), display.shape[:2], model.preset.patch_size,
+                         model.preset.stride)
+        panels += [(f"{method} · {label}", heat_overlay(display, heat))
+                   for method, heat in zip(e.methods, heats)]
+    return _panel_figure(model, what, panels, cols=len(e.methods))
+
+
 def posembed_figure(model, similarity) -> Figure:
     """Position-embedding similarity ``(P, P)`` as an inferno image with a colorbar."""
     g = math.isqrt(len(similarity))
@@ -550,6 +567,7 @@ class ImageProbes:
     similarity: ``(gh, gw)`` cosine of each patch token to the query token (the
               ``similarity`` probe), else None; ``query``: where that token is from
               (``Query``).
+    explanation: the ``explain`` probe's maps (``relevance.methods.Explanation``), else None.
     """
 
     source: str
@@ -562,6 +580,7 @@ class ImageProbes:
     pca: PcaBasis | None = None
     similarity: np.ndarray | None = None
     query: Query | None = None
+    explanation: object | None = None
 
 
 @dataclass(frozen=True)
@@ -617,8 +636,15 @@ def measure(model, pixels, source, opts: ImageOptions | None = None,
     if "similarity" in probes:
         query = query or query_of(model, pixels, source, opts, a)
         similarity = similarity_maps(a.facet_tokens[None], query.token, a.grid_hw)[0]
+    explanation = None
+    if "explain" in probes:
+        from vidattn.relevance.methods import explain_image  # the gradients' backends, on demand
+
+        explanation = explain_image(
+            model, preprocess_image(pixels, model.preset.preprocessing, opts.size)[0],
+            opts.explain_class, opts.explain_method.split(","), opts.explain_head)
     return ImageProbes(os.fspath(source), opts, a, probes, masks, top, skipped, basis,
-                       similarity, query if similarity is not None else None)
+                       similarity, query if similarity is not None else None, explanation)
 
 
 def image_figures(model, m: ImageProbes) -> dict:
@@ -636,6 +662,7 @@ def image_figures(model, m: ImageProbes) -> dict:
         "similarity": lambda: similarity_figure(model, a.display, m.similarity,
                                                 m.query.record(), m.query.image == m.source,
                                                 _features(m.opts), name),
+        "explain": lambda: explain_figure(model, a.display, m.explanation, name),
     }
     return {probe: figures[probe] for probe in m.probes}
 
@@ -712,6 +739,13 @@ def probe_record(model, m: ImageProbes) -> dict:
                                 "query": m.query.record(), "max": float(m.similarity.max()),
                                 "peak": [int(peak[0]), int(peak[1])],
                                 "mean": float(m.similarity.mean())}
+    if m.explanation is not None:
+        e = m.explanation
+        record["explain"] = {
+            "methods": e.methods, "classes": e.classes, "head": m.opts.explain_head,
+            "maps": "raw, on the patch grid (no min-max), maps[class][method][row][column]",
+            "values": e.maps.tolist(),
+        }
     if m.top5 is not None:
         record["top5"] = m.top5
     return record
@@ -876,6 +910,10 @@ def probe_images(model, images, outdir, opts: ImageOptions | None = None, overwr
     entries, failures, joint = [], [], []
     grid = model.preset.grid_at((opts.size, opts.size))
     query = _run_query(model, images[0], opts) if "similarity" in opts.image_probes else None
+    if "explain" in opts.image_probes:  # a class name or index that cannot be: before any work
+        from vidattn.relevance.targets import check_target
+
+        check_target(model.preset, opts.explain_class)
     features = None if opts.save_features is None else FeatureWriter(
         opts.save_features, grid, model.preset.embed_dim, model_meta(model), index="images")
     viewers = ImageRun(out, (opts.layer, opts.facet)) if opts.viewer else None

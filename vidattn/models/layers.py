@@ -126,6 +126,9 @@ class Attention(keras.layers.Layer):
       all exact.
     - ``rope``: ``(sin, cos)`` ``(T, head_dim)`` to rotate the queries and keys by
       (``apply_rope``; identity rows for the tokens DINOv3 leaves unrotated).
+    - ``offset``: ``(N, heads, T, T)`` zeros added to the probabilities before they weight the
+      values, so that the gradient of an output with respect to ``offset`` is its gradient with
+      respect to the attention (``vidattn.relevance``); implies ``probs="all"``.
     """
 
     def __init__(self, dim, num_heads, mask_k_bias=False, **kwargs):
@@ -161,13 +164,16 @@ class Attention(keras.layers.Layer):
             qk = apply_rope(qk, *rope)
         return qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]
 
-    def call(self, x, rope=None, probs=None, chunk=None):
+    def call(self, x, rope=None, probs=None, chunk=None, offset=None):
         n, t, d = ops.shape(x)
         q, k, v = self.heads(x, rope)
         whole = None  # every query's probabilities, where this path computes them anyway
+        if offset is not None:
+            probs = "all"
         if probs == "all" or (chunk is None and not FUSED_ATTENTION):
             whole = attention_probs(q, k, self.scale)
-            out = ops.einsum("nhqk,nkhd->nqhd", ops.cast(whole, v.dtype), v)
+            weights = whole if offset is None else whole + ops.cast(offset, whole.dtype)
+            out = ops.einsum("nhqk,nkhd->nqhd", ops.cast(weights, v.dtype), v)
         elif chunk is None:
             out = ops.dot_product_attention(q, k, v, scale=self.scale)
         else:
@@ -233,7 +239,11 @@ class LayerScale(keras.layers.Layer):
 
 class Block(keras.layers.Layer):
     """Pre-norm transformer block: ``x + ls1(attn(norm1(x)))``, then ``x + ls2(mlp(norm2(x)))``;
-    without ``layer_scale`` the ``ls`` are identities. ``mlp``: ``"gelu"`` or ``"swiglu"``."""
+    without ``layer_scale`` the ``ls`` are identities. ``mlp``: ``"gelu"`` or ``"swiglu"``.
+
+    ``call(..., offset=None, tap=None)``: ``offset`` goes to the attention (``Attention``);
+    ``tap`` ``(N, T, D)`` zeros are added to ``norm1(x)``, whose value the call then also
+    returns, for the gradient with respect to the tokens attention reads (Grad-CAM's layer)."""
 
     def __init__(self, dim, num_heads, hidden, eps, mlp="gelu", layer_scale=False,
                  mask_k_bias=False, **kwargs):
@@ -249,8 +259,12 @@ class Block(keras.layers.Layer):
         for layer in (self.norm1, self.attn, self.norm2, self.mlp):
             layer.build(input_shape)
 
-    def call(self, x, rope=None, probs=None, chunk=None):
-        y, probs = self.attn(self.norm1(x), rope=rope, probs=probs, chunk=chunk)
+    def call(self, x, rope=None, probs=None, chunk=None, offset=None, tap=None):
+        h = self.norm1(x)
+        if tap is not None:
+            h = h + ops.cast(tap, h.dtype)
+        y, probs = self.attn(h, rope=rope, probs=probs, chunk=chunk, offset=offset)
         x = x + (y if self.ls1 is None else self.ls1(y))
         y = self.mlp(self.norm2(x))
-        return x + (y if self.ls2 is None else self.ls2(y)), probs
+        out = x + (y if self.ls2 is None else self.ls2(y))
+        return (out, probs) if tap is None else (out, probs, h)

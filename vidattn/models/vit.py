@@ -195,22 +195,7 @@ class ViT(keras.Model):
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
         p = self.preset
-        n, h, w = images.shape[0], images.shape[1], images.shape[2]
-        grid = p.grid_at((h, w))
-        x = self.patch_embed(images)
-        batch = ops.shape(x)[0] if n is None else n
-
-        def per_image(weight):
-            return ops.broadcast_to(weight, (batch,) + tuple(weight.shape[1:]))
-
-        x = ops.concatenate([per_image(t) for t in self.class_tokens] + [x], axis=1)
-        if self.pos_embed is not None:
-            x = x + ops.cast(self.position_embeddings(grid), x.dtype)
-        if self.register_tokens is not None:
-            n_cls = p.num_class_tokens
-            x = ops.concatenate([x[:, :n_cls], per_image(self.register_tokens), x[:, n_cls:]], 1)
-        rope = (None if self.periods is None
-                else rope_sin_cos(self.periods, grid, p.num_prefix_tokens))
+        x, rope = self.tokens_in(images)
         kept, means, inputs = [], [], []
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
@@ -252,6 +237,48 @@ class ViT(keras.Model):
             logits = [ops.cast(head(x[:, i]), "float32") for i, head in enumerate(self.heads)]
             out["logits"] = logits[0] if len(logits) == 1 else (logits[0] + logits[1]) / 2
         return out
+
+    def tokens_in(self, images):
+        """What the first block takes: ``images`` ``(N, H, W, 3)`` -> the tokens ``(N, T, D)``
+        (class tokens, registers, patches; positions added) and the RoPE ``(sin, cos)`` or
+        None."""
+        p = self.preset
+        grid = p.grid_at(images.shape[1:3])
+        x = self.patch_embed(images)
+        batch = ops.shape(x)[0] if images.shape[0] is None else images.shape[0]
+
+        def per_image(weight):
+            return ops.broadcast_to(weight, (batch,) + tuple(weight.shape[1:]))
+
+        x = ops.concatenate([per_image(t) for t in self.class_tokens] + [x], axis=1)
+        if self.pos_embed is not None:
+            x = x + ops.cast(self.position_embeddings(grid), x.dtype)
+        if self.register_tokens is not None:
+            n_cls = p.num_class_tokens
+            x = ops.concatenate([x[:, :n_cls], per_image(self.register_tokens), x[:, n_cls:]], 1)
+        rope = (None if self.periods is None
+                else rope_sin_cos(self.periods, grid, p.num_prefix_tokens))
+        return x, rope
+
+    def relevance_pass(self, images, offsets, tap):
+        """The forward pass the explanations differentiate (``vidattn.relevance``): ``images``
+        ``(N, H, W, 3)``, ``offsets`` one ``(N, heads, T, T)`` zero tensor per block, added to
+        its attention probabilities, and ``tap`` ``(N, T, D)`` zeros added to the last block's
+        ``norm1`` output, so that gradients with respect to them are gradients with respect to
+        the attention and to those tokens. Returns ``heads_logits``: one ``(N, C)`` per
+        classifier head (CLS, then distillation), ``attention``: every block's probabilities
+        ``(N, heads, T, T)``, and ``tokens``: the last block's ``norm1`` output ``(N, T, D)``.
+        With None for the offsets and the tap, only the logits mean anything."""
+        x, rope = self.tokens_in(images)
+        attention, last = [], len(self.blocks) - 1
+        for i, (block, offset) in enumerate(zip(self.blocks, offsets)):
+            out = block(x, rope=rope, offset=offset, tap=tap if i == last else None)
+            x, probs = out[:2]
+            attention.append(probs)
+        x = ops.cast(self.norm(x), "float32")
+        return {"heads_logits": [ops.cast(head(x[:, i]), "float32")
+                                 for i, head in enumerate(self.heads)],
+                "attention": attention, "tokens": out[2] if tap is not None else None}
 
     def _chunked_rollout(self, inputs, rope, chunk):
         """:func:`cls_rollout` from each block's input, the attention recomputed in chunks."""

@@ -1,0 +1,219 @@
+"""The relevance methods, each as its reference computes it, from one forward and backward pass.
+
+``backward_pass`` runs the model once with zeros added to every block's attention and to the
+last block's ``norm1`` output (``ViT.relevance_pass``) and differentiates the explained logit
+with respect to them (``gradients``): the attention ``A_b`` ``(N, heads, T, T)`` of each block,
+its gradient ``dA_b``, the last block's normed tokens ``X`` ``(N, T, D)`` and ``dX``. Each
+method turns those into a map ``(N, gh, gw)`` over the patches, raw (no min-max), from the row
+of the explained class token (``c``: 0, or 1 for distilled DeiT's distillation head).
+
+==================  ====================================================================
+method              what it computes, and its reference
+==================  ====================================================================
+``generic``         Chefer et al., ICCV 2021 (Transformer-MM-Explainability's ViT notebook,
+                    ``generate_relevance``): ``R = I``; for each block, first to last,
+                    ``R += mean_h((dA ⊙ A)⁺) @ R``; the map is ``R[c, patches]``
+``grad-rollout``    jacobgil/vit-explain ``vit_grad_rollout.py``: for each block
+                    ``F = mean_h(A ⊙ dA)``, negatives to 0, the ``discard`` smallest share of
+                    its entries to 0, ``F = (F + I) / 2`` with rows normalised, and
+                    ``J = F_L ... F_1``; the map is ``J[c, patches]``
+``gradcam``         jacobgil/pytorch-grad-cam's ViT recipe (``usage_examples/vit_example.py``):
+                    the last block's ``norm1`` tokens, prefix tokens dropped, as a
+                    ``(D, gh, gw)`` activation; weights ``mean_{patches} dX``; the map is
+                    ``(sum_d w_d X_d)⁺``
+``attention``       Chefer's ``Baselines.generate_cam_attn``: the last block's class row
+                    ``A[:, c, patches]`` weighted per head by the mean of its gradient over
+                    the patches, averaged over heads, negatives to 0
+``rollout``         Chefer's ``Baselines.generate_rollout``: the head mean of each block plus
+                    ``I``, rows normalised, multiplied last block first; the row ``c``
+==================  ====================================================================
+
+Where we differ on purpose (each reference runs at batch 1; here every image of a batch is its
+own): grad-rollout pairs each block's attention with *its own* gradient (the reference zips the
+forward-order attentions with the backward-order gradients, vit-explain issue 6), normalises
+the rows of ``(F + I) / 2`` (the reference divides by the sums of a broadcast that, at batch
+1, scales columns), and discards per image (the reference only in the batch's first); gradcam
+and every map drop all the prefix tokens (class, distillation, registers: the reference drops
+the first token only); the references' final min-max scaling is left to the drawing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vidattn.backend import ops
+from vidattn.options import EXPLAIN_HEADS, EXPLAIN_METHODS
+from vidattn.relevance.gradients import value_and_gradients
+from vidattn.relevance.targets import check_classifier, class_names, resolve, top_k
+
+__all__ = ["DEFAULT_DISCARD", "METHODS", "Explanation", "Pass", "backward_pass", "explain_image",
+           "explain_maps"]
+
+DEFAULT_DISCARD = 0.9  # vit-explain's --discard_ratio default
+
+
+@dataclass
+class Pass:
+    """One forward and backward pass: ``logits`` ``(N, C)`` of the explained head, ``target``
+    ``(N,)`` the explained classes, and per block ``attention`` and ``grads`` ``(N, heads, T,
+    T)``; ``tokens`` and ``token_grads`` ``(N, T, D)``: the last block's ``norm1`` output and its
+    gradient; ``row``: the explained class token's rows to read (one or two token indices)."""
+
+    logits: np.ndarray
+    target: np.ndarray
+    attention: list
+    grads: list
+    tokens: np.ndarray
+    token_grads: np.ndarray
+    row: tuple
+
+
+def head_rows(preset, head: str) -> tuple:
+    """The class-token rows a head's maps read: the CLS token's, the distillation token's, or
+    (``mean``, whose logit is the heads' mean) both, averaged."""
+    if head not in EXPLAIN_HEADS:
+        raise ValueError(f"head must be one of {EXPLAIN_HEADS}, got {head!r}")
+    if preset.num_class_tokens == 1 or head == "cls":
+        return (0,)
+    return (1,) if head == "dist" else (0, 1)
+
+
+def _head_logits(heads_logits, head):
+    if len(heads_logits) == 1 or head == "cls":
+        return heads_logits[0]
+    return heads_logits[1] if head == "dist" else (heads_logits[0] + heads_logits[1]) / 2
+
+
+def backward_pass(model, images, target=None, head: str = "mean") -> Pass:
+    """Forward the preprocessed ``images`` ``(N, H, W, 3)`` and differentiate each image's
+    ``target`` logit (``targets.resolve``: None or "top1" for its best class) of ``head``
+    (distilled DeiT: "cls", "dist" or "mean", timm's inference output) -> ``Pass``."""
+    p = model.preset
+    check_classifier(p)
+    images = np.asarray(images, np.float32)
+    rows = head_rows(p, head)
+    n, t = len(images), p.tokens_at(images.shape[1:3])
+    first = model.backbone.relevance_pass(
+        ops.convert_to_tensor(images), [None] * p.depth, None)["heads_logits"]
+    logits = np.asarray(ops.convert_to_numpy(_head_logits(first, head)))
+    classes = resolve(p, target, logits)
+    onehot = ops.convert_to_tensor(np.eye(p.num_classes, dtype=np.float32)[classes])
+    x = ops.convert_to_tensor(images)
+
+    def explained(zeros):
+        out = model.backbone.relevance_pass(x, zeros[:-1], zeros[-1])
+        score = ops.sum(_head_logits(out["heads_logits"], head) * onehot)
+        return score, {"attention": out["attention"], "tokens": out["tokens"]}
+
+    zeros = [np.zeros((n, p.num_heads, t, t), np.float32) for _ in range(p.depth)]
+    aux, grads = value_and_gradients(explained, zeros + [np.zeros((n, t, p.embed_dim),
+                                                                  np.float32)])
+    return Pass(logits, classes, aux["attention"], grads[:-1], aux["tokens"], grads[-1], rows)
+
+
+def _rows(matrix, rows, n_prefix):
+    """``(N, T, T)`` -> the mean of the class rows ``rows`` over the patch columns ``(N, P)``."""
+    return matrix[:, list(rows), n_prefix:].mean(axis=1)
+
+
+def generic(ps: Pass, n_prefix: int, **_) -> np.ndarray:
+    """Chefer et al. ICCV 2021 (see the module docstring) -> ``(N, P)``."""
+    t = ps.attention[0].shape[-1]
+    relevance = np.broadcast_to(np.eye(t, dtype=np.float64), (len(ps.logits), t, t)).copy()
+    for a, g in zip(ps.attention, ps.grads):
+        cam = np.maximum(g.astype(np.float64) * a, 0).mean(axis=1)
+        relevance += cam @ relevance
+    return _rows(relevance, ps.row, n_prefix)
+
+
+def grad_rollout(ps: Pass, n_prefix: int, discard: float = DEFAULT_DISCARD, **_) -> np.ndarray:
+    """vit-explain's gradient rollout, its layer pairing fixed (see the module docstring)."""
+    n, t = len(ps.logits), ps.attention[0].shape[-1]
+    eye = np.eye(t)
+    joint = np.broadcast_to(eye, (n, t, t)).copy()
+    dropped = int(t * t * discard)
+    for a, g in zip(ps.attention, ps.grads):
+        fused = np.maximum((a.astype(np.float64) * g).mean(axis=1), 0).reshape(n, -1)
+        if dropped:
+            smallest = np.argpartition(fused, dropped - 1, axis=1)[:, :dropped]
+            np.put_along_axis(fused, smallest, 0.0, axis=1)
+        fused = (fused.reshape(n, t, t) + eye) / 2
+        joint = (fused / fused.sum(axis=-1, keepdims=True)) @ joint
+    return _rows(joint, ps.row, n_prefix)
+
+
+def gradcam(ps: Pass, n_prefix: int, **_) -> np.ndarray:
+    """pytorch-grad-cam's Grad-CAM on the last block's ``norm1`` tokens -> ``(N, P)``."""
+    x = ps.tokens[:, n_prefix:].astype(np.float64)
+    weights = ps.token_grads[:, n_prefix:].mean(axis=1)  # (N, D)
+    return np.maximum(np.einsum("npd,nd->np", x, weights), 0)
+
+
+def attention_cam(ps: Pass, n_prefix: int, **_) -> np.ndarray:
+    """Chefer's attention baseline (Grad-CAM on the last attention) -> ``(N, P)``."""
+    a, g = ps.attention[-1].astype(np.float64), ps.grads[-1]
+    rows = list(ps.row)
+    cam = a[:, :, rows, n_prefix:].mean(axis=2)  # (N, heads, P)
+    weights = g[:, :, rows, n_prefix:].mean(axis=2).mean(axis=-1, keepdims=True)
+    return np.maximum((cam * weights).mean(axis=1), 0)
+
+
+def rollout(ps: Pass, n_prefix: int, **_) -> np.ndarray:
+    """Chefer's rollout baseline (class-agnostic) -> ``(N, P)``."""
+    n, t = len(ps.logits), ps.attention[0].shape[-1]
+    joint = np.broadcast_to(np.eye(t), (n, t, t)).copy()
+    for a in ps.attention:
+        step = a.astype(np.float64).mean(axis=1) + np.eye(t)
+        joint = (step / step.sum(axis=-1, keepdims=True)) @ joint
+    return _rows(joint, ps.row, n_prefix)
+
+
+METHODS = dict(zip(EXPLAIN_METHODS, (generic, grad_rollout, gradcam, attention_cam, rollout)))
+
+
+def explain_maps(model, images, method: str = "generic", target=None, head: str = "mean",
+                 **options):
+    """Maps ``(N, gh, gw)`` float64, raw, of ``method`` (``METHODS``) for the preprocessed
+    ``images`` ``(N, H, W, 3)``, and the ``Pass`` they come from (its ``target`` and
+    ``logits``). ``options``: ``discard`` for grad-rollout."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    ps = backward_pass(model, images, target, head)
+    flat = METHODS[method](ps, model.preset.num_prefix_tokens, **options)
+    return flat.reshape(len(flat), *model.preset.grid_at(np.shape(images)[1:3])), ps
+
+
+@dataclass
+class Explanation:
+    """One image's maps: ``classes`` ``[{class, name, probability}]`` (the explained head's
+    softmax), ``methods`` their names, and ``maps`` ``(classes, methods, gh, gw)`` float64,
+    raw (no min-max)."""
+
+    classes: list
+    methods: list
+    maps: np.ndarray
+
+
+def explain_image(model, image_input, target="top1", methods=EXPLAIN_METHODS,
+                  head: str = "mean", **options) -> Explanation:
+    """Every method's map for each class of ``target`` (``topK``, an index or a name) on one
+    preprocessed image ``(H, W, 3)``: one backward pass per class, shared by the methods."""
+    x = np.asarray(image_input, np.float32)[None]
+    p, k = model.preset, top_k(target)
+    first = backward_pass(model, x, target if not k or k == 1 else None, head)
+    logits = first.logits[0].astype(np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs, kind="stable")[:k] if k else first.target
+    names = class_names(p)
+    grid = p.grid_at(x.shape[1:3])
+    maps, classes = [], []
+    for c in order:
+        ps = first if c == first.target[0] else backward_pass(model, x, int(c), head)
+        maps.append([METHODS[m](ps, p.num_prefix_tokens, **options).reshape(grid)
+                     for m in methods])
+        classes.append({"class": int(c), "name": names[c].split(", ")[0] if names else None,
+                        "probability": float(probs[c])})
+    return Explanation(classes, list(methods), np.asarray(maps))
