@@ -84,6 +84,21 @@ def dequantize_signed(data, scales) -> np.ndarray:
     return (np.asarray(data, np.float32) - 128) / 127 * np.asarray(scales, np.float32)[..., None]
 
 
+def signed_bytes(vectors: int, dims: int) -> int:
+    """Bytes that ``vectors`` vectors of ``dims`` take as ``quantize_signed`` stores them (before
+    base64): ``dims`` bytes and a float32 scale each."""
+    return vectors * (dims + 4)
+
+
+def dot_error(unit_a, stored_a, unit_b, stored_b) -> float:
+    """The largest ``|cosine - stored dot|`` over the pairs of rows of ``a`` ``(M, D)`` and
+    ``b`` ``(N, D)``: ``unit`` the features scaled to unit length, ``stored`` the same as a page
+    decodes them (``dequantize_signed``); in float64."""
+    exact = np.asarray(unit_a, np.float64) @ np.asarray(unit_b, np.float64).T
+    approx = np.asarray(stored_a, np.float64) @ np.asarray(stored_b, np.float64).T
+    return float(np.abs(exact - approx).max())
+
+
 def fit_reduction(sample, k: int = VIEWER_DIMS) -> Reduction:
     """A ``Reduction`` to ``k`` directions fitted on tokens ``(..., D)``, its error measured on
     the sample (see the class)."""
@@ -92,8 +107,7 @@ def fit_reduction(sample, k: int = VIEWER_DIMS) -> Reduction:
     axes = vt[:k]
     pick = np.random.default_rng(0).permutation(len(unit))[:ERROR_SAMPLE]
     stored = dequantize_signed(*quantize_signed(unit[pick] @ axes.T))
-    error = float(np.abs(unit[pick] @ unit[pick].T - stored @ stored.T).max())
-    return Reduction(axes.astype(np.float32), error)
+    return Reduction(axes.astype(np.float32), dot_error(unit[pick], stored, unit[pick], stored))
 
 
 def similarity_maps(tokens, query, grid_hw) -> np.ndarray:

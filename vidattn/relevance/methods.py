@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vidattn import attention as am
 from vidattn.backend import ops
 from vidattn.options import EXPLAIN_HEADS, EXPLAIN_METHODS
 from vidattn.relevance.gradients import value_and_gradients
@@ -95,22 +96,26 @@ def backward_pass(model, images, target=None, head: str = "mean") -> Pass:
     images = np.asarray(images, np.float32)
     rows = head_rows(p, head)
     n, t = len(images), p.tokens_at(images.shape[1:3])
-    first = model.backbone.relevance_pass(
-        ops.convert_to_tensor(images), [None] * p.depth, None)["heads_logits"]
-    logits = np.asarray(ops.convert_to_numpy(_head_logits(first, head)))
-    classes = resolve(p, target, logits)
-    onehot = ops.convert_to_tensor(np.eye(p.num_classes, dtype=np.float32)[classes])
     x = ops.convert_to_tensor(images)
+    logits = None  # the top class needs the logits first: a pass without gradients
+    if top_k(target) == 1:
+        first = model.backbone.relevance_pass(x, [None] * p.depth, None)["heads_logits"]
+        logits = np.asarray(ops.convert_to_numpy(_head_logits(first, head)))
+    classes = resolve(p, target, np.zeros((n, p.num_classes)) if logits is None else logits)
+    onehot = ops.convert_to_tensor(np.eye(p.num_classes, dtype=np.float32)[classes])
 
     def explained(zeros):
         out = model.backbone.relevance_pass(x, zeros[:-1], zeros[-1])
-        score = ops.sum(_head_logits(out["heads_logits"], head) * onehot)
-        return score, {"attention": out["attention"], "tokens": out["tokens"]}
+        explained_logits = _head_logits(out["heads_logits"], head)
+        score = ops.sum(explained_logits * onehot)
+        return score, {"attention": out["attention"], "tokens": out["tokens"],
+                       "logits": explained_logits}
 
     zeros = [np.zeros((n, p.num_heads, t, t), np.float32) for _ in range(p.depth)]
     aux, grads = value_and_gradients(explained, zeros + [np.zeros((n, t, p.embed_dim),
                                                                   np.float32)])
-    return Pass(logits, classes, aux["attention"], grads[:-1], aux["tokens"], grads[-1], rows)
+    return Pass(aux["logits"], classes, aux["attention"], grads[:-1], aux["tokens"], grads[-1],
+                rows)
 
 
 def _rows(matrix, rows, n_prefix):
@@ -129,19 +134,19 @@ def generic(ps: Pass, n_prefix: int, **_) -> np.ndarray:
 
 
 def grad_rollout(ps: Pass, n_prefix: int, discard: float = DEFAULT_DISCARD, **_) -> np.ndarray:
-    """vit-explain's gradient rollout, its layer pairing fixed (see the module docstring)."""
+    """vit-explain's gradient rollout, its layer pairing fixed (see the module docstring): each
+    block's fused, discarded map chained as ``attention.rollout_matrix`` chains attention (the
+    reference's halving of ``F + I`` cancels in the row normalisation)."""
     n, t = len(ps.logits), ps.attention[0].shape[-1]
-    eye = np.eye(t)
-    joint = np.broadcast_to(eye, (n, t, t)).copy()
     dropped = int(t * t * discard)
+    fused_blocks = []
     for a, g in zip(ps.attention, ps.grads):
         fused = np.maximum((a.astype(np.float64) * g).mean(axis=1), 0).reshape(n, -1)
         if dropped:
             smallest = np.argpartition(fused, dropped - 1, axis=1)[:, :dropped]
             np.put_along_axis(fused, smallest, 0.0, axis=1)
-        fused = (fused.reshape(n, t, t) + eye) / 2
-        joint = (fused / fused.sum(axis=-1, keepdims=True)) @ joint
-    return _rows(joint, ps.row, n_prefix)
+        fused_blocks.append(fused.reshape(n, 1, t, t))  # one "head": rollout's mean keeps it
+    return _rows(am.rollout_matrix(fused_blocks), ps.row, n_prefix)
 
 
 def gradcam(ps: Pass, n_prefix: int, **_) -> np.ndarray:
@@ -161,13 +166,9 @@ def attention_cam(ps: Pass, n_prefix: int, **_) -> np.ndarray:
 
 
 def rollout(ps: Pass, n_prefix: int, **_) -> np.ndarray:
-    """Chefer's rollout baseline (class-agnostic) -> ``(N, P)``."""
-    n, t = len(ps.logits), ps.attention[0].shape[-1]
-    joint = np.broadcast_to(np.eye(t), (n, t, t)).copy()
-    for a in ps.attention:
-        step = a.astype(np.float64).mean(axis=1) + np.eye(t)
-        joint = (step / step.sum(axis=-1, keepdims=True)) @ joint
-    return _rows(joint, ps.row, n_prefix)
+    """Chefer's rollout baseline (class-agnostic), the study's rollout
+    (``attention.rollout_matrix``) read at the class row -> ``(N, P)``."""
+    return _rows(am.rollout_matrix(ps.attention), ps.row, n_prefix)
 
 
 METHODS = dict(zip(EXPLAIN_METHODS, (generic, grad_rollout, gradcam, attention_cam, rollout)))

@@ -46,10 +46,10 @@ def _by_name(preset, name: str) -> int:
     if _key(name) in synonyms:
         return synonyms[_key(name)]
     near = difflib.get_close_matches(_key(name), list(synonyms), n=3, cutoff=0.6)
-    hint = ("; did you mean " + ", ".join(repr(names[synonyms[n]].split(", ")[0]) for n in near)
-            if near else "")
-    raise VidattnError(f"unknown class {name!r}{hint}?" if near else
-                       f"unknown class {name!r} (ImageNet-1k names, e.g. 'tabby cat', or an "
+    if near:
+        shown = ", ".join(repr(names[synonyms[n]].split(", ")[0]) for n in near)
+        raise VidattnError(f"unknown class {name!r}; did you mean {shown}?")
+    raise VidattnError(f"unknown class {name!r} (ImageNet-1k names, e.g. 'tabby cat', or an "
                        "index 0..999)")
 
 

@@ -24,14 +24,15 @@ bytes. So the data is
 
 The features chunk holds each patch's feature ``(D,)`` scaled to unit length and stored as int8
 with one float32 scale (``features.quantize_signed``): ``P`` scales, then ``P * D`` bytes, so
-``P * (D + 4)`` bytes (``feature_bytes``): 76 KB for ViT-S/16 at 224, 605 KB for ViT-B/8, under 1%
-of the attention data, so it is always stored; it comes from the same forward pass as the
-attention. The page's similarity is the dot product of two stored vectors; the largest error of
-that against the float cosine is measured when the features are written (``dot_error``): over
-every pair of an image's patches (``ERROR_SAMPLE`` of them against all where there are more), and
-in a run each image's patches against a sample of up to ``ERROR_SAMPLE`` patches of the images
-before it. Its name holds a hash of its bytes, so that pages of one run never mistake one image's
-features for another's (``common.js`` loads a chunk once per key).
+``P * (D + 4)`` bytes (``features.signed_bytes``): 76 KB for ViT-S/16 at 224, 605 KB for
+ViT-B/8, under 1% of the attention data, so it is always stored; it comes from the same forward
+pass as the attention. The page's similarity is the dot product of two stored vectors; the
+largest error of that against the float cosine is measured when the features are written
+(``features.dot_error``): over every pair of an image's patches (``ERROR_SAMPLE`` of them
+against all where there are more), and in a run each image's patches against a sample of up
+to ``ERROR_SAMPLE`` patches of the images before it. Its name holds a hash of its bytes, so
+that pages of one run never mistake one image's features for another's (``common.js`` loads a
+chunk once per key).
 
 The run file is a chunk too (``vidattnChunk("viewer-run", BASE64 of JSON)``), written atomically
 when the run ends: a page loads it (``../viewer-run.js``) when it is there and draws the
@@ -55,7 +56,8 @@ import numpy as np
 from PIL import Image
 
 from vidattn import attention as am
-from vidattn.features import ERROR_SAMPLE, dequantize_signed, quantize_signed, unit_rows
+from vidattn.features import (ERROR_SAMPLE, dequantize_signed, dot_error, quantize_signed,
+                              signed_bytes, unit_rows)
 from vidattn.io import discard_folder, publish_folder, temporary_folder, write_bytes_atomic
 from vidattn.options import DEFAULT_SIZE, DEFAULT_THRESHOLD
 from vidattn.preprocess import display_image, load_image, preprocess_image
@@ -68,8 +70,8 @@ from vidattn.viewer.pages import (
     write_viewer_page,
 )
 
-__all__ = ["PAGE", "RUN_FEATURE_CAP", "RUN_FILE", "ImageRun", "StoredFeatures", "dot_error",
-           "feature_bytes", "write_image_viewer"]
+__all__ = ["PAGE", "RUN_FEATURE_CAP", "RUN_FILE", "ImageRun", "StoredFeatures",
+           "write_image_viewer"]
 
 PAGE = "viewer.html"
 DATA_FOLDER = "viewer"
@@ -80,20 +82,6 @@ RUN_FEATURE_CAP = 64 * 2**20  # bytes of features the run file lists: what a pag
 RUN_SAMPLE = 64  # patches of each image in the run's error sample (ERROR_SAMPLE in all)
 DEFAULT_FACET = (-1, "token")  # (block, kind) as Model.run's facet: the last block's tokens
 ALPHA = 0.6  # as the probe figures
-
-
-def feature_bytes(patches: int, dims: int) -> int:
-    """Bytes one image's stored features take (before base64): ``patches * (dims + 4)``."""
-    return patches * (dims + 4)
-
-
-def dot_error(unit_a, stored_a, unit_b, stored_b) -> float:
-    """The largest ``|cosine - stored dot|`` over the pairs of rows of ``a`` ``(M, D)`` and
-    ``b`` ``(N, D)``: ``unit`` the float features scaled to unit length, ``stored`` the same as
-    the page decodes them (``dequantize_signed``); in float64."""
-    exact = np.asarray(unit_a, np.float64) @ np.asarray(unit_b, np.float64).T
-    approx = np.asarray(stored_a, np.float64) @ np.asarray(stored_b, np.float64).T
-    return float(np.abs(exact - approx).max())
 
 
 @dataclass(frozen=True)
@@ -124,7 +112,7 @@ class StoredFeatures:
 
     @property
     def bytes(self) -> int:
-        return feature_bytes(*self.data.shape)
+        return signed_bytes(*self.data.shape)
 
     @property
     def key(self) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from vidattn.errors import VidattnError
-from vidattn.features import VIEWER_DIMS, quantize_signed
+from vidattn.features import VIEWER_DIMS, quantize_signed, signed_bytes
 from vidattn.io import discard_folder, publish_folder, temporary_folder
 from vidattn.models.memory import format_bytes
 from vidattn.preprocess import resize_frame
@@ -56,7 +56,7 @@ VIEWER_FEATURE_CAP = 256 * 2**20  # bytes of stored features a page may load
 
 def feature_bytes(frames: int, grid_hw, dims: int = VIEWER_DIMS) -> int:
     """Bytes the features of ``frames`` frames take (before base64), ``dims`` per patch."""
-    return frames * grid_hw[0] * grid_hw[1] * (dims + 4)
+    return signed_bytes(frames * grid_hw[0] * grid_hw[1], dims)
 
 
 def viewer_video_size(frame_hw) -> tuple[int, int]:
