@@ -2,7 +2,8 @@
 """Benchmark vidattn on this machine and print one table (also written as JSON).
 
     python scripts/bench.py [--quick]
-        [--only startup,model,torch,families,ceiling,e2e,memory,fullres,rollout,batch,viewer,track]
+        [--only startup,model,torch,families,ceiling,e2e,memory,fullres,rollout,batch,viewer,track,
+                explain]
         [--json out/bench.json] [--cache out/bench-cache]
 
 Parts (all by default, in this order):
@@ -55,6 +56,16 @@ Parts (all by default, in this order):
   same way); ``vidattn track`` frames per second on a 480x854 clip at the dino protocol's own
   size (demo: patch 8, 6240 patches a frame; dino_vits16 with random weights: 1560); and the peak
   RSS of a track and of a 10x longer one, each in a fresh process.
+- ``explain``: the faithfulness tests of Chefer et al. (``vidattn.relevance.faithfulness``:
+  the segmentation test's pixel accuracy, mIoU and mAP against the class object's mask, and the
+  perturbation test's AUCs, positive and negative, for maps of the predicted and of the true
+  class) of every relevance method (``methods.METHODS`` as it is at run time), a random map (the
+  floor) and the ground-truth mask (the ceiling), on ``EXPLAIN_SCENES`` held-out synthetic
+  scenes of the toy ``demo_classifier`` (``demo.classes.labelled_scenes``) for each of
+  ``EXPLAIN_SEEDS`` seeds: mean ± std over the seeds (a toy model on synthetic scenes: its
+  numbers say nothing of real weights). Each method's time per image against the forward pass
+  alone, on one batch. The table is also written as markdown beside ``--json``
+  (``faithfulness.md``, the README's).
 
 The backend is KERAS_BACKEND's (TensorFlow by default); nothing here needs TensorFlow itself.
 Generated clips are cached in ``--cache``. ``--quick`` is a smoke run: few iterations, short
@@ -64,6 +75,7 @@ clips, a smaller rollout input; its numbers are not meant to be quoted.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -92,7 +104,7 @@ from vidattn.preprocess import video_geometry  # noqa: E402
 from vidattn.runtime import keep_freed_memory  # noqa: E402
 
 PARTS = ("startup", "model", "torch", "families", "ceiling", "e2e", "memory", "fullres", "rollout",
-         "batch", "viewer", "track")
+         "batch", "viewer", "track", "explain")
 FAMILY_PRESETS = ("dinov2_vits14_reg", "dinov3_vits16")
 FAMILY_HW = ((224, 224), (224, 400))  # the width is rounded down to whole patches (392 at 14)
 PRESET = "dino_vits16"
@@ -1083,6 +1095,117 @@ def part_track(bench):
                           note="1.0 = flat memory"))
 
 
+
+# -- part: explain ---------------------------------------------------------------------------
+
+EXPLAIN_PRESET = "demo_classifier"
+EXPLAIN_SCENES, EXPLAIN_SEEDS = 32, 3  # scenes per seed, seeds (--quick: 8 and 2)
+EXPLAIN_METRICS = (("segmentation", "pixel_accuracy", "pixel acc."), ("segmentation", "mIoU", "mIoU"),
+                   ("segmentation", "mAP", "mAP"))
+
+
+def explain_cells(runs: list[dict]) -> dict:
+    """One method's ``evaluate`` results over the seeds -> ``{column: (mean, std)}`` in percent:
+    the segmentation metrics and the four perturbation AUCs (std with ddof 1)."""
+    from vidattn.relevance import faithfulness as fa
+
+    columns = {label: [100 * r["segmentation"][key] for r in runs]
+               for test, key, label in EXPLAIN_METRICS}
+    for explained in fa.EXPLAINED:
+        for direction in fa.DIRECTIONS:
+            columns[f"{direction[:3]}. AUC ({explained})"] = [
+                r["perturbation"][explained][direction]["auc"] for r in runs]
+    return {k: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
+            for k, v in columns.items()}
+
+
+def explain_markdown(cells: dict, times: dict, forward_ms: float, head: str) -> str:
+    """The README's faithfulness table: a row per method, ``mean ± std`` per column, the time
+    per image and its ratio to the forward pass."""
+    columns = list(next(iter(cells.values())))
+    arrows = {"pos": " ↓", "neg": " ↑"}
+    lines = [head, "", "| method | " + " | ".join(c + arrows.get(c[:3], "") for c in columns)
+             + " | ms / image | × forward |", "|---" * (len(columns) + 3) + "|"]
+    for method, c in cells.items():
+        ms = times.get(method)
+        timing = (f"{ms:.1f} | {ms / forward_ms:.1f}" if ms is not None else "- | -")
+        lines.append(f"| `{method}` | " + " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in c.values())
+                     + f" | {timing} |")
+    lines.append("| forward pass alone | " + " | ".join("" for _ in columns)
+                 + f" | {forward_ms:.2f} | 1 |")
+    return "\n".join(lines) + "\n"
+
+
+def part_explain(bench):
+    from vidattn.demo.classes import HELD_OUT_SEED, labelled_scenes
+    from vidattn.errors import VidattnError
+    from vidattn.relevance import faithfulness as fa
+    from vidattn.relevance.evaluate import evaluate
+    from vidattn.relevance.methods import METHODS
+
+    quick = bench.args.quick
+    n, seeds = (8, 2) if quick else (EXPLAIN_SCENES, EXPLAIN_SEEDS)
+    try:
+        model = vidattn.load_model(EXPLAIN_PRESET, precision=bench.args.precision)
+    except VidattnError as err:  # the trained weights not there yet: say so in every row
+        print(f"explain: {err}; random weights instead", file=sys.stderr)
+        model = vidattn.load_model(EXPLAIN_PRESET, weights="random",
+                                   precision=bench.args.precision)
+    label = f"{EXPLAIN_PRESET}{' (RANDOM weights)' * model.is_random}"
+    methods = [*METHODS, fa.FLOOR, fa.CEILING]
+    sets = [labelled_scenes(n, seed=HELD_OUT_SEED + k) for k in range(seeds)]
+    accuracy = [float((fa.top_class(model, s.images) == s.labels).mean()) for s in sets]
+    runs, failed = {m: [] for m in methods}, {}
+    for method in methods:
+        started = time.perf_counter()
+        try:
+            for k, scenes in enumerate(sets):
+                batches = ({"pixels": scenes.images[i:i + fa.BATCH],
+                            "masks": scenes.masks[i:i + fa.BATCH].astype(np.uint8),
+                            "labels": scenes.labels[i:i + fa.BATCH]}
+                           for i in range(0, n, fa.BATCH))
+                runs[method].append(evaluate(model, batches, [method], seed=k)[method])
+        except Exception as err:  # noqa: BLE001 - one broken method must not lose the others
+            traceback.print_exc()
+            failed[method] = f"{type(err).__name__}: {err}"
+        print(f"explain: {method} {time.perf_counter() - started:.0f} s", file=sys.stderr,
+              flush=True)
+    pixels = sets[0].images[:fa.BATCH]
+    forward, forward_note = median_seconds(lambda: fa.top_class(model, pixels), bench.effort)
+    forward_ms = 1e3 * forward / len(pixels)
+    hw = hw_str(pixels.shape[1:3])
+    bench.rows.append(Row(f"forward pass, {label}", hw, len(pixels), forward_ms, "ms/image",
+                          note=f"{forward_note}; held-out accuracy "
+                               + ", ".join(f"{a:.2f}" for a in accuracy)))
+    times, cells = {}, {}
+    for method in methods:
+        if method in failed:
+            bench.rows.append(Row(f"explain {method}", hw, None, float("nan"), "", note="FAILED: "
+                                  + failed[method][:200]))
+            continue
+        cells[method] = explain_cells(runs[method])
+        summary = ", ".join(f"{k} {m:.1f}±{s:.1f}" for k, (m, s) in cells[method].items())
+        if method in METHODS:
+            sec, note = median_seconds(
+                functools.partial(fa.relevance_maps, model, pixels, method), bench.effort)
+            times[method] = 1e3 * sec / len(pixels)
+            bench.rows.append(Row(f"explain {method}, {label}", hw, len(pixels), times[method],
+                                  "ms/image", forward_ms, "forward pass",
+                                  times[method] / forward_ms, note=f"{note}; {summary}"))
+        else:
+            bench.rows.append(Row(f"explain {method} ({'floor' if method == fa.FLOOR else 'ceiling'})",
+                                  hw, None, cells[method]["mIoU"][0], "% mIoU", note=summary))
+    if cells:
+        head = (f"`{label}` on {n} held-out synthetic scenes x {seeds} seeds "
+                f"(`labelled_scenes(n, seed={HELD_OUT_SEED}+k)`), {hw}; percent, mean ± std over "
+                f"the seeds; top-1 accuracy on them " + ", ".join(f"{a:.2f}" for a in accuracy)
+                + f"; times on batch {len(pixels)}, {backend_device()[1]}")
+        path = Path(bench.args.json).with_name("faithfulness.md")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, explain_markdown(cells, times, forward_ms, head).encode())
+        print(f"explain: wrote {path}", file=sys.stderr)
+
+
 def fmt(x) -> str:
     if x is None:
         return ""
@@ -1181,7 +1304,7 @@ def main(argv=None):
                "families": part_families, "ceiling": part_ceiling,
                "e2e": part_e2e, "memory": part_memory, "fullres": part_fullres,
                "rollout": part_rollout, "batch": part_batch, "viewer": part_viewer,
-               "track": part_track}
+               "track": part_track, "explain": part_explain}
     for part in PARTS:
         if part not in args.parts:
             continue

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 source scripts/venv.sh
 
 minutes="${1:-30}"
-tests="damaged or hostile_pickles or allowed_globals or random_safetensors_headers"
+tests="damaged or hostile_pickles or allowed_globals or random_safetensors_headers or random_class_targets"
 end=$((SECONDS + minutes * 60))
 mkdir -p out
 log=out/fuzz.log

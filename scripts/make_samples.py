@@ -1,4 +1,5 @@
-"""Write the bundled samples: a few photographs and a short video with camera motion.
+"""Write the bundled samples: a few photographs, a short video with camera motion, and the toy
+classifier's synthetic scene and clip.
 
     .venv/bin/python scripts/make_samples.py [--out samples]
 
@@ -7,6 +8,10 @@ photographs are public domain or CC0 (``samples/README.md`` lists each source an
 video ``tour.mp4`` is 6 s of 640x360 at 24 fps: three shots, each a smooth pan/zoom across one
 photograph (the crop window eases between two positions), joined by half-second cross-fades;
 H.264 yuv420p through PyAV, single-threaded so the bytes are the same on every run.
+
+For the toy ``demo_classifier`` (``vidattn.demo.classes``): ``scene.png``, one two-object scene
+of two classes (:func:`vidattn.demo.classes.pair_scenes`), and ``shapes.mp4``, 3 s of its four
+classes moving, where the two large objects trade sizes so that the top class changes halfway.
 """
 
 from __future__ import annotations
@@ -22,12 +27,17 @@ import numpy as np
 from PIL import Image
 from skimage import data
 
+from vidattn.demo.classes import CLASS_HUES, CLASSES, pair_scenes
+from vidattn.demo.scenes import SHAPES, _background
+from vidattn.demo.tracks import _objects
 from vidattn.io import atomic_path
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTH, HEIGHT, FPS = 640, 360, 24
 SHOT_FRAMES, FADE_FRAMES = 56, 12  # 3 shots of 56 frames, 2 fades of 12: 144 frames, 6 s
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+SCENE_SEED, SCENE_SIZE = 2, 224  # scene.png: 224, the size vidattn image runs at by default
+CLIP_HEIGHT, CLIP_WIDTH, CLIP_FRAMES = 224, 400, 72  # shapes.mp4: 3 s at 24 fps
 
 
 @dataclass(frozen=True)
@@ -83,12 +93,35 @@ def tour_frames() -> np.ndarray:
     return np.clip(np.rint(video), 0, 255).astype(np.uint8)
 
 
+def shapes_frames(seed: int = 1) -> np.ndarray:
+    """The toy classifier's clip, ``(CLIP_FRAMES, CLIP_HEIGHT, CLIP_WIDTH, 3)`` uint8: one object
+    of each class over one background, none ever touching. Two large ones, left and right, bob
+    up and down while the left shrinks from 0.2 to 0.1 of the height and the right grows as
+    much (the scene's class, its largest object, changes at the midpoint); two small ones
+    drift along the top and bottom."""
+    h, w = CLIP_HEIGHT, CLIP_WIDTH
+    t = np.linspace(0, 1, CLIP_FRAMES)[:, None]
+    wave = np.sin(2 * np.pi * t)
+    rows = h * np.concatenate([0.5 + 0.06 * wave, 0.5 - 0.06 * wave, np.full_like(t, 0.18),
+                               np.full_like(t, 0.82)], axis=1)
+    cols = w * np.concatenate([np.full_like(t, 0.27), np.full_like(t, 0.73), 0.5 + 0.1 * wave,
+                               0.5 - 0.1 * wave], axis=1)
+    radii = h * np.concatenate([0.2 - 0.1 * t, 0.1 + 0.1 * t, np.full((len(t), 2), 0.08)], 1)
+    classes = [0, 2, 1, 3]  # red disc, blue triangle (large); green square, yellow blob (small)
+    hues = [list(CLASS_HUES.values())[c] for c in classes]
+    background = _background(np.random.default_rng(seed), w)[:h]
+    frames, _ = _objects(background, np.stack([rows, cols], -1), radii, hues,
+                         [SHAPES[c] for c in classes], seed)
+    return frames
+
+
 def write_video(frames: np.ndarray, path: Path):
     """Encode uint8 RGB frames ``(N, H, W, 3)`` as H.264 yuv420p MP4 at ``FPS`` (CRF 23)."""
 
     with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
         stream.time_base = Fraction(1, FPS)
         stream.codec_context.thread_count = 1  # multi-threaded x264 output varies run to run
         stream.options = {"crf": "23", "preset": "medium"}
@@ -109,7 +142,13 @@ def main():
         with atomic_path(out / f"{name}.jpg") as tmp:
             photo.save(tmp, quality=90)
     write_video(tour_frames(), out / "tour.mp4")
-    for path in sorted(out.glob("*.jpg")) + [out / "tour.mp4"]:
+    scene = pair_scenes(1, SCENE_SEED, SCENE_SIZE)
+    with atomic_path(out / "scene.png") as tmp:
+        Image.fromarray(scene.images[0]).save(tmp, format="png")
+    print("scene.png: a " + " and a ".join(CLASSES[c] for c in scene.labels[0]))
+    write_video(shapes_frames(), out / "shapes.mp4")
+    for path in sorted(out.glob("*.jpg")) + [out / "tour.mp4", out / "scene.png",
+                                              out / "shapes.mp4"]:
         print(f"{path}  {path.stat().st_size / 1024:.0f} KiB")
 
 

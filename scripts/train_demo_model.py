@@ -24,29 +24,18 @@ and a randomly initialised model, next to the share of object patches.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import save_file
 
 import vidattn
 from vidattn.demo.scenes import make_scenes, object_area_share, object_attention_share
-from vidattn.demo.training import train
-from vidattn.io import atomic_path
+from vidattn.demo.training import train, write_weights
 from vidattn.models.presets import get_preset
 from vidattn.models.vit import export_state_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_SEED = 20_240_601  # held-out scenes: never a training seed (training draws from --seed)
-
-
-def write(state, out: Path):
-    """Write the safetensors file atomically (temporary file in the same folder, then rename)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})  # one key: header bytes are stable
-        os.chmod(tmp, 0o644)  # the writer creates it private; this file ships with the package
 
 
 def report(path: Path, n_scenes: int):
@@ -80,7 +69,7 @@ def main():
     parser.add_argument("--out", type=Path, default=ROOT / "vidattn/data/demo_vit.safetensors")
     args = parser.parse_args()
     backbone, seconds = train(args)
-    write(export_state_dict(backbone, np.float16), args.out)
+    write_weights(export_state_dict(backbone, np.float16), args.out)
     print(f"trained {args.steps} steps in {seconds / 60:.1f} min; wrote {args.out}")
     report(args.out, args.eval_scenes)
 

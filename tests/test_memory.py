@@ -195,7 +195,7 @@ frames = {}
 for view in ("heads", "mean", "masks", "rollout", "side-by-side"):
     out = Path(sys.argv[2]) / f"{view}.mp4"
     result = render_video(model, sys.argv[1], out, VideoOptions(
-        view=view, full_res=True, max_frames=2, progress=False))
+        view=view, full_res=True, max_frames=1, progress=False))
     frames[view] = result.frames
 print(json.dumps({"frames": frames,
                   "peak_mib": int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0])
@@ -215,6 +215,6 @@ def test_a_32400_token_video_renders_in_every_view_within_2_gb(hd_clip, tmp_path
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert got["frames"] == {v: 2 for v in ("heads", "mean", "masks", "rollout", "side-by-side")}
+    assert got["frames"] == {v: 1 for v in ("heads", "mean", "masks", "rollout", "side-by-side")}
     assert got["peak_mib"] < 2048, got
     print(f"peak RSS {got['peak_mib']:.0f} MiB")

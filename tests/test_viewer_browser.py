@@ -348,16 +348,26 @@ def test_damaged_data_is_named_on_the_page(browser, square, tmp_path, damage):
         chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
     else:
         chunk.unlink()
-    page = browser.open(copy / "index.html")
-    page.wait_for("() => document.getElementById('status').textContent !== ''")
-    status = page.evaluate("document.getElementById('status').textContent")
+    page, status = _opened_with_status(browser, copy / "index.html")
     assert "maps-00000.js" in status
     assert ("damaged" if damage == "cut" else "cannot load") in status
     if damage == "cut":
         assert len(page.errors) == 1 and "SyntaxError" in page.errors[0], page.errors
     else:
-        assert page.errors and all("maps-00000.js" in e or "ERR_FILE_NOT_FOUND" in e
-                                   for e in page.errors), page.errors
+        _only_missing_logged(page, "maps-00000.js")
+
+
+def _opened_with_status(browser, html):
+    """Open the page ``html`` and wait for its status line -> (page, the line's text)."""
+    page = browser.open(html)
+    page.wait_for("() => document.getElementById('status').textContent !== ''")
+    return page, page.evaluate("document.getElementById('status').textContent")
+
+
+def _only_missing_logged(page, name: str):
+    """The browser logged errors, each about the missing file ``name``."""
+    assert page.errors and all(name in e or "ERR_FILE_NOT_FOUND" in e
+                               for e in page.errors), page.errors
 
 
 # -- the image viewer --------------------------------------------------------------------------
@@ -474,6 +484,84 @@ def test_click_a_patch_for_its_similarity_over_the_run(browser, tmp_path):
         "document.getElementById('similar-note').textContent")
     page.screenshot("viewer-image-similarity.png")
     assert page.errors == []
+
+
+@pytest.fixture(scope="module")
+def explained(tmp_path_factory):
+    """``vidattn image --probes explain --viewer`` on a red square with the planted classifier
+    (its class decided by the red patches, its attention uniform: tests/support/classifier.py)
+    -> (its page, its probes.json explain record)."""
+    from tests.support.classifier import planted_classifier
+    from vidattn.probes import probe_images
+
+    folder = tmp_path_factory.mktemp("explained")
+    pixels = np.repeat(np.random.default_rng(1).integers(40, 140, (224, 224, 1), np.uint8), 3, 2)
+    pixels[32:96, 128:192] = (255, 0, 0)  # patches (2..5, 8..11) of the 14 x 14 grid
+    Image.fromarray(pixels).save(folder / "red.png")
+    run = probe_images(planted_classifier(), [folder / "red.png"], folder / "out", ImageOptions(
+        probes="explain", explain_class="top2", explain_method="generic,gradcam,rollout",
+        viewer=True))
+    return folder / "out" / "red" / "viewer.html", run.entries[0][1]["explain"]
+
+
+def test_image_viewer_switches_the_explained_class_and_method(browser, explained):
+    """The page opens on the explanation of the most probable class, "red", peaking on the
+    square exactly as the stored map; switching the class to "grey" and the method to rollout
+    (flat, class-agnostic) redraws each map as stored; the note names the class and its
+    probability."""
+    html, explain = explained
+    maps = np.maximum(np.array(explain["values"]), 0)  # (classes, methods, 14, 14)
+    assert [c["name"] for c in explain["classes"]] == ["red", "grey"]
+    page = browser.open(html, "() => window.vidattnViewer && vidattnViewer.state.drawn")
+    assert page.evaluate("vidattnViewer.state.drawn") == "explain/0/0"
+    for cls, method in ((0, 0), (0, 1), (1, 0), (1, 2)):
+        _set(page, "explain-class", cls)
+        _set(page, "explain-method", method)
+        page.wait_for("d => vidattnViewer.state.drawn === d", f"explain/{cls}/{method}")
+        canvas = page.canvas().astype(float)
+        want = expected_overlay(maps[cls, method], canvas.shape[:2], (224, 224), 16, "inferno",
+                                0.6)
+        assert np.abs(canvas[..., 3] - want[..., 3]).max() <= 2, (cls, method)
+        if (cls, method) == (0, 0):
+            assert min(_cell_pixel(canvas, r, c)[3] for r in (2, 5) for c in (8, 11)) >= \
+                0.5 * 255 * 0.6  # red's map: the square
+            assert _cell_pixel(canvas, 10, 2)[3] <= 0.2 * 255 * 0.6
+            page.screenshot("viewer-image-explain.png")
+    note = page.evaluate("document.getElementById('explain-note').textContent")
+    assert note.startswith("Why grey (") and "rollout" in note, note
+    assert np.ptp(maps[1, 2]) < 1e-3 * maps[1, 2].max()  # rollout: flat, whatever the class
+    assert not page.evaluate("document.getElementById('explain').hidden")
+    _set(page, "map", "mean")  # the attention maps are still there; the switch hides
+    page.wait_for("d => vidattnViewer.state.drawn === d", "1/mean/0")
+    assert page.evaluate("document.getElementById('explain').hidden")
+    assert page.errors == []
+
+
+@reliability(("an image viewer whose explanation data file holds the wrong number of bytes, "
+              "or is missing",
+              "the page names the file in its status line (damaged explanation data, or cannot "
+              "load); its attention maps still work"))
+@pytest.mark.parametrize("damage", ["short", "missing"])
+def test_damaged_explanation_data_is_named_on_the_page(browser, explained, tmp_path, damage):
+    from vidattn.viewer.pages import chunk_script
+
+    html, _ = explained
+    shutil.copytree(html.parent.parent, tmp_path / "out")  # the page, its data, the run file
+    copy = tmp_path / "out" / "red"
+    chunk = copy / "viewer" / "explain.js"
+    if damage == "short":
+        chunk.write_text(chunk_script("explain", bytes(10)), encoding="ascii")
+    else:
+        chunk.unlink()
+    page, status = _opened_with_status(browser, copy / "viewer.html")
+    assert "explain.js" in status
+    assert ("damaged explanation data" if damage == "short" else "cannot load") in status
+    _set(page, "map", "mean")
+    page.wait_for("d => vidattnViewer.state.drawn === d", "1/mean/0")
+    if damage == "short":
+        assert page.errors == [], page.errors
+    else:
+        _only_missing_logged(page, "explain.js")
 
 
 # -- the batch gallery -------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
 
+import numpy as np
 from tqdm import tqdm
 
 from vidattn import probes as pr
@@ -52,7 +53,7 @@ from vidattn.interrupts import Interrupts, exit_status
 from vidattn.io import unique_names
 from vidattn.options import BatchOptions
 from vidattn.report import write_index
-from vidattn.video.pipeline import render_video
+from vidattn.video.pipeline import check_explain, render_video
 from vidattn.viewer import gallery
 from vidattn.viewer.image import write_image_viewer
 
@@ -68,6 +69,7 @@ RESERVED = (MANIFEST, INDEX, gallery.PROBES_REPORT, pr.MODEL_FOLDER, gallery.VIE
             gallery.THUMBS_FOLDER)  # OUTDIR's own top-level entries
 GALLERY_EVERY_S = 2.0  # the gallery is rewritten after a file at most this often (and at the end)
 KINDS = ("video", "image")
+EXPLAIN_FIELDS = ("explain_method", "explain_class", "explain_head", "explain_reference")
 
 
 def classify(name) -> str | None:
@@ -287,7 +289,8 @@ def fingerprint(model, kind: str, opts: BatchOptions) -> str:
                 () if opts.viewer else ("viewer_blocks", "viewer_rollout")) + (
                 () if opts.viewer and opts.video.viewer_similarity else ("viewer_similarity",)) + (
                 () if opts.video.needs_pca else ("pca_frames", "pca_background")) + (
-                () if opts.video.needs_similarity else ("query", "facet", "layer")):
+                () if opts.video.needs_similarity else ("query", "facet", "layer")) + (
+                () if opts.video.needs_explain else EXPLAIN_FIELDS):
             video.pop(key)  # what does not shape this output: old fingerprints stay valid
         settings = {**video, "format": opts.format}
     else:
@@ -298,6 +301,8 @@ def fingerprint(model, kind: str, opts: BatchOptions) -> str:
         if "similarity" in opts.image.image_probes:
             settings.update(query=opts.image.query, facet=opts.image.facet,
                             layer=opts.image.layer)
+        if "explain" in opts.image.image_probes:
+            settings.update({f: getattr(opts.image, f) for f in EXPLAIN_FIELDS})
     if opts.viewer:
         settings["viewer"] = True
         if kind == "image":  # the image viewer stores these features for its similarity
@@ -384,10 +389,11 @@ def _attempt(model, item: Item, outdir: Path, opts: BatchOptions, fp: str, claim
             video = dataclasses.replace(opts.video, viewer=viewer)
             extra["frames"] = render_video(model, item.src, dst, video).frames
         else:
-            pr.probe_image(model, item.src, dst, opts.image, overwrite=True)
+            record = pr.probe_image(model, item.src, dst, opts.image, overwrite=True)
             if opts.viewer:
                 write_image_viewer(model, item.src, dst, opts.image.size, opts.image.threshold,
-                                   facet=(opts.image.layer, opts.image.facet))
+                                   facet=(opts.image.layer, opts.image.facet),
+                                   explanation=_explanation(record))
         gallery.make_thumbnail(outdir, item.kind, item.out, item.src)
     except Exception as err:  # noqa: BLE001 - one bad file must not stop the batch
         if opts.raise_unexpected and not isinstance(err, VidattnError):
@@ -396,6 +402,17 @@ def _attempt(model, item: Item, outdir: Path, opts: BatchOptions, fp: str, claim
     return _record(model, item, fp, size=None if stat is None else stat.st_size,
                    mtime_ns=None if stat is None else stat.st_mtime_ns, status=status, error=error,
                    seconds=round(time.perf_counter() - started, 3), **extra)
+
+
+def _explanation(record: dict):
+    """The explain probe's maps of an image's ``probes.json`` record, for its viewer (a
+    ``relevance.methods.Explanation``), or None where it did not run."""
+    e = record.get("explain")
+    if e is None:
+        return None
+    from vidattn.relevance.methods import Explanation
+
+    return Explanation(e["classes"], e["methods"], np.asarray(e["values"], np.float64))
 
 
 def _finish_images(model, outdir: Path, items, latest: dict, fp: str, opts: BatchOptions,
@@ -451,6 +468,7 @@ class BatchRun:
         self.images = [item for item in found.items if item.kind == "image"]
         if self.images:
             pr.check_size(model, opts.image.size)
+        _check_explain(model, found.items, opts)
         make_output_folder(self.outdir)
         self.manifest = Manifest(self.outdir / MANIFEST)
         self.result = BatchResult(failed=list(found.unreadable), ignored=found.ignored)
@@ -535,6 +553,20 @@ class BatchRun:
             self._bar.close()
             self.manifest.close()
         return isinstance(err, KeyboardInterrupt)
+
+
+def _check_explain(model, items, opts: BatchOptions):
+    """One error line before any work when every file of a kind would fail the same way: the
+    explain view on videos with a model it cannot explain (``pipeline.check_explain``), or an
+    explained class the model does not have for images' explain probe (a model without a head
+    skips that probe, as ``vidattn image`` does)."""
+    kinds = {item.kind for item in items}
+    if "video" in kinds and opts.video.needs_explain:
+        check_explain(model.preset, opts.video)
+    if "image" in kinds and "explain" in opts.image.image_probes and model.preset.num_classes:
+        from vidattn.relevance.targets import check_target
+
+        check_target(model.preset, opts.image.explain_class)
 
 
 def run_batch(model, indir, outdir, opts: BatchOptions | None = None) -> BatchResult:

@@ -1,5 +1,5 @@
-"""The ``vidattn`` command line: ``video``, ``image``, ``batch``, ``track``, ``track-eval`` and
-``models``.
+"""The ``vidattn`` command line: ``video``, ``image``, ``batch``, ``track``, ``track-eval``,
+``explain-eval`` and ``models``.
 
 Every command turns a :class:`VidattnError` into one line on stderr and a non-zero exit, and
 any other exception (a bug) into one "internal error" line; ``--debug`` shows the traceback
@@ -80,6 +80,7 @@ def main(debug):
     vidattn batch INDIR -o OUTDIR       every video and image of a folder tree, resumable
     vidattn track IN.mp4 --point X,Y -o OUT.mp4   follow objects by label propagation
     vidattn track-eval DAVIS -o DIR     score tracking on DAVIS 2017 (J and F)
+    vidattn explain-eval --imagenet DIR -o DIR   how faithful the class explanations are
     vidattn models                      the model presets and where their weights come from
 
     Weights: each preset fetches its official checkpoint once: from torch hub's cache, the
@@ -279,6 +280,7 @@ def video(src, dst, save_maps, save_features, viewer, overwrite, quiet, **kw):
     opts = options_from(VideoOptions, kw, save_maps=Path(save_maps) if save_maps else None,
                         save_features=Path(save_features) if save_features else None,
                         viewer=Path(viewer) if viewer else None, progress=not quiet)
+    _check_explain_view(kw, opts)
     model = _load(kw, quiet)
     result = render_video(model, src, dst, opts)
     if not quiet:
@@ -289,6 +291,16 @@ def video(src, dst, save_maps, save_features, viewer, overwrite, quiet, **kw):
             f"wrote {' and '.join(wrote)} ({result.frames} frames, {w}x{h}; "
             f"processed at {result.frames / result.seconds:.3g} frames per second)", err=True,
         )
+
+
+def _check_explain_view(kw, opts: VideoOptions):
+    """``pipeline.check_explain`` on the preset named, before its weights load (a download, for
+    a self-supervised preset that could not be explained anyway)."""
+    if opts.needs_explain:
+        from vidattn.models.presets import get_preset
+        from vidattn.video.pipeline import check_explain
+
+        check_explain(get_preset(kw["model"]), opts)
 
 
 def _refuse_existing(paths, overwrite: bool):
@@ -445,7 +457,7 @@ def batch(indir, outdir, overwrite, quiet, **kw):
     opts = options_from(
         BatchOptions, kw, video=options_from(VideoOptions, kw, progress=False),
         image=ImageOptions(probes=kw["probes"], size=kw["size"], threshold=kw["threshold"],
-                           pca_background=kw["pca_background"]),
+                           pca_background=kw["pca_background"], **_explain_given(kw)),
         overwrite=overwrite, progress=not quiet,
         raise_unexpected=click.get_current_context().find_root().params.get("debug", False),
     )
@@ -465,6 +477,18 @@ def batch(indir, outdir, overwrite, quiet, **kw):
                    "to continue", err=True)
     if result.exit_code:
         sys.exit(result.exit_code)
+
+
+def _explain_given(kw) -> dict:
+    """The --explain-* options given on a batch's command line, for its images' explain probe
+    too (one class and method, as the videos'); the ones not given keep the probe's defaults
+    (top3, every method)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return {name: kw[name] for name in ("explain_method", "explain_class", "explain_head",
+                                        "explain_reference")
+            if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
 
 
 def _refuse_ray_options():
@@ -617,3 +641,78 @@ def track_eval(root, outdir, split, sequences, overwrite, quiet, **kw):
     model = _load(kw, quiet)
     scores, protocol = evaluate_davis(model, root, outdir, split, names, opts, model.memory_budget)
     click.echo(f"{protocol}\n{format_table(scores)}")
+
+
+def _explain_eval_methods(text):
+    """--method: comma-separated names of ``methods.METHODS`` and the floor ``random`` (or
+    ``all``: every method) -> the list; one line for an unknown name."""
+    from vidattn.relevance.faithfulness import FLOOR
+    from vidattn.relevance.methods import METHODS
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    names = [m for n in names for m in (list(METHODS) if n == "all" else [n])]
+    known = [*METHODS, FLOOR]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise VidattnError(f"--method {text!r}: choose among all, {', '.join(known)}")
+    return list(dict.fromkeys(names))
+
+
+@main.command("explain-eval")
+@click.option("--imagenet", type=click.Path(), metavar="DIR",
+              help="ImageNet val for the perturbation test: class subfolders (the ILSVRC2012 "
+              "WordNet ids, all of them, or folders named by class index), or a flat folder of "
+              "the JPEGs with --labels.")
+@click.option("--labels", type=click.Path(), metavar="FILE",
+              help="With a flat --imagenet folder: 'NAME INDEX' lines (Caffe's val.txt), the "
+              "class index in the model's order.")
+@click.option("--segmentation", type=click.Path(), metavar="gtsegs_ijcv.mat",
+              help="ImageNet-Segmentation's gtsegs_ijcv.mat (MATLAB v7.3) for the segmentation "
+              "test.")
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
+              help="Results folder: faithfulness.json and faithfulness.md.")
+@click.option("--method", "methods", default="all", show_default=True, metavar="LIST",
+              help="Comma-separated relevance methods (those of --explain-method), 'all', and "
+              "'random' (the floor: noise on the patch grid).")
+@click.option("--limit", type=click.IntRange(1), metavar="N",
+              help="Only the first N images of each set (sorted by name; the .mat's order).")
+@options_of(ModelOptions)
+@click.option("--overwrite", is_flag=True, help="Replace the results folder if it exists.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_friendly_errors
+def explain_eval(imagenet, labels, segmentation, outdir, methods, limit, overwrite, quiet, **kw):
+    """Score how faithful the class explanations of a supervised preset are, with the tests of
+    Chefer et al. (CVPR 2021), as hila-chefer/Transformer-Explainability computes them.
+
+    \b
+    Examples:
+      vidattn explain-eval --segmentation gtsegs_ijcv.mat -o seg/ --model vit_b16
+      vidattn explain-eval --imagenet ILSVRC2012/val -o pert/ --method generic,rollout --limit 500
+      vidattn explain-eval --imagenet val_flat/ --labels val.txt -o pert/
+
+    \b
+    Every map is the method's patch map upsampled bilinearly by the patch and min-max scaled;
+    images are squashed to the model input (224x224 for vit_b16).
+    Segmentation (imagenet_seg_eval.py; the predicted class's map): foreground where the map is
+    above its mean; pixel accuracy and mIoU (background and object) summed over the set, mAP
+    the mean per image of the average precision of (1 - map, map) against the mask.
+    Perturbation (pertubation_eval_from_hdf5.py): 10%, 20% ... 90% of the pixels set to black,
+    most relevant first (positive: lower is better) or least relevant first (negative: higher
+    is better), for maps of the predicted class and of the labelled class; the AUC of the
+    top-1 accuracy over 0..100% removed, in percent.
+
+    --model must have a classifier: vit_b16, deit_b16, deit_b16_distilled (the toy
+    demo_classifier too). OUT appears only when complete. Every difference from the reference
+    code is listed in vidattn/relevance/faithfulness.py; the README's "Faithfulness" has the
+    toy model's table.
+    """
+    from vidattn.models.presets import get_preset
+    from vidattn.relevance.evaluate import format_table, open_inputs, run_explain_eval
+
+    if Path(outdir).exists() and not overwrite:
+        raise VidattnError("output exists (use --overwrite to replace it)", outdir)
+    names = _explain_eval_methods(methods)
+    inputs = open_inputs(get_preset(kw["model"]), segmentation, imagenet, labels)
+    model = _load(kw, quiet)
+    results = run_explain_eval(model, outdir, names, inputs, limit, progress=not quiet)
+    click.echo(format_table(results["results"]))

@@ -212,15 +212,24 @@ def probe(image, model=DEFAULT_PRESET, weights=None, *, name=None, checkpoint_ke
 
 
 def explain(image, model="vit_b16", weights=None, *, method="generic", target="top1",
-            head="mean", checkpoint_key=None, **options) -> ProbeResult:
+            head="mean", reference=None, checkpoint_key=None, **options) -> ProbeResult:
     """Why the model says a class: ``probe`` with the ``explain`` probe alone -> a
     ``ProbeResult`` whose ``explanation`` holds the maps (shown inline as the figure).
 
     method: one relevance method or a comma list (``options.EXPLAIN_METHODS``); target: "top1",
     "topK", a class index or an ImageNet-1k name; head: distilled DeiT's "cls", "dist" or
-    "mean". ``options``: more ImageOptions (``size``...)."""
-    return probe(image, model, weights, checkpoint_key=checkpoint_key, probes="explain",
-                 explain_method=method, explain_class=str(target), explain_head=head, **options)
+    "mean"; reference: the path of a reference image, to explain the cosine similarity of the
+    CLS feature to its CLS feature instead of a class (``--explain-reference``: for a preset
+    without a classifier head, which is otherwise one error line). ``options``: more
+    ImageOptions (``size``...)."""
+    from vidattn.relevance.targets import check_classifier
+
+    m = model_for(model, weights, checkpoint_key)
+    if reference is None:
+        check_classifier(m.preset)
+    return probe(image, m, probes="explain", explain_method=method, explain_class=str(target),
+                 explain_head=head, explain_reference=None if reference is None
+                 else os.fspath(reference), **options)
 
 
 # -- videos ----------------------------------------------------------------------------------------

@@ -27,8 +27,8 @@ DEFAULT_PRESET = "dino_vits16"  # the model of the commands and of vidattn.probe
 DEFAULT_SIZE = 224  # the resolution the presets were trained at (DINOv2's 518 aside)
 DEFAULT_BATCH = 8
 DEFAULT_THRESHOLD = 0.6  # DINO's masks keep 60 % of each head's attention mass
-VIEWS = ("heads", "mean", "masks", "rollout", "pca", "similarity", "side-by-side")
-SIDE_MAPS = ("mean", "rollout", "pca", "similarity")
+VIEWS = ("heads", "mean", "masks", "rollout", "pca", "similarity", "explain", "side-by-side")
+SIDE_MAPS = ("mean", "rollout", "pca", "similarity", "explain")
 # A block's patch features, for similarity: its output tokens (with the final norm, as DINO's and
 # DINOv2's get_intermediate_layers return them), or the keys, queries or values its attention
 # uses (heads side by side, as dino-vit-features concatenates them; after RoPE for DINOv3).
@@ -36,7 +36,8 @@ FACETS = ("token", "key", "query", "value")
 FORMATS = ("mp4", "gif")
 IMAGE_PROBES = ("distance", "rollout", "heads", "masks", "registers", "norms", "pca", "similarity",
                 "explain")
-EXPLAIN_METHODS = ("generic", "grad-rollout", "gradcam", "attention", "rollout")  # relevance
+EXPLAIN_METHODS = ("generic", "grad-rollout", "gradcam", "attention", "rollout",  # relevance
+                   "transformer-attribution", "attnlrp", "cp-lrp")
 EXPLAIN_HEADS = ("cls", "dist", "mean")  # distilled DeiT's heads: CLS, distillation, their mean
 MODEL_PROBES = ("filters", "posembed")
 PROBES = IMAGE_PROBES + MODEL_PROBES
@@ -156,13 +157,85 @@ def _check_methods(text):
     return ",".join(names)
 
 
+def _check_method(text):
+    """One method (a video draws one map per frame)."""
+    name = _check_methods(text)
+    if "," in name:
+        raise VidattnError(f"--explain-method {text!r}: a video draws one map per frame; choose "
+                           f"one of {', '.join(EXPLAIN_METHODS)}")
+    return name
+
+
 def _check_explain_class(text):
     text = str(text).strip()
-    if text.startswith("top") and not text[3:].isdigit():
+    if text.startswith("top") and not text[3:].isdecimal():  # "top²" is a digit, not a number
         raise VidattnError(f"--explain-class {text!r}: topK takes a number, e.g. top1 or top3")
     if text.startswith("top") and int(text[3:]) < 1:
         raise VidattnError(f"--explain-class {text!r}: topK counts from top1")
     return text
+
+
+def _check_one_class(text):
+    """One class per frame: top1, an index or a name."""
+    text = _check_explain_class(text)
+    if text.startswith("top") and text != "top1":
+        raise VidattnError(f"--explain-class {text!r}: a video explains one class per frame: "
+                           "top1, an index or a name")
+    return text
+
+
+METHODS_HELP = (
+    "generic (Chefer et al. ICCV 2021), grad-rollout (vit-explain, its layer pairing fixed), "
+    "gradcam (pytorch-grad-cam's ViT recipe), attention and rollout (the class-agnostic "
+    "baselines of Chefer's code), transformer-attribution (Chefer et al. CVPR 2021's LRP), "
+    "attnlrp (Achtibat et al. ICML 2024) and cp-lrp (its ViT example's variant, attention "
+    "held constant)")
+
+
+def explain_method_option(one: bool = False):
+    """The --explain-method field of ImageOptions (a list: every method by default) and, with
+    ``one``, of VideoOptions (one method, generic by default): declared here, once."""
+    if one:
+        return option(
+            EXPLAIN_METHODS[0], f"--view explain: the relevance method, as its reference "
+            f"computes it: {METHODS_HELP}.", metavar="METHOD", check=_check_method)
+    return option(
+        ",".join(EXPLAIN_METHODS), f"explain: comma-separated relevance methods, each as its "
+        f"reference computes it: {METHODS_HELP}.", metavar="LIST", check=_check_methods)
+
+
+def explain_class_option(one: bool = False):
+    """The --explain-class field of ImageOptions (top3 by default) and, with ``one``, of
+    VideoOptions (one class per frame, top1 by default): declared here, once."""
+    if one:
+        return option(
+            "top1", "--view explain: the class explained in every frame: top1 (each frame's most "
+            "probable, named with its probability on the frame), a class index, or a class name "
+            "(tabby cat; near misses get suggestions).", metavar="top1|INDEX|NAME",
+            check=_check_one_class)
+    return option(
+        "top3", "explain: the classes explained: topK (each image's K most probable), a class "
+        "index, or an ImageNet-1k name (tabby cat; near misses get suggestions).",
+        metavar="topK|INDEX|NAME", check=_check_explain_class)
+
+
+def explain_head_option():
+    """The --explain-head field of ImageOptions and VideoOptions (declared here, once)."""
+    return option(
+        "mean", "explain: distilled DeiT's head: cls, dist (distillation) or mean (their "
+        "average, timm's prediction).", choices=EXPLAIN_HEADS)
+
+
+def explain_reference_option():
+    """The --explain-reference field of ImageOptions and VideoOptions (declared here, once):
+    the embedding target of ``relevance.targets``."""
+    return option(
+        None, "explain: a reference image; what is explained is then the cosine similarity of "
+        "the CLS feature to the reference's (centre-cropped at --size), not a class: for the "
+        "presets without a classifier head (DINO, DINOv2, DINOv3), and any other. Every "
+        "gradient method runs from it; a reference identical to the input explains nothing "
+        "(the similarity is at its maximum, where its gradient is 0).", type=str,
+        metavar="PATH")
 
 
 def cli_fields(cls):
@@ -179,7 +252,9 @@ class VideoOptions:
         "DINO's threshold masks, one colour per head; rollout: attention rollout through all "
         "blocks; pca: three principal components of the patch features as red, green and "
         "blue, one basis for the whole video (--pca-frames); similarity: each patch's cosine "
-        "similarity to the patch at --query, in every frame; side-by-side: the frame beside "
+        "similarity to the patch at --query, in every frame; explain (classifier presets): "
+        "why the model says a class, a relevance map from its gradients (--explain-method), "
+        "the class and its probability written on each frame; side-by-side: the frame beside "
         "the map (--side-map).", choices=VIEWS)
     side_map: str = option("mean", "Map shown by --view side-by-side.", choices=SIDE_MAPS)
     size: int = option(
@@ -228,6 +303,10 @@ class VideoOptions:
         metavar="X,Y[@SECONDS]")
     facet: str = facet_option()
     layer: int = layer_option()
+    explain_method: str = explain_method_option(one=True)
+    explain_class: str = explain_class_option(one=True)
+    explain_head: str = explain_head_option()
+    explain_reference: str | None = explain_reference_option()
     viewer_blocks: str = option(
         "last", "--viewer: the blocks whose maps (every head and their mean) the viewer stores: "
         "the last, or all (depth times the data).", choices=VIEWER_BLOCKS)
@@ -260,8 +339,17 @@ class VideoOptions:
                                "--side-map similarity), and they need it")
         self.query_point  # noqa: B018 - parsed now: a bad --query fails before any work
         _check_facet(self.facet)
+        _check_method(self.explain_method)
+        _check_one_class(self.explain_class)
+        if self.explain_head not in EXPLAIN_HEADS:
+            raise VidattnError(f"--explain-head must be one of {', '.join(EXPLAIN_HEADS)}")
         if self.viewer is not None:
             _refuse_feature_viewer(self)
+
+    @property
+    def needs_explain(self) -> bool:
+        return self.view == "explain" or (self.view == "side-by-side"
+                                          and self.side_map == "explain")
 
     @property
     def needs_pca(self) -> bool:
@@ -297,9 +385,10 @@ class VideoOptions:
 def _refuse_feature_viewer(video: VideoOptions):
     """The browser viewer shows attention: one error line when it is asked for with a pca or a
     similarity view."""
-    if video.needs_pca or video.needs_similarity:
-        which = "pca" if video.needs_pca else "similarity"
-        raise VidattnError(f"--viewer shows attention; it cannot be combined with a {which} view")
+    if video.needs_pca or video.needs_similarity or video.needs_explain:
+        which = "pca" if video.needs_pca else "similarity" if video.needs_similarity else "explain"
+        raise VidattnError(f"--viewer shows attention; it cannot be combined with "
+                           f"{'an' if which == 'explain' else 'a'} {which} view")
 
 
 def _check_facet(facet: str):
@@ -350,19 +439,10 @@ class ImageOptions:
         "tokens to that patch's token.", type=str, metavar="X,Y")
     facet: str = facet_option()
     layer: int = layer_option()
-    explain_method: str = option(
-        ",".join(EXPLAIN_METHODS), "explain: comma-separated relevance methods, each as its "
-        "reference computes it: generic (Chefer et al. ICCV 2021), grad-rollout (vit-explain, "
-        "its layer pairing fixed), gradcam (pytorch-grad-cam's ViT recipe), attention and "
-        "rollout (the class-agnostic baselines of Chefer's code).", metavar="LIST",
-        check=_check_methods)
-    explain_class: str = option(
-        "top3", "explain: the classes explained: topK (each image's K most probable), a class "
-        "index, or an ImageNet-1k name (tabby cat; near misses get suggestions).",
-        metavar="topK|INDEX|NAME", check=_check_explain_class)
-    explain_head: str = option(
-        "mean", "explain: distilled DeiT's head: cls, dist (distillation) or mean (their "
-        "average, timm's prediction).", choices=EXPLAIN_HEADS)
+    explain_method: str = explain_method_option()
+    explain_class: str = explain_class_option()
+    explain_head: str = explain_head_option()
+    explain_reference: str | None = explain_reference_option()
     save_features: Path | None = None  # also write every image's patch tokens here (.npy + .json)
 
     def __post_init__(self):

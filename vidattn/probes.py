@@ -134,14 +134,18 @@ def register_shares(model, attns) -> np.ndarray:
     return np.stack([am.cls_share(a, start, stop) for a in attns], axis=1)
 
 
-def not_applicable(model, probe: str) -> str | None:
-    """Why ``model`` cannot have ``probe``, or None when it can."""
+def not_applicable(model, probe: str, opts: ImageOptions | None = None) -> str | None:
+    """Why ``model`` cannot have ``probe`` with ``opts``, or None when it can (``explain``
+    without a classifier head can, given a reference image)."""
     if probe == "registers" and not model.preset.num_register_tokens:
         return "the model has no register tokens"
     if probe == "posembed" and model.patch_position_embeddings() is None:
         return "the model has no learned position embeddings (RoPE)"
-    if probe == "explain" and not model.preset.num_classes:
-        return "the model has no classifier head, so no class to explain"
+    if probe == "explain" and not model.preset.num_classes and not (
+            opts and opts.explain_reference):
+        from vidattn.relevance.targets import HOW_TO_REFER
+
+        return f"the model has no classifier head, so no class to explain: {HOW_TO_REFER}"
     return None
 
 
@@ -505,7 +509,9 @@ def explain_figure(model, display, explanation, name: str = "") -> Figure:
     what = _named("Why this class: class-specific relevance (each map over its peak)", name)
     panels = []
     for c, per_method in zip(e.classes, e.maps):
-        label = f"{c['name'] or c['class']} ({c['probability']:.0%})"
+        value = (f"{c['probability']:.0%}" if c.get("probability") is not None
+                 else f"cosine {c['similarity']:.2f}")
+        label = f"{c['name'] or c['class']} ({value})"
         heats = upsample(np.maximum(per_method, 0), display.shape[:2], model.preset.patch_size,
                          model.preset.stride)
         panels += [(f"{method} · {label}", heat_overlay(display, heat))
@@ -619,13 +625,15 @@ def query_of(model, pixels, source, opts: ImageOptions, analysis: Analysis) -> Q
 
 
 def measure(model, pixels, source, opts: ImageOptions | None = None,
-            query: Query | None = None) -> ImageProbes:
+            query: Query | None = None, reference=None) -> ImageProbes:
     """Run the per-image probes of ``opts`` that ``model`` can have on uint8 RGB ``pixels``
     ``(H, W, 3)`` (one forward pass, ``analyse``); the others are skipped with the reason.
     ``source`` is the path they were read from, or a name. ``similarity`` compares with
-    ``query`` (None: this image's own patch at ``opts.query_point``)."""
+    ``query`` (None: this image's own patch at ``opts.query_point``); ``explain`` explains the
+    similarity to ``reference`` (a ``relevance.targets.Embedding``; None: that of
+    ``opts.explain_reference`` where given, else ``opts.explain_class``)."""
     opts = opts or ImageOptions()
-    skipped = {q: why for q in opts.image_probes if (why := not_applicable(model, q))}
+    skipped = {q: why for q in opts.image_probes if (why := not_applicable(model, q, opts))}
     probes = [q for q in opts.image_probes if q not in skipped]
     a = analyse(model, pixels, opts.size, probes, tokens=opts.save_features is not None,
                 facet=(opts.layer, opts.facet))
@@ -642,9 +650,21 @@ def measure(model, pixels, source, opts: ImageOptions | None = None,
 
         explanation = explain_image(
             model, preprocess_image(pixels, model.preset.preprocessing, opts.size)[0],
-            opts.explain_class, opts.explain_method.split(","), opts.explain_head)
+            reference or explain_target(model, opts), opts.explain_method.split(","),
+            opts.explain_head)
     return ImageProbes(os.fspath(source), opts, a, probes, masks, top, skipped, basis,
                        similarity, query if similarity is not None else None, explanation)
+
+
+def explain_target(model, opts: ImageOptions):
+    """What the ``explain`` probe explains: the ``relevance.targets.Embedding`` of
+    ``opts.explain_reference`` (read and run once; a missing or unreadable file is one
+    VidattnError naming it), else ``opts.explain_class``."""
+    if opts.explain_reference is None:
+        return opts.explain_class
+    from vidattn.relevance.targets import reference_target
+
+    return reference_target(model, opts.explain_reference, opts.size)
 
 
 def image_figures(model, m: ImageProbes) -> dict:
@@ -743,6 +763,8 @@ def probe_record(model, m: ImageProbes) -> dict:
         e = m.explanation
         record["explain"] = {
             "methods": e.methods, "classes": e.classes, "head": m.opts.explain_head,
+            **({"reference": os.fspath(m.opts.explain_reference)}
+               if m.opts.explain_reference is not None else {}),
             "maps": "raw, on the patch grid (no min-max), maps[class][method][row][column]",
             "values": e.maps.tolist(),
         }
@@ -829,12 +851,13 @@ def probe_image(model, path, outdir, opts: ImageOptions | None = None,
                         overwrite)
 
 
-def _measure_file(model, path, outdir, opts, overwrite, query=None) -> ImageProbes:
+def _measure_file(model, path, outdir, opts, overwrite, query=None,
+                  reference=None) -> ImageProbes:
     """``measure`` the image at ``path``, after checking that it reads and that ``outdir`` may be
     written (``probe_image``)."""
     pixels = load_image(path)
     _check_folder(Path(outdir), overwrite)
-    return measure(model, pixels, path, opts, query)
+    return measure(model, pixels, path, opts, query, reference)
 
 
 def _run_query(model, first, opts: ImageOptions) -> Query:
@@ -910,10 +933,15 @@ def probe_images(model, images, outdir, opts: ImageOptions | None = None, overwr
     entries, failures, joint = [], [], []
     grid = model.preset.grid_at((opts.size, opts.size))
     query = _run_query(model, images[0], opts) if "similarity" in opts.image_probes else None
-    if "explain" in opts.image_probes:  # a class name or index that cannot be: before any work
-        from vidattn.relevance.targets import check_target
+    reference = None
+    if "explain" in opts.image_probes:  # a class or reference that cannot be: before any work
+        from vidattn.relevance.targets import check_classifier, check_target
 
+        if opts.image_probes == ["explain"] and opts.explain_reference is None:
+            check_classifier(model.preset)  # nothing else to do: one line, no output
         check_target(model.preset, opts.explain_class)
+        if opts.explain_reference is not None:
+            reference = explain_target(model, opts)
     features = None if opts.save_features is None else FeatureWriter(
         opts.save_features, grid, model.preset.embed_dim, model_meta(model), index="images")
     viewers = ImageRun(out, (opts.layer, opts.facet)) if opts.viewer else None
@@ -923,10 +951,11 @@ def probe_images(model, images, outdir, opts: ImageOptions | None = None, overwr
             try:
                 measured = isinstance(image, ImageProbes)
                 m = image if measured else _measure_file(model, image, out / name, opts,
-                                                         overwrite, query)
+                                                         overwrite, query, reference)
                 record = write_probes(model, m, out / name, overwrite)
                 if viewers is not None and not measured:
-                    viewers.write(model, image, name, opts.size, opts.threshold)
+                    viewers.write(model, image, name, opts.size, opts.threshold,
+                                  m.explanation)
             except VidattnError as err:
                 if on_error is None:
                     raise

@@ -114,22 +114,62 @@ def test_damaged_videos_render_or_fail_cleanly(data, demo, seed_videos, scratch)
 def test_damaged_videos_render_pca_or_fail_cleanly(data, demo, seed_videos, scratch):
     src = write_damaged(data, seed_videos, scratch, "video")
     background = data.draw(st.sampled_from([None, 0.5]), label="pca_background")
-    out, kept = scratch / "out", scratch / "features"
-    out.mkdir(exist_ok=True)
-    kept.mkdir(exist_ok=True)
-    features = kept / "f.npy"
-    outcome = _render_or_refuse(demo, src, out, view="pca", pca_background=background,
-                                save_features=features)
-    event(outcome)
-    if outcome == "error":
-        assert list(kept.iterdir()) == []
+    features = _render_keeping(demo, src, scratch, "save_features", "f.npy", view="pca",
+                               pca_background=background)
+    if features is None:
         return
     times = json.loads(features.with_suffix(".json").read_text())["timestamps_s"]
     tokens = np.load(features)
     assert tokens.dtype == np.float16 and len(tokens) == len(times) >= 1
     assert np.isfinite(tokens).all() and times == sorted(set(times))
+
+
+def _render_keeping(model, src, scratch, option: str, name: str, **options):
+    """``_render_or_refuse`` into ``scratch/out`` with the side file ``option`` (save_features,
+    save_maps) at ``scratch/kept/name`` -> its path, or None after an error (which must leave
+    no side file either). The side files of the case before are removed first."""
+    out, kept = scratch / "out", scratch / "kept"
+    out.mkdir(exist_ok=True)
+    kept.mkdir(exist_ok=True)
     for path in kept.iterdir():
         path.unlink()
+    outcome = _render_or_refuse(model, src, out, **options, **{option: kept / name})
+    event(outcome)
+    if outcome == "error":
+        assert list(kept.iterdir()) == []
+        return None
+    return kept / name
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    """A tiny random vit_b16 classifier (the explain view needs a head)."""
+    import dataclasses
+
+    from vidattn.models.presets import get_preset
+
+    tiny = dataclasses.replace(get_preset("vit_b16"), name="tiny_classifier", embed_dim=32,
+                               depth=2, num_heads=2, num_classes=10)
+    return vidattn.load_model(tiny, weights="random")
+
+
+@reliability(("the same damaged videos rendered with `--view explain` (a backward pass per "
+              "batch), with `--smooth` and `--save-maps`",
+              "a complete output and maps with each frame's explained class, or one error "
+              "naming the input and no output, maps or temporary file"))
+@examples(8)
+@given(data=st.data())
+def test_damaged_videos_render_explain_or_fail_cleanly(data, classifier, seed_videos, scratch):
+    src = write_damaged(data, seed_videos, scratch, "video")
+    smooth = data.draw(st.sampled_from([1.0, 3.0]), label="smooth")
+    maps = _render_keeping(classifier, src, scratch, "save_maps", "maps.npz", view="explain",
+                           smooth=smooth)
+    if maps is None:
+        return
+    saved = np.load(maps)
+    assert len(saved["maps"]) == len(saved["explained_class"]) == len(saved["pts_s"]) >= 1
+    assert np.isfinite(saved["maps"].astype(np.float32)).all()
+    assert ((saved["explained_probability"] > 0) & (saved["explained_probability"] <= 1)).all()
 
 
 def _file(path, data: bytes):

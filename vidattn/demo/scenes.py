@@ -124,7 +124,6 @@ def _render(rng, n, size, max_objects, views, radius):
     masks = np.empty((n, size, size), bool)
     shapes = np.full((n, max_objects), -1, int)
     hues = np.full((n, max_objects), np.nan)
-    yy = np.arange(size)[:, None, None] / size
     for i in range(n):
         k = int(rng.integers(1, max_objects + 1))
         radii = np.sort(rng.uniform(*radius, k) * size)  # smallest first: the largest on top
@@ -132,19 +131,35 @@ def _render(rng, n, size, max_objects, views, radius):
         for j, r in enumerate(radii):
             shape = int(rng.integers(len(SHAPES)))
             centre = rng.uniform(r * 0.8, size - r * 0.8, 2)
-            alpha = _object_alpha(rng, SHAPES[shape], size, centre, r)[..., None]
-            hue = rng.random()
-            colour = _hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0))
-            shade = 1 + rng.uniform(-0.5, 0.5) * (yy - centre[0] / size)  # lit from above/below
-            layers.append((alpha, np.clip(colour * shade, 0, 1)))
+            alpha, colour, hue = object_layer(rng, SHAPES[shape], size, centre, r)
+            layers.append((alpha, colour))
             shapes[i, k - 1 - j], hues[i, k - 1 - j] = shape, hue
         for v in range(views):
-            image = _background(rng, size)
-            for alpha, colour in layers:
-                image = image * (1 - alpha) + colour * alpha
-            images[i, v] = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+            images[i, v] = composite(_background(rng, size), layers)
         masks[i] = np.max([alpha[..., 0] for alpha, _ in layers], axis=0) >= 0.5
     return images, masks, shapes, hues
+
+
+def object_layer(rng, shape: str, size: int, centre, radius: float, hue: float | None = None):
+    """One object of ``shape`` (a name in :data:`SHAPES`) at ``centre`` (row, col, pixels) of
+    ``radius`` pixels, a random orientation and a saturated colour of ``hue`` (0..1; None:
+    random) lit from above or below -> ``(alpha (S, S, 1) in 0..1, colour (S, 1, 3) in 0..1,
+    hue)``, for :func:`composite`. Shared by every scene generator, so all objects look alike."""
+    alpha = _object_alpha(rng, shape, size, centre, radius)[..., None]
+    hue = rng.random() if hue is None else hue
+    colour = _hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0))
+    yy = np.arange(size)[:, None, None] / size
+    shade = 1 + rng.uniform(-0.5, 0.5) * (yy - centre[0] / size)  # lit from above/below
+    return alpha, np.clip(colour * shade, 0, 1), hue
+
+
+def composite(background: np.ndarray, layers) -> np.ndarray:
+    """Blend ``layers`` (``(alpha, colour)`` pairs from :func:`object_layer`, bottom to top)
+    over a background ``(S, S, 3)`` in 0..1 -> uint8 ``(S, S, 3)``."""
+    image = background
+    for alpha, colour in layers:
+        image = image * (1 - alpha) + colour * alpha
+    return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
 
 
 def make_scenes(
@@ -175,12 +190,17 @@ def make_views(
 # ------------------------------------------------------------------------------- the attention bar
 
 
+def patch_cover(masks: np.ndarray, patch: int) -> np.ndarray:
+    """The share of each ``patch x patch`` cell that ``masks`` ``(N, H, W)`` covers: float
+    ``(N, H // patch, W // patch)``, the ViT's patch grid."""
+    n, h, w = masks.shape
+    return masks.reshape(n, h // patch, patch, w // patch, patch).mean(axis=(2, 4))
+
+
 def object_patches(masks: np.ndarray, patch: int) -> np.ndarray:
     """Which patches are "object": bool ``(N, gh * gw)``, patches row by row (the ViT's token
     order), true where the mask covers at least half of the ``patch x patch`` pixels."""
-    n, h, w = masks.shape
-    cover = masks.reshape(n, h // patch, patch, w // patch, patch).mean(axis=(2, 4))
-    return cover.reshape(n, -1) >= 0.5
+    return patch_cover(masks, patch).reshape(len(masks), -1) >= 0.5
 
 
 def cls_patch_attention(model, images: np.ndarray) -> np.ndarray:

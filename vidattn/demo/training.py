@@ -10,6 +10,7 @@ TensorFlow only: the step is one XLA-compiled ``tf.function``.
 from __future__ import annotations
 
 import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -138,6 +139,38 @@ def augment(images, rows, cols, jitter, hue):
 # ------------------------------------------------------------------------------- training
 
 
+def prefetch(make, steps):
+    """Yield ``make()`` ``steps`` times, each made one step ahead in a thread (numpy draws the
+    next batch while TensorFlow trains on this one)."""
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(make)
+        for _ in range(steps):
+            ready, pending = pending.result(), pool.submit(make)
+            yield ready
+        pending.cancel()
+
+
+def warmup_cosine(steps, lr):
+    """The learning rate: linear warm-up over the first 10 % of ``steps`` to ``lr``, then a
+    cosine to 0."""
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, steps - steps // 10, warmup_target=lr, warmup_steps=steps // 10
+    )
+
+
+def write_weights(state, out):
+    """Write a safetensors state dict atomically (temporary file in the same folder, then
+    rename), readable by all: these files ship with the package."""
+    from safetensors.numpy import save_file
+
+    from vidattn.io import atomic_path
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})  # one key: header bytes are stable
+        os.chmod(tmp, 0o644)  # the writer creates it private
+
+
 def batches(rng, steps, batch, views, size):
     """Yield per step: the views ``(views, batch, S, S, 3)`` and crop parameters of each view
     (two global crops first, then the local ones); generated one step ahead in a thread."""
@@ -152,12 +185,7 @@ def batches(rng, steps, batch, views, size):
         ]
         return v, crops
 
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(make)
-        for _ in range(steps):
-            ready, pending = pending.result(), pool.submit(make)
-            yield ready
-        pending.cancel()
+    return prefetch(make, steps)
 
 
 def train(args):
@@ -170,10 +198,9 @@ def train(args):
     teacher = Network(preset, args.seed, args.out_dim)
     teacher.set_weights(student.get_weights())
     center = tf.Variable(tf.zeros((1, args.out_dim)))
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, args.steps - args.steps // 10, warmup_target=args.lr, warmup_steps=args.steps // 10
+    optimizer = keras.optimizers.AdamW(
+        warmup_cosine(args.steps, args.lr), weight_decay=0.04, global_clipnorm=3.0
     )
-    optimizer = keras.optimizers.AdamW(schedule, weight_decay=0.04, global_clipnorm=3.0)
     pairs = list(zip(student.trainable_variables, teacher.trainable_variables))
 
     @tf.function(jit_compile=True)

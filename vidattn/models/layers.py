@@ -19,8 +19,48 @@ from vidattn.backend import keras, ops
 # layers at N=8, T=351 on this machine's CPU, 310 ms against 260 ms.
 FUSED_ATTENTION = keras.backend.backend() != "tensorflow"
 
-__all__ = ["MLP", "Attention", "Block", "LayerScale", "PatchEmbed", "SwiGLU", "apply_rope",
-           "attention_probs", "chunked_attention", "query_chunks"]
+__all__ = ["LRP_RULES", "MLP", "Attention", "Block", "LayerScale", "PatchEmbed", "Record",
+           "SwiGLU", "apply_rope", "attention_probs", "chunked_attention", "identity_rule",
+           "lrp_norm", "query_chunks", "scale_gradient"]
+
+# Forwards whose gradient x input is an LRP (vidattn.relevance.lrp): "attnlrp" (Achtibat et al.
+# ICML 2024, lxt.efficient's rules) and "cp-lrp" (its ViT example: attention held constant).
+LRP_RULES = ("attnlrp", "cp-lrp")
+IDENTITY_EPS = 1e-10  # lxt's identity_rule_implicit epsilon
+
+
+class Record:
+    """Where a layer's ``record=`` leaves its intermediates, in ``values`` (name -> tensor): an
+    object, because Keras copies the dicts and lists a layer is called with."""
+
+    def __init__(self):
+        self.values = {}
+
+
+def scale_gradient(x, factor):
+    """``x`` unchanged on the way forward, its gradient multiplied by ``factor`` on the way
+    back (lxt's ``divide_gradient`` by ``1 / factor``: AttnLRP's uniform rule for a product of
+    two inputs, each of which gets half the relevance)."""
+    return ops.stop_gradient(x - x * factor) + x * factor
+
+
+def identity_rule(fn, x):
+    """``fn(x)`` forward for an element-wise ``fn``, whose gradient is ``fn(x) / (x + eps)``
+    (lxt's ``identity_rule_implicit``: AttnLRP's identity rule, relevance passes unchanged)."""
+    y = fn(x)
+    ratio = ops.stop_gradient(y / (x + IDENTITY_EPS))
+    return ops.stop_gradient(y - x * ratio) + x * ratio
+
+
+def lrp_norm(norm, x):
+    """``keras.layers.LayerNormalization`` ``norm`` on ``x`` ``(..., D)`` with its standard
+    deviation a constant for the gradient (lxt's ``layer_norm_forward``: the identity rule on
+    normalisation); what remains is linear in ``x``."""
+    mean = ops.mean(x, axis=-1, keepdims=True)
+    centred = x - mean
+    std = ops.sqrt(ops.mean(ops.square(centred), axis=-1, keepdims=True) + norm.epsilon)
+    return centred / ops.stop_gradient(std) * ops.cast(norm.gamma, x.dtype) + ops.cast(
+        norm.beta, x.dtype)
 
 
 class PatchEmbed(keras.layers.Layer):
@@ -129,6 +169,13 @@ class Attention(keras.layers.Layer):
     - ``offset``: ``(N, heads, T, T)`` zeros added to the probabilities before they weight the
       values, so that the gradient of an output with respect to ``offset`` is its gradient with
       respect to the attention (``vidattn.relevance``); implies ``probs="all"``.
+    - ``rules``: an LRP forward (``LRP_RULES``): ``"attnlrp"`` scales the gradients of the
+      queries and keys by 1/4 and of the values by 1/2 (lxt's attention wrapper: the uniform
+      rule on both products), ``"cp-lrp"`` stops the queries' and keys' (the attention is a
+      constant); the values it computes are unchanged.
+    - ``record``: a ``Record`` that receives ``q``, ``k``, ``v`` ``(N, T, heads, head_dim)``,
+      ``attn`` ``(N, heads, T, T)`` and ``o`` ``(N, T, D)``, the output before ``proj`` (the
+      explicit LRP of ``vidattn.relevance.lrp``); implies ``probs="all"``.
     """
 
     def __init__(self, dim, num_heads, mask_k_bias=False, **kwargs):
@@ -164,11 +211,15 @@ class Attention(keras.layers.Layer):
             qk = apply_rope(qk, *rope)
         return qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]
 
-    def call(self, x, rope=None, probs=None, chunk=None, offset=None):
+    def call(self, x, rope=None, probs=None, chunk=None, offset=None, rules=None, record=None):
         n, t, d = ops.shape(x)
         q, k, v = self.heads(x, rope)
+        if rules == "attnlrp":
+            q, k, v = scale_gradient(q, 0.25), scale_gradient(k, 0.25), scale_gradient(v, 0.5)
+        elif rules == "cp-lrp":
+            q, k = ops.stop_gradient(q), ops.stop_gradient(k)
         whole = None  # every query's probabilities, where this path computes them anyway
-        if offset is not None:
+        if offset is not None or record is not None:
             probs = "all"
         if probs == "all" or (chunk is None and not FUSED_ATTENTION):
             whole = attention_probs(q, k, self.scale)
@@ -186,11 +237,18 @@ class Attention(keras.layers.Layer):
             probabilities = whole[:, :, :probs]
         else:
             probabilities = attention_probs(q[:, :probs], k, self.scale)
-        return self.proj(ops.reshape(out, (n, t, d))), probabilities
+        out = ops.reshape(out, (n, t, d))
+        if record is not None:
+            record.values.update(q=q, k=k, v=v, attn=whole, o=out)
+        return self.proj(out), probabilities
 
 
 class MLP(keras.layers.Layer):
-    """Two Dense layers with exact (erf) GELU between, as in timm and DINO: ``fc2(gelu(fc1(x)))``."""
+    """Two Dense layers with exact (erf) GELU between, as in timm and DINO: ``fc2(gelu(fc1(x)))``.
+
+    ``call(x, rules=None, record=None)``: with ``rules`` (``LRP_RULES``) the GELU passes its
+    relevance on unchanged (``identity_rule``); ``record`` (``Record``) receives ``g``, the
+    GELU's output ``(N, T, hidden)``."""
 
     def __init__(self, dim, hidden, **kwargs):
         super().__init__(**kwargs)
@@ -201,8 +259,14 @@ class MLP(keras.layers.Layer):
         self.fc1.build(input_shape)
         self.fc2.build(tuple(input_shape[:-1]) + (self.fc1.units,))
 
-    def call(self, x):
-        return self.fc2(keras.activations.gelu(self.fc1(x), approximate=False))
+    def call(self, x, rules=None, record=None):
+        def gelu(h):
+            return keras.activations.gelu(h, approximate=False)
+
+        g = gelu(self.fc1(x)) if rules is None else identity_rule(gelu, self.fc1(x))
+        if record is not None:
+            record.values["g"] = g
+        return self.fc2(g)
 
 
 class SwiGLU(keras.layers.Layer):
@@ -241,9 +305,14 @@ class Block(keras.layers.Layer):
     """Pre-norm transformer block: ``x + ls1(attn(norm1(x)))``, then ``x + ls2(mlp(norm2(x)))``;
     without ``layer_scale`` the ``ls`` are identities. ``mlp``: ``"gelu"`` or ``"swiglu"``.
 
-    ``call(..., offset=None, tap=None)``: ``offset`` goes to the attention (``Attention``);
-    ``tap`` ``(N, T, D)`` zeros are added to ``norm1(x)``, whose value the call then also
-    returns, for the gradient with respect to the tokens attention reads (Grad-CAM's layer)."""
+    ``call(..., offset=None, tap=None, rules=None, record=None)``: ``offset`` goes to the
+    attention (``Attention``); ``tap`` ``(N, T, D)`` zeros are added to ``norm1(x)``, whose value
+    the call then also returns, for the gradient with respect to the tokens attention reads
+    (Grad-CAM's layer). ``rules`` (``LRP_RULES``; plain GELU blocks only) holds both norms'
+    deviations constant (``lrp_norm``) and goes to the attention and the MLP. ``record``
+    (``Record``) receives, besides theirs (``Attention``, ``MLP``), ``x`` the input, ``h1``
+    ``norm1(x)``, ``y1`` the attention branch, ``mid`` ``x + y1``, ``h2`` ``norm2(mid)`` and
+    ``y2`` the MLP branch, all ``(N, T, D)``."""
 
     def __init__(self, dim, num_heads, hidden, eps, mlp="gelu", layer_scale=False,
                  mask_k_bias=False, **kwargs):
@@ -259,12 +328,20 @@ class Block(keras.layers.Layer):
         for layer in (self.norm1, self.attn, self.norm2, self.mlp):
             layer.build(input_shape)
 
-    def call(self, x, rope=None, probs=None, chunk=None, offset=None, tap=None):
-        h = self.norm1(x)
+    def call(self, x, rope=None, probs=None, chunk=None, offset=None, tap=None, rules=None,
+             record=None):
+        def norm(layer, t):
+            return layer(t) if rules is None else lrp_norm(layer, t)
+
+        lrp = {} if rules is None and record is None else {"rules": rules, "record": record}
+        h = norm(self.norm1, x)
         if tap is not None:
             h = h + ops.cast(tap, h.dtype)
-        y, probs = self.attn(h, rope=rope, probs=probs, chunk=chunk, offset=offset)
-        x = x + (y if self.ls1 is None else self.ls1(y))
-        y = self.mlp(self.norm2(x))
-        out = x + (y if self.ls2 is None else self.ls2(y))
+        y, probs = self.attn(h, rope=rope, probs=probs, chunk=chunk, offset=offset, **lrp)
+        mid = x + (y if self.ls1 is None else self.ls1(y))
+        h2 = norm(self.norm2, mid)
+        y2 = self.mlp(h2, **lrp)
+        out = mid + (y2 if self.ls2 is None else self.ls2(y2))
+        if record is not None:
+            record.values.update(x=x, h1=h, y1=y, mid=mid, h2=h2, y2=y2)
         return (out, probs) if tap is None else (out, probs, h)

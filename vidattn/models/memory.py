@@ -10,6 +10,11 @@ backend's fused kernel runs it), then query chunks of ``CHUNKS`` rows
 (exact, and bounded: ``heads x chunk x T``), then a smaller batch. When one image cannot fit even
 so, it says which input size would.
 
+The explanations' backward pass (``vidattn.relevance.methods.backward_pass``) cannot chunk: it
+holds every block's whole attention, its gradient and the activations the gradient needs
+(``backward_estimate``); ``explain_plan`` bounds its batch (images of a probe, frames of a
+video) the same way, with the same one-line refusal.
+
 The budget is the memory available when the plan is made (``available_memory``: free device
 memory on a GPU, else the RAM the system says is available), times ``HEADROOM``, unless the user
 sets one (``--memory-budget``, ``parse_bytes``). Working memory only: the model's weights are
@@ -26,8 +31,8 @@ from dataclasses import dataclass
 
 from vidattn.errors import VidattnError
 
-__all__ = ["CHUNKS", "DIRECT_MAX_TOKENS", "Plan", "available_memory", "estimate", "format_bytes",
-           "parse_bytes", "plan"]
+__all__ = ["CHUNKS", "DIRECT_MAX_TOKENS", "Plan", "available_memory", "backward_estimate",
+           "estimate", "explain_plan", "format_bytes", "parse_bytes", "plan"]
 
 CHUNKS = (1024, 256, 64)  # query rows per chunk, largest first
 DIRECT_MAX_TOKENS = 4096  # beyond this, chunks run as fast and hold far less
@@ -109,8 +114,50 @@ def estimate(preset, input_hw, batch: int, attention="none", rollout=False, toke
     return batch * (FLOAT * per_image + extra_per_image)
 
 
+def backward_estimate(preset, input_hw, batch: int, extra_per_image: int = 0) -> int:
+    """Working memory in bytes of one backward pass of the explanations (``relevance_pass``
+    differentiated by ``gradients.value_and_gradients``, then a method's float64 arithmetic) on
+    ``batch`` images ``input_hw``, plus ``extra_per_image`` bytes the caller holds per image.
+
+    Per image and block, ``heads x T x T`` floats 9 times over: on the gradient tape the scores,
+    the probabilities and the probabilities plus their zero offset (3); the zero offsets given
+    (numpy and tensor, 2), their gradients (tensor and numpy, 2) and the attention returned
+    (tensor and numpy, 2). Besides: every block's activations (``forward``'s, all kept for the
+    gradient), one block's scores' gradients while it is differentiated and a method's float64
+    product of one block's attention and gradient (6 more ``heads x T x T``), the last block's
+    tapped tokens and their gradient (4 ``T x D``), and the input image. Nothing of it can be
+    chunked: every method needs every block's whole ``T x T``."""
+    p = preset
+    t = p.tokens_at(input_hw)
+    h, depth = p.num_heads, p.depth
+    activations = t * (8 * p.embed_dim + 2 * p.hidden)
+    per_image = depth * (9 * h * t * t + activations) + 6 * h * t * t + 4 * t * p.embed_dim
+    per_image += 3 * input_hw[0] * input_hw[1]
+    return batch * (FLOAT * per_image + extra_per_image)
+
+
+def explain_plan(preset, input_hw, batch: int, budget: int | None = None,
+                 extra_per_image: int = 0, sizes=None) -> Plan:
+    """The plan of the explanations' backward pass for up to ``batch`` images ``input_hw``
+    (``backward_estimate``; its ``chunk`` is always None): the largest batch that fits
+    ``budget`` (None: ``available_memory() * HEADROOM``), else the one-line VidattnError of
+    ``plan`` naming the largest input that would fit. The video view calls it with its frames
+    (``extra_per_image``: what it holds per frame) as the image probe does with its images."""
+    return plan(preset, input_hw, batch, budget=budget, extra_per_image=extra_per_image,
+                sizes=sizes, backward=True)
+
+
+def _estimator(backward: bool):
+    """``estimate``'s arguments after the batch -> bytes: the forward pass's, or (``backward``)
+    the backward pass's, which takes no chunk and asks for nothing."""
+    if backward:
+        return lambda p, hw, n, _wants, _chunk, extra: backward_estimate(p, hw, n, extra)
+    return lambda p, hw, n, wants, chunk, extra: estimate(p, hw, n, *wants, chunk, extra)
+
+
 def plan(preset, input_hw, batch: int, attention="none", rollout=False, tokens=False,
-         budget: int | None = None, extra_per_image: int = 0, sizes=None) -> Plan:
+         budget: int | None = None, extra_per_image: int = 0, sizes=None,
+         backward: bool = False) -> Plan:
     """The plan for up to ``batch`` images ``input_hw``: the largest batch (never above
     ``batch``) and, for it, attention in one piece where it is the fast way and fits, else the
     largest chunk that fits. ``budget``: bytes (None: ``available_memory() * HEADROOM``).
@@ -118,38 +165,40 @@ def plan(preset, input_hw, batch: int, attention="none", rollout=False, tokens=F
     Raises VidattnError when one image cannot fit. The message names the largest input that
     would: given ``sizes = (size, size_to_input_hw)`` (the caller's ``--size`` and how it turns
     a size into an input size), the largest ``--size`` that fits; else the largest square input
-    (a multiple of the patch).
+    (a multiple of the patch). ``backward``: plan the explanations' backward pass instead
+    (``explain_plan``; ``attention``, ``rollout`` and ``tokens`` are then ignored).
     """
     budget = int(budget if budget is not None else available_memory() * HEADROOM)
-    p = preset
+    p, need_of, wants = preset, _estimator(backward), (attention, rollout, tokens)
     tokens_n = p.tokens_at(input_hw)
     chunks = ((None,) if tokens_n <= DIRECT_MAX_TOKENS else ()) + tuple(
         c for c in CHUNKS if c < tokens_n)
-    chunks = chunks or (None,)
+    chunks = (None,) if backward else chunks or (None,)
     for n in range(batch, 0, -1):
         for chunk in chunks:
-            need = estimate(p, input_hw, n, attention, rollout, tokens, chunk, extra_per_image)
+            need = need_of(p, input_hw, n, wants, chunk, extra_per_image)
             if need <= budget:
                 return Plan(n, chunk, need, budget)
-    need = estimate(p, input_hw, 1, attention, rollout, tokens, chunks[-1], extra_per_image)
-    what = {"all": "every block's attention", "last": "the last block's attention"}.get(
+    need = need_of(p, input_hw, 1, wants, chunks[-1], extra_per_image)
+    what = "the explanation's backward pass (every block's attention and its gradient)" if (
+        backward) else {"all": "every block's attention", "last": "the last block's attention"}.get(
         attention, "the attention maps")
-    fits = _what_fits(p, (attention, rollout, tokens), budget, extra_per_image, input_hw, sizes)
+    fits = _what_fits(p, wants, budget, extra_per_image, input_hw, sizes, need_of)
     raise VidattnError(
         f"{what} of one {input_hw[0]}x{input_hw[1]} input ({tokens_n} tokens) through "
         f"{p.name} needs about {format_bytes(need)}, over the memory budget of "
         f"{format_bytes(budget)}; {fits} (or raise --memory-budget)")
 
 
-def _what_fits(preset, wants, budget, extra, input_hw, sizes) -> str:
+def _what_fits(preset, wants, budget, extra, input_hw, sizes, need_of) -> str:
     """The largest ``--size`` (or square side) whose one-image plan fits ``budget``; ``wants``:
-    ``(attention, rollout, tokens)``."""
+    ``(attention, rollout, tokens)``, ``need_of``: the estimate (``_estimator``)."""
     p = preset
 
     def fits(hw):
         t = p.tokens_at(hw)
         chunk = None if t <= DIRECT_MAX_TOKENS else CHUNKS[-1]
-        return estimate(p, hw, 1, *wants, chunk, extra) <= budget
+        return need_of(p, hw, 1, wants, chunk, extra) <= budget
 
     size, to_hw = sizes or (max(input_hw), lambda s: (s, s))
     lo, hi = p.patch_size, max(p.patch_size, size)

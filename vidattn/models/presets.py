@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from vidattn.cells import grid_shape
+from vidattn.demo.classes import CLASSES
 
 __all__ = ["PRESETS", "Preset", "get_preset", "with_stride"]
 
@@ -40,6 +41,9 @@ class Preset:
             code does it (``position.RESIZES``: "offset", "size" or "antialias").
         mask_k_bias: the qkv bias is masked by the stored ``bias_mask`` (DINOv3).
         num_classes: classifier outputs, 0 for a headless backbone.
+        class_names: the names of the head's classes, where the preset defines its own (the
+            toy ``demo_classifier``'s coloured shapes); empty: a 1000-way head's are ImageNet-1k's
+            (``relevance.targets.class_names``).
         image_size: side of the square images it was trained on; learned position embeddings
             cover ``(image_size // patch_size) ** 2`` patches.
         preprocessing: ``"imagenet"`` (mean/std on 0..1 pixels) or ``"minus_one_one"``.
@@ -74,6 +78,7 @@ class Preset:
     rope_base: float = 100.0
     mask_k_bias: bool = False
     num_classes: int = 0
+    class_names: tuple[str, ...] = ()
     image_size: int = 224
     preprocessing: str = "imagenet"
     weights_url: str | None = None
@@ -221,6 +226,15 @@ PRESETS: dict[str, Preset] = {
             description="Demo ViT-4L/8 trained here with DINO on synthetic scenes (a toy, offline)",
             patch_size=8, embed_dim=128, depth=4, num_heads=4, image_size=64,
             packaged_weights="demo_vit.safetensors", weights_format="demo safetensors",
+            licence="Apache-2.0 (this project)",
+        ),
+        Preset(
+            name="demo_classifier",
+            description="Demo ViT-4L/8 classifier trained here on synthetic coloured shapes "
+                        "(4 classes; a toy, offline)",
+            patch_size=8, embed_dim=128, depth=4, num_heads=4, image_size=96,
+            num_classes=len(CLASSES), class_names=CLASSES,
+            packaged_weights="demo_classifier.safetensors", weights_format="demo safetensors",
             licence="Apache-2.0 (this project)",
         ),
     )

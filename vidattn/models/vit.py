@@ -28,7 +28,8 @@ import numpy as np
 
 from vidattn.backend import keras, ops
 from vidattn.errors import VidattnError
-from vidattn.models.layers import Block, PatchEmbed, attention_probs, query_chunks
+from vidattn.models.layers import (Block, PatchEmbed, Record, attention_probs, lrp_norm,
+                                   query_chunks)
 from vidattn.models.position import resize_matrix, rope_periods, rope_sin_cos
 from vidattn.models.presets import Preset
 from vidattn.options import FACETS
@@ -260,24 +261,35 @@ class ViT(keras.Model):
                 else rope_sin_cos(self.periods, grid, p.num_prefix_tokens))
         return x, rope
 
-    def relevance_pass(self, images, offsets, tap):
+    def relevance_pass(self, images, offsets, tap, rules=None, record=None):
         """The forward pass the explanations differentiate (``vidattn.relevance``): ``images``
         ``(N, H, W, 3)``, ``offsets`` one ``(N, heads, T, T)`` zero tensor per block, added to
         its attention probabilities, and ``tap`` ``(N, T, D)`` zeros added to the last block's
         ``norm1`` output, so that gradients with respect to them are gradients with respect to
         the attention and to those tokens. Returns ``heads_logits``: one ``(N, C)`` per
-        classifier head (CLS, then distillation), ``attention``: every block's probabilities
-        ``(N, heads, T, T)``, and ``tokens``: the last block's ``norm1`` output ``(N, T, D)``.
-        With None for the offsets and the tap, only the logits mean anything."""
+        classifier head (CLS, then distillation), ``features``: the final-normed CLS token
+        ``(N, D)`` (what an embedding target compares), ``attention``: every block's
+        probabilities ``(N, heads, T, T)``, and ``tokens``: the last block's ``norm1`` output
+        ``(N, T, D)``. With None for the offsets and the tap, only the logits and the features
+        mean anything.
+
+        ``rules`` (``layers.LRP_RULES``): the same values with the gradients of an LRP
+        (``Block``; the final norm's deviation constant too). ``record`` (a dict) receives
+        ``blocks``, each block's intermediates (``Block``), and ``normed``, the final norm's
+        output ``(N, T, D)``: what ``vidattn.relevance.lrp`` propagates through."""
         x, rope = self.tokens_in(images)
         attention, last = [], len(self.blocks) - 1
+        records = [None if record is None else Record() for _ in self.blocks]
         for i, (block, offset) in enumerate(zip(self.blocks, offsets)):
-            out = block(x, rope=rope, offset=offset, tap=tap if i == last else None)
+            out = block(x, rope=rope, offset=offset, tap=tap if i == last else None, rules=rules,
+                        record=records[i])
             x, probs = out[:2]
             attention.append(probs)
-        x = ops.cast(self.norm(x), "float32")
+        x = ops.cast(self.norm(x) if rules is None else lrp_norm(self.norm, x), "float32")
+        if record is not None:
+            record.update(blocks=[r.values for r in records], normed=x)
         return {"heads_logits": [ops.cast(head(x[:, i]), "float32")
-                                 for i, head in enumerate(self.heads)],
+                                 for i, head in enumerate(self.heads)], "features": x[:, 0],
                 "attention": attention, "tokens": out[2] if tap is not None else None}
 
     def _chunked_rollout(self, inputs, rope, chunk):

@@ -29,7 +29,7 @@ from vidattn.cells import cell_index
 from vidattn.errors import VidattnError
 from vidattn.features import (FeatureWriter, PcaBasis, fit_basis, fit_reduction, fit_times,
                               model_meta, similarity_maps)
-from vidattn.models.memory import format_bytes
+from vidattn.models.memory import explain_plan, format_bytes
 from vidattn.options import VideoOptions
 from vidattn.preprocess import prepare_frames, resize_frame, video_geometry
 from vidattn.video.reader import DEFAULT_FPS, Prefetcher, probe, read_frames
@@ -126,7 +126,8 @@ class _Sink:
 class MapLayout:
     """The maps ``MapMaker`` computes for each frame, in order: for each block of ``blocks``, its
     ``heads`` CLS maps then their mean; then the rollout map if ``rollout``; then, if ``pca``,
-    the ``PCA_CHANNELS`` maps of the PCA view; then, if ``similarity``, the similarity map.
+    the ``PCA_CHANNELS`` maps of the PCA view; then, if ``similarity``, the similarity map;
+    then, if ``explain``, the relevance map of the explained class (``relevance.methods``).
     ``count`` maps in all; ``view`` indexes the ones the chosen view draws."""
 
     blocks: tuple[int, ...]
@@ -135,11 +136,12 @@ class MapLayout:
     view: tuple[int, ...]
     pca: bool = False
     similarity: bool = False
+    explain: bool = False
 
     @property
     def count(self) -> int:
         return (len(self.blocks) * (self.heads + 1) + self.rollout + PCA_CHANNELS * self.pca
-                + self.similarity)
+                + self.similarity + self.explain)
 
     @classmethod
     def of(cls, model, opts: VideoOptions) -> MapLayout:
@@ -149,6 +151,8 @@ class MapLayout:
             return cls((), heads, False, tuple(range(PCA_CHANNELS)), pca=True)
         if opts.needs_similarity:  # the same: the viewer is refused
             return cls((), heads, False, (0,), similarity=True)
+        if opts.needs_explain:  # the same: the viewer is refused
+            return cls((), heads, False, (0,), explain=True)
         if opts.viewer is not None:
             blocks = tuple(range(depth)) if opts.viewer_blocks == "all" else (depth - 1,)
         else:
@@ -177,17 +181,22 @@ def _padded(inputs, size: int):
 
 
 class MapMaker:
-    """Turns a batch of model inputs into maps ``(N, count, gh, gw)`` float32 as ``layout`` says
-    (``MapLayout.of``): what the view draws is ``maps[:, layout.view]``, and the viewer stores all
-    of them; and, with ``tokens``, the patch tokens ``(N, gh * gw, D)`` float32 (else None).
+    """Turns a batch of model inputs into ``(maps, tokens, explained)``: maps ``(N, count, gh,
+    gw)`` float32 as ``layout`` says (``MapLayout.of``): what the view draws is
+    ``maps[:, layout.view]``, and the viewer stores all of them; with ``tokens``, the patch
+    tokens ``(N, gh * gw, D)`` float32 (else None); for an explain layout, ``explained``, one
+    dict per frame of what its map explains (``explained_classes``; else None).
     A pca layout draws with ``basis`` (``fit_video_pca``), a similarity layout compares with
-    ``query`` ``(D,)`` (``query_token``). Smoothing (an exponential moving average with time
-    constant ``smooth`` frames) runs across batches."""
+    ``query`` ``(D,)`` (``query_token``), an explain layout explains ``target``
+    (``explain_target``; None: ``opts.explain_class``) with ``opts.explain_method`` and
+    ``opts.explain_head``, from one backward pass per batch. Smoothing (an exponential moving average with time constant ``smooth`` frames) runs
+    across batches."""
 
     def __init__(self, model, opts: VideoOptions, grid_hw, layout: MapLayout,
-                 basis: PcaBasis | None = None, tokens: bool = False, query=None):
+                 basis: PcaBasis | None = None, tokens: bool = False, query=None, target=None):
         self.model, self.opts, self.grid_hw, self.layout = model, opts, grid_hw, layout
         self.basis, self.query = basis, query
+        self.target = opts.explain_class if target is None else target
         self.tokens = tokens or layout.pca
         if layout.pca and basis is None:
             raise ValueError("a pca layout needs a PcaBasis")
@@ -202,11 +211,14 @@ class MapMaker:
     def __call__(self, inputs):
         o, layout = self.opts, self.layout
         n = len(inputs)
-        out = self.model.run(_padded(inputs, o.batch_size), attention=self._attention,
-                             rollout=layout.rollout, tokens=self.tokens,
-                             facet=(o.layer, o.facet) if layout.similarity else None)
+        padded = _padded(inputs, o.batch_size)
+        parts, explained = [], None
+        forward = layout.blocks or layout.rollout or layout.similarity or self.tokens
+        out = self.model.run(padded, attention=self._attention, rollout=layout.rollout,
+                             tokens=self.tokens,
+                             facet=(o.layer, o.facet) if layout.similarity else None
+                             ) if forward else {"attention": ()}
         attns = dict(zip(self._returned, out["attention"]))
-        parts = []
         for block in layout.blocks:
             maps = am.cls_maps(attns[block][:n], self.n_prefix, self.grid_hw)
             parts += [maps, am.head_mean(maps)[:, None]]
@@ -219,6 +231,14 @@ class MapMaker:
         if layout.similarity:
             parts.append(similarity_maps(out["facet_tokens"][:n], self.query,
                                          self.grid_hw)[:, None])
+        if layout.explain:
+            from vidattn.relevance.methods import explain_maps  # the gradients, on demand
+
+            relevance, ps = explain_maps(self.model, padded, o.explain_method, self.target,
+                                         o.explain_head)
+            parts.append(np.maximum(relevance[:n], 0)[:, None])
+            explained = explained_classes(self.model.preset, ps.logits[:n], ps.target[:n],
+                                          self.target)
         maps = np.ascontiguousarray(np.concatenate(parts, axis=1), np.float32)
         if o.smooth > 1:
             rate = 1.0 / o.smooth
@@ -227,7 +247,60 @@ class MapMaker:
                     maps[i] - self._state
                 )
                 maps[i] = self._state
-        return maps, tokens
+        return maps, tokens, explained
+
+
+def explained_classes(preset, logits, classes, target=None) -> list[dict]:
+    """What each frame's explanation explains, from its explained head's ``logits`` ``(N, C)``
+    and ``classes`` ``(N,)`` (``relevance.methods.Pass``): dicts of ``class`` (index), ``name``
+    (its first name, or None for unnamed classes) and ``probability`` (the head's softmax); for
+    an embedding ``target``, whose "logit" is the cosine similarity ``(N, 1)``, ``class`` None,
+    ``name`` "similarity to SOURCE" and ``similarity``."""
+    from vidattn.relevance.targets import class_names, is_embedding
+
+    logits = np.asarray(logits, np.float64)
+    if is_embedding(target):
+        return [{"class": None, "name": f"similarity to {Path(target.source).name}",
+                 "similarity": float(v)} for v in logits[:, 0]]
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    chosen = probs[np.arange(len(probs)), classes] / probs.sum(axis=1)
+    names = class_names(preset)
+    return [{"class": int(c), "name": names[c].split(", ")[0] if names else None,
+             "probability": float(p)} for c, p in zip(classes, chosen)]
+
+
+def explained_caption(explained: dict, method: str) -> str:
+    """The caption of an explained frame: "tabby cat 87% · generic" (an unnamed class: "class
+    3"; an embedding target: "similarity to ref.jpg 0.82")."""
+    name = explained["name"] or f"class {explained['class']}"
+    value = (f"{explained['probability']:.0%}" if "probability" in explained
+             else f"{explained['similarity']:.2f}")
+    return f"{name} {value} · {method}"
+
+
+def check_explain(preset, opts: VideoOptions) -> None:
+    """One error line, before any work (the command line calls it before loading weights), when
+    ``opts``' explain view cannot run on ``preset``: one without a classifier head and no
+    ``--explain-reference`` (an embedding target needs no head), or a class name or index the
+    head does not have (the name's nearest classes suggested)."""
+    from vidattn.relevance.targets import check_classifier, check_target
+
+    if opts.explain_reference is None:
+        check_classifier(preset)
+    check_target(preset, opts.explain_class)
+
+
+def explain_target(model, opts: VideoOptions):
+    """What the explain view explains in every frame: ``opts.explain_class``, or the
+    ``relevance.targets.Embedding`` of ``opts.explain_reference`` (``probes.explain_target``:
+    its square centre crop at ``--size``, rounded down to the patch; a missing or unreadable
+    file is one VidattnError naming it)."""
+    if opts.explain_reference is None:
+        return opts.explain_class
+    from vidattn.probes import explain_target as image_target
+
+    p = model.preset.patch_size
+    return image_target(model, dataclasses.replace(opts, size=max(p, opts.size // p * p)))
 
 
 def model_label(model) -> str | None:
@@ -245,7 +318,9 @@ class FrameRenderer:
     ``side-by-side``: the frame and the overlay with a 2-pixel gap, ``H x (2W + 2)``; ``heads``: a
     grid (``draw.grid_shape``, ``cols = ceil(sqrt(heads))``) of panels, each the frame scaled by
     ``max(1 / cols, min(1, 240 / min(H, W)))``. The writer pads an odd side by one pixel.
-    Captions: head numbers, the frame time (bottom right) and, always, for random weights, a
+    Captions: head numbers, the explained class and its probability (top left, explain:
+    ``explained``, one dict of ``explained_classes``), the frame time (bottom right) and,
+    always, for random weights, a
     RANDOM WEIGHTS label (bottom left), and a reduced precision's name beside it, so neither an
     untrained model's maps nor a bf16/fp16 model's are mistaken for a trained fp32 model's.
     """
@@ -263,7 +338,7 @@ class FrameRenderer:
         return draw.map_to_frame(grid_map, out_hw, self.geometry.resized_hw, self.patch,
                                  stride=self.geometry.stride)
 
-    def __call__(self, image, maps, pts_s):
+    def __call__(self, image, maps, pts_s, explained=None):
         o = self.opts
         h, w = image.shape[:2]
         if o.needs_pca:  # red, green, blue, foreground: fixed by the basis, never rescaled
@@ -294,6 +369,8 @@ class FrameRenderer:
                                o.alpha)
         if o.view == "side-by-side":
             out = draw.side_by_side(image, out)
+        if o.captions and explained is not None:
+            out = draw.caption(out, explained_caption(explained, o.explain_method))
         if o.captions:
             out = draw.caption(out, f"t={pts_s:.2f}s", corner="br")
         if self.model_label:
@@ -314,6 +391,9 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
     opts = opts or VideoOptions()
     if dst is None and opts.viewer is None:
         raise ValueError("render_video needs an output: dst, opts.viewer or both")
+    if opts.needs_explain:
+        check_explain(model.preset, opts)
+    target = explain_target(model, opts) if opts.needs_explain else None
     info = probe(src)
     total = _expected_frames(info, opts)
     if total and total < opts.batch_size:  # a short run: one smaller batch, no padded frames
@@ -334,9 +414,9 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
         reduction = fit_reduction(sample_tokens(model, src, info, opts, geometry))
     make_maps = MapMaker(model, opts, geometry.grid_hw, layout, basis,
                          tokens=opts.save_features is not None or reduction is not None,
-                         query=query)
+                         query=query, target=target)
     render_frame = FrameRenderer(model, opts, geometry)
-    saved_maps, saved_pts = [], []
+    saved_maps, saved_pts, saved_explained = [], [], []
     started = time.perf_counter()
     written = 0
     pool = ThreadPoolExecutor(WORKERS, "vidattn-work") if WORKERS > 1 else None
@@ -364,10 +444,11 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
 
     def consume(item):
         nonlocal writer, written
-        batch, maps, tokens = item
+        batch, maps, tokens, explained = item
         images = [None] * len(batch) if dst is None else _in_parallel(
             pool, lambda args: render_frame(*args),
-            [(f.image, m[list(layout.view)], f.pts_s) for f, m in zip(batch, maps)])
+            [(f.image, m[list(layout.view)], f.pts_s, e)
+             for f, m, e in zip(batch, maps, explained or [None] * len(batch))])
         for i, (frame, frame_maps, image) in enumerate(zip(batch, maps, images)):
             if image is not None:
                 if writer is None:
@@ -397,18 +478,20 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
     try:
         with Prefetcher(prepared(), maxsize=2, name="vidattn-prepare") as batches:
             for batch, inputs in batches:
-                maps, tokens = make_maps(inputs)
+                maps, tokens, explained = make_maps(inputs)
                 if features is not None:
                     features.write(tokens, [f.pts_s for f in batch])
                 if opts.save_maps is not None:
                     saved_maps.append(maps[:, list(layout.view)].astype(np.float16))
                     saved_pts.extend(f.pts_s for f in batch)
-                sink.put((batch, maps, tokens))
+                    saved_explained.extend(explained or ())
+                sink.put((batch, maps, tokens, explained))
         sink.close()
         if not written:
             raise VidattnError("no frames in the requested range", src)
         if opts.save_maps is not None:
-            _save_maps(opts.save_maps, saved_maps, saved_pts, opts, model, geometry)
+            _save_maps(opts.save_maps, saved_maps, saved_pts, opts, model, geometry,
+                       saved_explained)
         if viewer is not None:
             viewer.finish()
         if writer is not None:
@@ -543,15 +626,21 @@ def _plan_batch(model, opts: VideoOptions, geometry) -> VideoOptions:
     """``opts`` with the batch size the memory planner allows (``Model.plan``), said in one line
     when it is lower than asked; raises VidattnError, naming the largest ``--size`` that fits,
     when one frame cannot fit. Besides the model's working memory, each frame of a batch is held
-    about five times as decoded pixels in the pipeline's queues."""
+    about five times as decoded pixels in the pipeline's queues. The explain view plans its
+    backward pass instead (``memory.explain_plan``: every block's attention, its gradient and
+    the activations the gradient needs)."""
     (fh, fw), p, s = geometry.frame_hw, geometry.patch, geometry.stride
     layout = MapLayout.of(model, opts)
-    plan = model.plan(
-        geometry.input_hw, opts.batch_size, layout.attention(model.preset.depth), layout.rollout,
-        tokens=layout.pca or layout.similarity or opts.save_features is not None,
-        extra_per_image=5 * fh * fw * 3,
-        sizes=(min(geometry.resized_hw),
-               lambda side: video_geometry(fh, fw, p, side, stride=s).input_hw))
+    sizes = (min(geometry.resized_hw),
+             lambda side: video_geometry(fh, fw, p, side, stride=s).input_hw)
+    if layout.explain:
+        plan = explain_plan(model.preset, geometry.input_hw, opts.batch_size,
+                            model.memory_budget, extra_per_image=5 * fh * fw * 3, sizes=sizes)
+    else:
+        plan = model.plan(
+            geometry.input_hw, opts.batch_size, layout.attention(model.preset.depth),
+            layout.rollout, tokens=layout.pca or layout.similarity or opts.save_features is not None,
+            extra_per_image=5 * fh * fw * 3, sizes=sizes)
     if plan.batch < opts.batch_size:
         if opts.progress:
             tqdm.write(f"vidattn: note: batch size {plan.batch} instead of {opts.batch_size}: "
@@ -578,15 +667,26 @@ def _check_writable(dst):
         raise VidattnError("output folder does not exist", parent)
 
 
-def _save_maps(path, maps, pts, opts, model, geometry):
-    """Write the raw per-frame maps (before display normalisation) as .npz, atomically."""
+def _save_maps(path, maps, pts, opts, model, geometry, explained=()):
+    """Write the raw per-frame maps (before display normalisation) as .npz, atomically; for the
+    explain view also what each frame explains (``explained_classes``): ``explained_class``
+    (index, -1 for an embedding target), ``explained_name`` and ``explained_probability`` (or
+    ``explained_similarity``), and the method and head."""
     from vidattn.io import atomic_path
 
+    extra = {}
+    if explained:
+        value = "probability" if "probability" in explained[0] else "similarity"
+        extra = {"explained_class": np.asarray([-1 if e["class"] is None else e["class"]
+                                                for e in explained], np.int64),
+                 "explained_name": np.asarray([e["name"] or "" for e in explained]),
+                 f"explained_{value}": np.asarray([e[value] for e in explained], np.float64),
+                 "explain_method": opts.explain_method, "explain_head": opts.explain_head}
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(
                 f, maps=np.concatenate(maps), pts_s=np.asarray(pts, np.float64),
                 view=opts.view, model=model.preset.name, weights=model.weights_label,
                 grid_hw=np.asarray(geometry.grid_hw), patch_size=model.preset.patch_size,
-                stride=geometry.stride,
+                stride=geometry.stride, **extra,
             )

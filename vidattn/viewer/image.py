@@ -10,6 +10,10 @@ Beside the image's figures (``OUTDIR/<stem>/``)::
     viewer/rollout.js        the rollout matrix's rows over the patch keys (``rollout_matrix``)
     viewer/features-HASH.js  the P patch features of the chosen facet and block, at full
                              dimension D, for the click-a-patch similarity
+    viewer/explain.js        where the explain probe ran: its maps, one per class and method
+                             (``relevance.methods.Explanation``), ``K`` float32 scales then
+                             ``K * P`` bytes (``pages.quantize``, negatives as 0), K = classes
+                             x methods; the page switches class and method
 
 and, for ``vidattn image`` (``ImageRun``), once per run::
 
@@ -81,6 +85,7 @@ RUN_FILE = f"{RUN_KEY}.js"
 RUN_FEATURE_CAP = 64 * 2**20  # bytes of features the run file lists: what a page loads on a click
 RUN_SAMPLE = 64  # patches of each image in the run's error sample (ERROR_SAMPLE in all)
 DEFAULT_FACET = (-1, "token")  # (block, kind) as Model.run's facet: the last block's tokens
+EXPLAIN_KEY = "explain"  # the explanation maps' chunk
 ALPHA = 0.6  # as the probe figures
 
 
@@ -124,17 +129,21 @@ class StoredFeatures:
 
 def write_image_viewer(model, image, outdir, size: int = DEFAULT_SIZE,
                        threshold: float = DEFAULT_THRESHOLD, name: str | None = None,
-                       facet=DEFAULT_FACET) -> Path:
+                       facet=DEFAULT_FACET, explanation=None) -> Path:
     """Write the viewer of one image (a path or uint8 RGB ``(H, W, 3)``) into the folder
     ``outdir`` (made if missing, its earlier viewer replaced) -> the page's path. ``size``: the
     square crop's side, a multiple of the patch; ``threshold``: the mask control's first value;
     ``name``: shown as the title (default: the file name); ``facet``: ``(block, kind)``, the
-    patch features whose similarity a click shows (``Model.run``). The page shows this image's
-    similarity alone (``ImageRun`` writes pages that show their run's images too)."""
-    return _write_viewer(model, image, outdir, size, threshold, name, facet)[0]
+    patch features whose similarity a click shows (``Model.run``); ``explanation``: the
+    explain probe's maps of this image at this ``size`` (``relevance.methods.Explanation``),
+    which the page then shows first, with a class and a method switch. The page shows this
+    image's similarity alone (``ImageRun`` writes pages that show their run's images too)."""
+    return _write_viewer(model, image, outdir, size, threshold, name, facet,
+                         explanation=explanation)[0]
 
 
-def _write_viewer(model, image, outdir, size, threshold, name, facet, run=None):
+def _write_viewer(model, image, outdir, size, threshold, name, facet, run=None,
+                  explanation=None):
     """``write_image_viewer``, with ``run`` the page's note of its run file (``ImageRun``) ->
     ``(page path, StoredFeatures, the page's meta)``."""
     pixels = image if isinstance(image, np.ndarray) else load_image(image)
@@ -157,6 +166,10 @@ def _write_viewer(model, image, outdir, size, threshold, name, facet, run=None):
         data, scales = quantize(am.rollout_matrix(attns)[0, :, n_prefix:])
         write_chunk(temp, "rollout", scales, data)
         write_chunk(temp, feats.key, feats.scales, feats.data)
+        if explanation is not None:  # (classes, methods, gh, gw) -> one row per pair
+            maps = np.asarray(explanation.maps)
+            data, scales = quantize(maps.reshape(-1, maps.shape[-2] * maps.shape[-1]))
+            write_chunk(temp, EXPLAIN_KEY, scales, data)
         publish_folder(temp, outdir / DATA_FOLDER)
     except BaseException:
         discard_folder(temp)
@@ -172,6 +185,8 @@ def _write_viewer(model, image, outdir, size, threshold, name, facet, run=None):
         grid=[grid, grid], tokens=n_prefix + grid * grid,
         chunks={"folder": DATA_FOLDER, "blocks": keys, "rollout": "rollout"},
         colormaps=colormap_tables(), features=features, run=run,
+        explain=None if explanation is None else {
+            "key": EXPLAIN_KEY, "classes": explanation.classes, "methods": explanation.methods},
         defaults={"colormap": "inferno", "alpha": ALPHA, "threshold": threshold, "mode": "heat"},
     )
     label = "RANDOM WEIGHTS · " if model.is_random else ""
@@ -205,13 +220,14 @@ class ImageRun:
         return sum(e["bytes"] for e in self.images)
 
     def write(self, model, image, folder: str, size: int = DEFAULT_SIZE,
-              threshold: float = DEFAULT_THRESHOLD) -> Path:
-        """``write_image_viewer`` of ``image`` (a path) into ``outdir/folder`` (one path part),
-        its page reading the run file -> the page's path. Its features join the run's list
-        (unless they would pass ``RUN_FEATURE_CAP``) and its error measure (see the module)."""
+              threshold: float = DEFAULT_THRESHOLD, explanation=None) -> Path:
+        """``write_image_viewer`` of ``image`` (a path; ``explanation``: its explain probe's
+        maps) into ``outdir/folder`` (one path part), its page reading the run file -> the
+        page's path. Its features join the run's list (unless they would pass
+        ``RUN_FEATURE_CAP``) and its error measure (see the module)."""
         run = {"folder": "..", "key": RUN_KEY, "self": folder}
         page, feats, meta = _write_viewer(model, image, self.path.parent / folder, size,
-                                          threshold, None, self.facet, run)
+                                          threshold, None, self.facet, run, explanation)
         self._model = model
         error = feats.max_error
         if self._sample is not None:

@@ -12,10 +12,12 @@
   const geo = VA.cells(info, info.size, info.size);  // the model saw the size x size crop
   const overlay = new VA.Overlay(canvas, gh, gw, geo);
   const d = info.defaults;
+  const ex = info.explain;  // the explain probe's classes and methods, or null
   const state = {
-    block: String(info.depth - 1), map: "mean", query: 0, mode: d.mode, colormap: d.colormap,
-    alpha: d.alpha, threshold: d.threshold, drawn: null, pointer: null,
+    block: String(info.depth - 1), map: ex ? "explain" : "mean", query: 0, mode: d.mode,
+    colormap: d.colormap, alpha: d.alpha, threshold: d.threshold, drawn: null, pointer: null,
     similar: null,  // the query token whose similarity every picture of the strip shows
+    explainClass: 0, explainMethod: 0,  // indices into ex.classes and ex.methods
   };
 
   // -- data: a block's chunk is heads * T float32 scales, then heads * T rows of P bytes;
@@ -56,9 +58,51 @@
     return mean;
   }
 
+  // -- explanations: ex.classes.length * ex.methods.length float32 scales, then a row of P
+  //    bytes per (class, method), class-major ----------------------------------------------
+  let explained = null;
+  function explainChunk() {
+    const rows = ex.classes.length * ex.methods.length;
+    explained = explained || VA.load(info.chunks.folder, ex.key).then((bytes) => {
+      if (bytes.length !== rows * (cells + 4)) {
+        throw new Error(`${ex.key}.js: damaged explanation data (${bytes.length} bytes)`);
+      }
+      return { scales: new Float32Array(bytes.buffer, bytes.byteOffset, rows),
+               bytes: bytes.subarray(rows * 4) };
+    });
+    return explained;
+  }
+
+  /** A class of the explanation in words: "tabby cat (87 %)", or its similarity. */
+  function classLabel(c) {
+    const name = c.name || `class ${c.class}`;
+    return "probability" in c ? `${name} (${Math.round(100 * c.probability)} %)`
+      : `${name} (${VA.fmt(c.similarity)})`;
+  }
+
+  function renderExplain() {
+    const wanted = `explain/${state.explainClass}/${state.explainMethod}`;
+    explainChunk().then((entry) => {
+      if (state.map !== "explain" ||
+          wanted !== `explain/${state.explainClass}/${state.explainMethod}`) return;
+      current = rowOf(entry, state.explainClass * ex.methods.length + state.explainMethod);
+      overlay.draw(current, {
+        mode: state.mode, table: VA.lut(info, state.colormap), alpha: state.alpha,
+        keep: state.threshold, color: [255, 255, 255],
+      });
+      if (info.random) overlay.caption("RANDOM WEIGHTS (untrained)");
+      $("explain-note").textContent = `Why ${classLabel(ex.classes[state.explainClass])}: ` +
+        `${ex.methods[state.explainMethod]} relevance, over its peak.`;
+      state.drawn = wanted;
+      canvas.dataset.drawn = state.drawn;
+      readPointer();
+    }, VA.fail);
+  }
+
   let current = null;  // the values drawn last
   function render() {
     if (state.map === "similarity") { renderSimilarity(); return; }
+    if (state.map === "explain") { renderExplain(); return; }
     const wanted = { ...state };
     chunk(state.block).then((entry) => {
       if (wanted.block !== state.block) return;
@@ -261,11 +305,22 @@
   VA.options($("block"), [...blocks, ["rollout", "rollout (all blocks)"]], state.block);
   const maps = VA.headChoices(H);
   if (feats) maps.push(["similarity", "similarity to the clicked patch"]);
+  if (ex) maps.push(["explain", "why this class (relevance)"]);
   VA.options($("map"), maps, state.map);
+  if (ex) {
+    VA.options($("explain-class"), ex.classes.map((c, i) => [i, classLabel(c)]), 0);
+    VA.options($("explain-method"), ex.methods.map((m, i) => [i, m]), 0);
+    for (const [id, key] of [["explain-class", "explainClass"], ["explain-method", "explainMethod"]]) {
+      $(id).addEventListener("input", (e) => { state[key] = Number(e.target.value); render(); });
+    }
+  }
   const sync = () => {
-    const similar = state.map === "similarity";
-    $("map").disabled = state.block === "rollout" && !similar;
-    $("block").disabled = $("mode").disabled = similar;
+    const similar = state.map === "similarity", explaining = state.map === "explain";
+    $("map").disabled = state.block === "rollout" && !similar && !explaining;
+    $("block").disabled = similar || explaining;
+    $("mode").disabled = similar;
+    $("explain").hidden = $("explain-note").hidden = !explaining;
+    $("query").hidden = $("cls").disabled = explaining;  // an explanation has no query token
     describeQuery();
   };
   VA.controls(info, state, () => { sync(); similarity(); render(); });
@@ -287,6 +342,8 @@
     const what = state.map === "similarity"
       ? `cosine similarity to row ${Math.floor(q / gw)}, column ${q % gw} (largest error ` +
         `${VA.fmt(runError === null ? feats.max_error : runError)})`
+      : state.map === "explain" ? `relevance of ${classLabel(ex.classes[state.explainClass])}` +
+        ` (${ex.methods[state.explainMethod]})`
       : state.block === "rollout" ? "rollout"
       : `attention, ${state.map === "mean" ? "mean of the heads" : `head ${state.map}`}, block ${state.block}`;
     $("cursor").textContent = `patch row ${cell.row}, column ${cell.col}: ${VA.fmt(v)} · ${what}`;
