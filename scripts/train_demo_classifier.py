@@ -2,11 +2,12 @@
 
     .venv/bin/python scripts/train_demo_classifier.py [--seed 0] [--steps 300] [--out PATH]
 
-A toy supervised ViT (``vidattn.demo.supervised``): four classes, the shapes of
-``vidattn.demo.scenes`` (disc, square, triangle, blob); a scene's class is the shape of its one
-large object, drawn among 1-3 smaller objects of other shapes, all in random colours
-(``vidattn.demo.classes``). Its purpose is to have class-specific explanations (``vidattn.relevance``)
-with a ground truth offline: the class object's mask.
+A toy supervised ViT (``vidattn.demo.supervised``): four classes, each a shape of
+``vidattn.demo.scenes`` in its own hue (red disc, green square, blue triangle, yellow blob: by
+shape alone it did not learn in minutes); a scene's class is its one large object, drawn among
+1-3 smaller objects of the other classes (``vidattn.demo.classes``). Its purpose is to have
+class-specific explanations (``vidattn.relevance``) with a ground truth offline: the class
+object's mask.
 
 Deterministic given ``--seed`` (Keras seeds, TensorFlow op determinism, one numpy Generator for
 the scenes). At the end it reloads the written file through ``vidattn.load_model`` and prints the

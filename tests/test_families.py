@@ -132,7 +132,7 @@ def test_each_family_resizes_as_its_code_says():
         **{f"dinov2_vit{s}14": "offset" for s in "sblg"},
         **{f"dinov2_vit{s}14_reg": "antialias" for s in "sblg"},
         "vit_b16": "size", "deit_b16": "antialias", "deit_b16_distilled": "antialias",
-        "demo": "size",
+        "demo": "size", "demo_classifier": "size",
     }
 
 

@@ -122,7 +122,7 @@ def test_trained_weights_are_not_called_random(photo):
     result = vidattn.probe(photo, model="demo", size=64, probes="heads")
     html = result._repr_html_()
     assert "RANDOM" not in html and "RANDOM" not in repr(result)
-    assert "weights: demo (bundled)" in html and html.count("<img ") == 1
+    assert "weights: demo (bundled toy)" in html and html.count("<img ") == 1
 
 
 def test_arrays_and_pillow_images_give_the_numbers_of_the_path(tmp_path, photo):

@@ -62,7 +62,7 @@ def test_the_probe_shows_the_report_figures_of_the_demo_model(executed):
     assert len(pictures) == 8  # distance, rollout, heads, masks, norms, pca; filters, posembed
     with Image.open(io.BytesIO(base64.b64decode(pictures[1]))) as rollout:
         assert rollout.format == "PNG" and rollout.width > 500
-    assert "demo · weights: demo (bundled)" in html and "RANDOM" not in html
+    assert "demo · weights: demo (bundled toy)" in html and "RANDOM" not in html
     assert "mean attention distance" in html and "chelsea.jpg" in html
     numbers = "".join(o.get("text", "") for o in cell_calling(executed, "result.masks.sum").outputs)
     assert "rollout (28, 28) · head maps (4, 28, 28) · masks (4, 28, 28)" in numbers
@@ -83,7 +83,7 @@ def test_the_video_plays_inline(executed):
     assert "<video " in html and "RANDOM" not in html
     video = re.search(r'src="data:video/mp4;base64,([A-Za-z0-9+/=]+)"', html)
     assert base64.b64decode(video.group(1))[4:8] == b"ftyp"  # an MP4 file
-    assert "view heads" in html and "demo · weights: demo (bundled)" in html
+    assert "view heads" in html and "demo · weights: demo (bundled toy)" in html
     assert "72 frames" in html  # three seconds at 24 fps
     bars = [o for o in cell.outputs if "application/vnd.jupyter.widget-view+json" in
             o.get("data", {})]

@@ -87,7 +87,8 @@ def _scene(rng, size, classes, radii):
     (pixels), placed in that order apart from each other -> image uint8 ``(S, S, 3)`` and each
     object's mask bool ``(K, S, S)``."""
     placed, layers = [], []
-    hues = np.array(list(CLASS_HUES.values()))[classes] + rng.uniform(-1, 1, len(classes)) * HUE_JITTER
+    jitter = rng.uniform(-1, 1, len(classes)) * HUE_JITTER
+    hues = np.array(list(CLASS_HUES.values()))[classes] + jitter
     for c, hue, r in zip(classes, hues % 1.0, radii):
         centre = _place(rng, r, size, placed)
         placed.append((centre, r))

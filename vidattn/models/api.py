@@ -188,6 +188,7 @@ def load_model(preset, weights=None, seed: int | None = 0, checkpoint_key="teach
     state = read_checkpoint(path, preset, checkpoint_key)
     backbone = build_backbone(preset, precision)
     load_state_dict(backbone, state, source=os.fspath(path))
-    label = f"{preset.name} ({'bundled' if preset.packaged_weights else 'official'})"
+    # the bundled weights are the toys trained here on synthetic scenes: every label says so
+    label = f"{preset.name} ({'bundled toy' if preset.packaged_weights else 'official'})"
     label = label if weights is None else Path(path).name
     return Model(preset, backbone, labelled(label, precision), budget, precision)

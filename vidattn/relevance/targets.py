@@ -81,9 +81,11 @@ def check_classifier(preset, target=None) -> None:
     """One line for a preset without a classifier head (the self-supervised families) and a
     ``target`` that is not an ``Embedding``: what to give instead."""
     if not preset.num_classes and not is_embedding(target):
+        from vidattn.models.presets import PRESETS
+
+        supervised = ", ".join(name for name, p in PRESETS.items() if p.num_classes)
         raise VidattnError(f"{preset.name} has no classifier head, so there is no class to "
-                           f"explain: {HOW_TO_REFER}, or use a supervised preset (vit_b16, "
-                           "deit_b16, deit_b16_distilled)")
+                           f"explain: {HOW_TO_REFER}, or use a supervised preset ({supervised})")
 
 
 def class_names(preset) -> list[str] | None:
