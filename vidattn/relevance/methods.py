@@ -72,7 +72,7 @@ from vidattn.models.memory import explain_plan
 from vidattn.options import EXPLAIN_HEADS, EXPLAIN_METHODS
 from vidattn.relevance import lrp
 from vidattn.relevance.gradients import value_and_gradients
-from vidattn.relevance.targets import check_classifier, class_names, is_embedding, resolve, top_k
+from vidattn.relevance.targets import check_classifier, describe, is_embedding, resolve, top_k
 
 __all__ = ["DEFAULT_DISCARD", "METHODS", "Explanation", "Pass", "backward_pass", "explain_image",
            "explain_maps"]
@@ -310,11 +310,9 @@ def explain_image(model, image_input, target="top1", methods=EXPLAIN_METHODS,
     first = backward_pass(model, x, target if not k or k == 1 else None, head)
     logits = first.logits[0].astype(np.float64)
     probs = np.exp(logits - logits.max())
-    probs /= probs.sum()
-    order = np.argsort(-probs, kind="stable")[:k] if k else first.target
-    names = class_names(p)
+    order = np.argsort(-probs / probs.sum(), kind="stable")[:k] if k else first.target
     grid = p.grid_at(x.shape[1:3])
-    maps, classes = [], []
+    maps = []
     for c in order:
         passes = {None: first if c == first.target[0] else backward_pass(model, x, int(c), head)}
         for rules in {method_rules(m) for m in methods} - {None}:  # a pass per LRP forward
@@ -322,7 +320,5 @@ def explain_image(model, image_input, target="top1", methods=EXPLAIN_METHODS,
                                           head, rules)
         maps.append([METHODS[m](passes[method_rules(m)], p.num_prefix_tokens, model=model,
                                 **options).reshape(grid) for m in methods])
-        classes.append(target.row(logits[0]) if is_embedding(target) else
-                       {"class": int(c), "name": names[c].split(", ")[0] if names else None,
-                        "probability": float(probs[c])})
+    classes = describe(p, np.repeat(first.logits[:1], len(order), axis=0), order, target)
     return Explanation(classes, list(methods), np.asarray(maps))

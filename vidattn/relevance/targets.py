@@ -15,7 +15,7 @@ from vidattn.errors import VidattnError
 from vidattn.preprocess import imagenet_labels
 
 __all__ = ["HOW_TO_REFER", "TOP1", "Embedding", "check_classifier", "check_target", "class_names",
-           "is_embedding", "reference_target", "resolve", "top_k"]
+           "describe", "is_embedding", "reference_target", "resolve", "top_k"]
 
 TOP1 = "top1"
 # What a headless preset's explanation needs, in the words of each way to give it.
@@ -75,6 +75,21 @@ def reference_target(model, image, size: int) -> Embedding:
     pixels = load_image(image) if path else as_rgb(image)
     x = preprocess_image(pixels, model.preset.preprocessing, size)
     return Embedding.of(model, x, os.fspath(image) if path else "reference")
+
+
+def describe(preset, logits, classes, target=None) -> list[dict]:
+    """What each image's map explains, from its explained head's ``logits`` ``(N, C)`` and the
+    explained ``classes`` ``(N,)`` (``methods.Pass``): ``{class, name, probability}``, the name
+    the class's first (None for unnamed classes), the probability the head's softmax; for an
+    ``Embedding`` target, whose "logit" is the cosine similarity ``(N, 1)``, its ``row``."""
+    logits = np.asarray(logits, np.float64)
+    if is_embedding(target):
+        return [target.row(v) for v in logits[:, 0]]
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    chosen = probs[np.arange(len(probs)), classes] / probs.sum(axis=1)
+    names = class_names(preset)
+    return [{"class": int(c), "name": names[c].split(", ")[0] if names else None,
+             "probability": float(q)} for c, q in zip(classes, chosen)]
 
 
 def check_classifier(preset, target=None) -> None:

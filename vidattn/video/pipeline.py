@@ -185,12 +185,12 @@ class MapMaker:
     gw)`` float32 as ``layout`` says (``MapLayout.of``): what the view draws is
     ``maps[:, layout.view]``, and the viewer stores all of them; with ``tokens``, the patch
     tokens ``(N, gh * gw, D)`` float32 (else None); for an explain layout, ``explained``, one
-    dict per frame of what its map explains (``explained_classes``; else None).
+    dict per frame of what its map explains (``relevance.targets.describe``; else None).
     A pca layout draws with ``basis`` (``fit_video_pca``), a similarity layout compares with
     ``query`` ``(D,)`` (``query_token``), an explain layout explains ``target``
     (``explain_target``; None: ``opts.explain_class``) with ``opts.explain_method`` and
-    ``opts.explain_head``, from one backward pass per batch. Smoothing (an exponential moving average with time constant ``smooth`` frames) runs
-    across batches."""
+    ``opts.explain_head``, from one backward pass per batch. Smoothing (an exponential moving
+    average with time constant ``smooth`` frames) runs across batches."""
 
     def __init__(self, model, opts: VideoOptions, grid_hw, layout: MapLayout,
                  basis: PcaBasis | None = None, tokens: bool = False, query=None, target=None):
@@ -233,12 +233,12 @@ class MapMaker:
                                          self.grid_hw)[:, None])
         if layout.explain:
             from vidattn.relevance.methods import explain_maps  # the gradients, on demand
+            from vidattn.relevance.targets import describe
 
             relevance, ps = explain_maps(self.model, padded, o.explain_method, self.target,
                                          o.explain_head)
             parts.append(np.maximum(relevance[:n], 0)[:, None])
-            explained = explained_classes(self.model.preset, ps.logits[:n], ps.target[:n],
-                                          self.target)
+            explained = describe(self.model.preset, ps.logits[:n], ps.target[:n], self.target)
         maps = np.ascontiguousarray(np.concatenate(parts, axis=1), np.float32)
         if o.smooth > 1:
             rate = 1.0 / o.smooth
@@ -248,25 +248,6 @@ class MapMaker:
                 )
                 maps[i] = self._state
         return maps, tokens, explained
-
-
-def explained_classes(preset, logits, classes, target=None) -> list[dict]:
-    """What each frame's explanation explains, from its explained head's ``logits`` ``(N, C)``
-    and ``classes`` ``(N,)`` (``relevance.methods.Pass``): dicts of ``class`` (index), ``name``
-    (its first name, or None for unnamed classes) and ``probability`` (the head's softmax); for
-    an embedding ``target``, whose "logit" is the cosine similarity ``(N, 1)``, ``class`` None,
-    ``name`` "similarity to SOURCE" and ``similarity``."""
-    from vidattn.relevance.targets import class_names, is_embedding
-
-    logits = np.asarray(logits, np.float64)
-    if is_embedding(target):
-        return [{"class": None, "name": f"similarity to {Path(target.source).name}",
-                 "similarity": float(v)} for v in logits[:, 0]]
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    chosen = probs[np.arange(len(probs)), classes] / probs.sum(axis=1)
-    names = class_names(preset)
-    return [{"class": int(c), "name": names[c].split(", ")[0] if names else None,
-             "probability": float(p)} for c, p in zip(classes, chosen)]
 
 
 def explained_caption(explained: dict, method: str) -> str:
@@ -319,7 +300,7 @@ class FrameRenderer:
     grid (``draw.grid_shape``, ``cols = ceil(sqrt(heads))``) of panels, each the frame scaled by
     ``max(1 / cols, min(1, 240 / min(H, W)))``. The writer pads an odd side by one pixel.
     Captions: head numbers, the explained class and its probability (top left, explain:
-    ``explained``, one dict of ``explained_classes``), the frame time (bottom right) and,
+    ``explained``, one dict of ``relevance.targets.describe``), the frame time (bottom right) and,
     always, for random weights, a
     RANDOM WEIGHTS label (bottom left), and a reduced precision's name beside it, so neither an
     untrained model's maps nor a bf16/fp16 model's are mistaken for a trained fp32 model's.
@@ -669,7 +650,7 @@ def _check_writable(dst):
 
 def _save_maps(path, maps, pts, opts, model, geometry, explained=()):
     """Write the raw per-frame maps (before display normalisation) as .npz, atomically; for the
-    explain view also what each frame explains (``explained_classes``): ``explained_class``
+    explain view also what each frame explains (``relevance.targets.describe``): ``explained_class``
     (index, -1 for an embedding target), ``explained_name`` and ``explained_probability`` (or
     ``explained_similarity``), and the method and head."""
     from vidattn.io import atomic_path
