@@ -21,7 +21,7 @@ FUSED_ATTENTION = keras.backend.backend() != "tensorflow"
 
 __all__ = ["LRP_RULES", "MLP", "Attention", "Block", "LayerScale", "PatchEmbed", "Record",
            "SwiGLU", "apply_rope", "attention_probs", "chunked_attention", "identity_rule",
-           "lrp_norm", "query_chunks", "scale_gradient"]
+           "lrp_norm", "query_chunks", "rule_norm", "scale_gradient"]
 
 # Forwards whose gradient x input is an LRP (vidattn.relevance.lrp): "attnlrp" (Achtibat et al.
 # ICML 2024, lxt.efficient's rules) and "cp-lrp" (its ViT example: attention held constant).
@@ -50,6 +50,12 @@ def identity_rule(fn, x):
     y = fn(x)
     ratio = ops.stop_gradient(y / (x + IDENTITY_EPS))
     return ops.stop_gradient(y - x * ratio) + x * ratio
+
+
+def rule_norm(norm, x, rules=None):
+    """``norm(x)``, or with LRP ``rules`` (``LRP_RULES``) ``lrp_norm``: the same value, the
+    deviation constant for the gradient. Every LayerNorm of an LRP forward goes through here."""
+    return norm(x) if rules is None else lrp_norm(norm, x)
 
 
 def lrp_norm(norm, x):
@@ -330,16 +336,13 @@ class Block(keras.layers.Layer):
 
     def call(self, x, rope=None, probs=None, chunk=None, offset=None, tap=None, rules=None,
              record=None):
-        def norm(layer, t):
-            return layer(t) if rules is None else lrp_norm(layer, t)
-
         lrp = {} if rules is None and record is None else {"rules": rules, "record": record}
-        h = norm(self.norm1, x)
+        h = rule_norm(self.norm1, x, rules)
         if tap is not None:
             h = h + ops.cast(tap, h.dtype)
         y, probs = self.attn(h, rope=rope, probs=probs, chunk=chunk, offset=offset, **lrp)
         mid = x + (y if self.ls1 is None else self.ls1(y))
-        h2 = norm(self.norm2, mid)
+        h2 = rule_norm(self.norm2, mid, rules)
         y2 = self.mlp(h2, **lrp)
         out = mid + (y2 if self.ls2 is None else self.ls2(y2))
         if record is not None:

@@ -28,8 +28,8 @@ import numpy as np
 
 from vidattn.backend import keras, ops
 from vidattn.errors import VidattnError
-from vidattn.models.layers import (Block, PatchEmbed, Record, attention_probs, lrp_norm,
-                                   query_chunks)
+from vidattn.models.layers import (Block, PatchEmbed, Record, attention_probs, query_chunks,
+                                   rule_norm)
 from vidattn.models.position import resize_matrix, rope_periods, rope_sin_cos
 from vidattn.models.presets import Preset
 from vidattn.options import FACETS
@@ -285,7 +285,7 @@ class ViT(keras.Model):
                         record=records[i])
             x, probs = out[:2]
             attention.append(probs)
-        x = ops.cast(self.norm(x) if rules is None else lrp_norm(self.norm, x), "float32")
+        x = ops.cast(rule_norm(self.norm, x, rules), "float32")
         if record is not None:
             record.update(blocks=[r.values for r in records], normed=x)
         return {"heads_logits": [ops.cast(head(x[:, i]), "float32")
