@@ -2,9 +2,9 @@
 """Benchmark vidattn on this machine and print one table (also written as JSON).
 
     python scripts/bench.py [--quick]
-        [--only startup,model,torch,families,ceiling,e2e,memory,fullres,rollout,batch,viewer,track,
-                explain]
-        [--json out/bench.json] [--cache out/bench-cache]
+        [--only startup,vs-dino,model,torch,families,ceiling,e2e,memory,fullres,rollout,batch,
+                viewer,track,explain]
+        [--json out/bench.json] [--cache out/bench-cache] [--dino-repo PATH]
 
 Parts (all by default, in this order):
 
@@ -12,11 +12,21 @@ Parts (all by default, in this order):
   of dino_vits16 from a safetensors checkpoint, each a fresh process (median of 3), and where the
   video run's time goes: the same steps timed one after another in a fresh process
   (``scripts/startup_steps.py``: imports, reading the checkpoint, building the model, assigning
-  the weights, compiling for the video's input shape, rendering the 5 frames).
+  the weights, compiling for the video's input shape, rendering the 5 frames); and per Keras
+  backend (TensorFlow, JAX, torch), a fresh ``vidattn video`` process rendering one batch, the
+  first run in an empty ``$VIDATTN_HOME`` and the second with the programs the first compiled
+  kept there (``runtime.keep_compiled_programs``), the backends alternating, 3 rounds.
+- ``vs-dino`` (only with ``--dino-repo PATH``, a checkout of facebookresearch/dino): DINO's own
+  ``video_generation.py --resize 224`` against ``vidattn video --view mean --size 224``, whole
+  fresh processes timed in alternation (3 rounds) on generated 720p clips with audio of 200 and
+  30 frames, from the same random dino_vits16 checkpoint in DINO's .pth layout. torchvision,
+  which DINO's script imports, is replaced by a stand-in written to a temporary folder on that
+  subprocess's PYTHONPATH (``TORCHVISION_STANDIN``).
 - ``model``: ``Model.run`` throughput of dino_vits16 (random weights) at 224x224 and at the video
   input size of a 720p frame (``video_geometry(720, 1280, 16, DEFAULT_SIZE)``), batch 1 and
   ``DEFAULT_BATCH``, attention "last" and "none" (and the in-graph rollout at the video size,
-  the rollout view's need). Each shape is warmed up first (XLA compiles per shape); the rate is batch / median time.
+  the rollout view's need). Each shape is warmed up first (XLA compiles per shape); the rate is
+  batch / median time.
 - ``torch``: the same shapes in Hugging Face ``transformers`` (``ViTModel``, eager attention with
   ``output_attentions`` for "last", sdpa without attentions for "none"), each timed in
   alternation with ours on the same pixels: the "ours vs torch" rows' ratio (> 1: ours is
@@ -28,12 +38,16 @@ Parts (all by default, in this order):
 - ``ceiling``: float32 matmul GFLOP/s on the active Keras backend (2048^3 and the model's largest
   matmul) and in numpy (OpenBLAS); the fastest of them is the ceiling, and the ``model`` rates
   turned into GFLOP/s (analytic FLOPs) are shown as % of it.
-- ``e2e``: ``render_video`` frames/s for every view on a generated 720p H.264 clip, over the
-  model-only rate at the same size and batch (for the pca view: the model returning its patch
-  tokens; the basis fit before the render, on ``--pca-frames`` frames, is timed apart); plus a
-  serial per-stage breakdown of the mean view (decode, preprocess, model, render, encode).
-- ``memory``: peak RSS of a short and a 10x longer render, each in a fresh subprocess; and the
-  same two with ``--save-features`` (the tokens streamed to a .npy).
+- ``e2e``: ``render_video`` frames/s for every view (``E2E_VIEWS``) on a generated 720p H.264
+  clip, over the model-only rate at the same size and batch (for the pca view: the model
+  returning its patch tokens; the basis fit before the render, on ``--pca-frames`` frames, is
+  timed apart); plus a serial per-stage breakdown of the mean view (decode, preprocess, model,
+  render, encode), and the threaded mean render's CPU by stage as a share of all cores
+  (``ThreadCpu``: the rest of 100 % is cores left idle).
+- ``memory``: peak RSS of renders of 60, 600 and 1,500 frames of a 360p clip, each in a fresh
+  subprocess (since the model loaded, and of the whole process), each longer one over the
+  shortest (1.0 = flat); and the first two with ``--save-features`` (the tokens streamed to a
+  .npy).
 - ``fullres``: ``--full-res`` renders of dino_vits16 on 1080p and dino_vits8 on 720p at the
   default batch: the memory planner's batch, chunk and estimate against the measured peak RSS,
   and frames per second (``part_fullres``).
@@ -80,10 +94,12 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, replace
@@ -103,8 +119,8 @@ from vidattn.options import DEFAULT_BATCH, DEFAULT_SIZE, VIEWS, VideoOptions  # 
 from vidattn.preprocess import video_geometry  # noqa: E402
 from vidattn.runtime import keep_freed_memory  # noqa: E402
 
-PARTS = ("startup", "model", "torch", "families", "ceiling", "e2e", "memory", "fullres", "rollout",
-         "batch", "viewer", "track", "explain")
+PARTS = ("startup", "vs-dino", "model", "torch", "families", "ceiling", "e2e", "memory", "fullres",
+         "rollout", "batch", "viewer", "track", "explain")
 FAMILY_PRESETS = ("dinov2_vits14_reg", "dinov3_vits16")
 FAMILY_HW = ((224, 224), (224, 400))  # the width is rounded down to whole patches (392 at 14)
 PRESET = "dino_vits16"
@@ -114,8 +130,9 @@ VIDEO_HW = (720, 1280)  # the e2e clip (H, W): 5 s at 30 fps
 VIDEO_FRAMES = 150
 MEMORY_HW = (360, 640)  # the memory clip: 20 s, and the same model input size as 720p
 BATCH_CLIPS, BATCH_FRAMES, BATCH_WORKERS = 8, 60, 2  # the batch part: 8 clips of 2 s at MEMORY_HW
-MEMORY_FRAMES = 600
+MEMORY_FRAMES = (60, 600, 1500)  # the memory part's renders (the longest also the clip's length)
 FPS = 30
+AUDIO_RATE = 48000  # the generated clips' audio (make_clip's audio=True)
 VIEWER_HW, VIEWER_FRAMES = MEMORY_HW, 60 * FPS  # the viewer's clip: one minute
 IMAGE_VIEWER_PRESETS = ("dino_vits16", "dino_vitb8")
 # Model.run arguments by mode: the last block's attention (heads, mean, masks views), none, or
@@ -123,6 +140,9 @@ IMAGE_VIEWER_PRESETS = ("dino_vits16", "dino_vitb8")
 RUN_MODES = {"last": {"attention": "last"}, "none": {"attention": "none"},
              "rollout": {"rollout": True}, "tokens": {"tokens": True}}
 VIEW_MODES = {"rollout": "rollout", "pca": "tokens"}  # what each view asks of the model: else last
+# The e2e part's views: similarity needs a query point and explain a classifier head, which
+# dino_vits16 has not (the explain part times the relevance methods)
+E2E_VIEWS = tuple(v for v in VIEWS if v not in ("similarity", "explain"))
 
 
 @dataclass
@@ -152,12 +172,12 @@ class Effort:
     max_iters: int
     budget_s: float
     e2e_frames: int
-    memory_frames: tuple[int, int]
+    memory_frames: tuple[int, ...]  # the memory part's renders, shortest first
     rollout_iters: int
 
 
-FULL = Effort(2, 5, 20, 4.0, VIDEO_FRAMES, (60, MEMORY_FRAMES), 5)
-QUICK = Effort(1, 2, 2, 0.0, 2 * DEFAULT_BATCH, (16, 160), 1)
+FULL = Effort(2, 5, 20, 4.0, VIDEO_FRAMES, MEMORY_FRAMES, 5)
+QUICK = Effort(1, 2, 2, 0.0, 2 * DEFAULT_BATCH, (16, 160, 400), 1)
 
 
 def hw_str(hw) -> str:
@@ -300,7 +320,7 @@ class Bench:
         self.rows: list[Row] = []
         self.rates: dict = {}  # (impl, preset, hw, batch, attention) -> images/s
         self.spreads: dict = {}  # same keys -> median_seconds' note
-        self.ceiling: float | None = None  # best matmul GFLOP/s (backend or numpy), from part_ceiling
+        self.ceiling: float | None = None  # best matmul GFLOP/s (backend or numpy): part_ceiling
         self._models: dict = {}
         self.cache = Path(args.cache)
         self.video_geo = video_geometry(*VIDEO_HW, get_preset(PRESET).patch_size, DEFAULT_SIZE)
@@ -323,11 +343,12 @@ class Bench:
             self.spreads[key] = spread
         return self.rates[key]
 
-    def clip(self, hw, n_frames) -> Path:
-        """The generated clip of ``n_frames`` at ``hw``, made once into the cache folder."""
-        path = self.cache / f"clip_{hw[1]}x{hw[0]}_{n_frames}f_{FPS}fps_v1.mp4"
+    def clip(self, hw, n_frames, audio=False) -> Path:
+        """The generated clip of ``n_frames`` at ``hw`` (with ``audio``: an AAC tone too), made
+        once into the cache folder."""
+        path = self.cache / f"clip_{hw[1]}x{hw[0]}_{n_frames}f_{FPS}fps{'_aac' * audio}_v1.mp4"
         if not path.exists():
-            make_clip(path, hw, n_frames)
+            make_clip(path, hw, n_frames, audio=audio)
         return path
 
 
@@ -339,6 +360,7 @@ def shapes(bench):
 # -- part: startup ---------------------------------------------------------------------------
 
 STARTUP_FRAMES = 5
+BACKENDS = ("tensorflow", "jax", "torch")  # the Keras backends the startup part compares
 
 
 def startup_checkpoint(bench) -> Path:
@@ -357,15 +379,41 @@ def startup_checkpoint(bench) -> Path:
 
 def _command_seconds(args, runs=3) -> tuple[float, str]:
     """Median wall time of a fresh ``vidattn ARGS`` process (it must succeed)."""
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "vidattn", *map(str, args)],
-                              capture_output=True, text=True, check=False)
-        times.append(time.perf_counter() - start)
-        if proc.returncode:
-            raise RuntimeError(f"vidattn {' '.join(map(str, args))} failed:\n{proc.stderr[-2000:]}")
-    return spread(times)
+    return spread([_timed_process([sys.executable, "-m", "vidattn", *args]) for _ in range(runs)])
+
+
+def _backend_startups(bench, clip, checkpoint, tmp: Path):
+    """Per backend (``BACKENDS``), the wall time of a fresh ``vidattn video`` process rendering
+    one batch (``DEFAULT_BATCH`` frames): the first run with an empty ``$VIDATTN_HOME`` (nothing
+    compiled yet) and the second (the compiled programs kept there, ``runtime
+    .keep_compiled_programs``). Rounds alternate the backends, each round in a fresh home."""
+    times = {(b, run): [] for b in BACKENDS for run in ("first", "second")}
+    for round_ in range(1 if bench.args.quick else 3):
+        for backend in BACKENDS:
+            home = tmp / f"home-{backend}-{round_}"
+            env = {**os.environ, "KERAS_BACKEND": backend, "VIDATTN_HOME": str(home)}
+            for run in ("first", "second"):
+                times[backend, run].append(_timed_process(
+                    [sys.executable, "-m", "vidattn", "video", clip, "-o", tmp / "out.mp4",
+                     "--weights", checkpoint, "-q", "--overwrite", "--max-frames", DEFAULT_BATCH],
+                    env))
+    for backend in BACKENDS:
+        first, second = spread(times[backend, "first"]), spread(times[backend, "second"])
+        label = f"startup: vidattn video, {DEFAULT_BATCH} frames, {backend}"
+        bench.rows.append(Row(f"{label}, first run", hw_str(VIDEO_HW), DEFAULT_BATCH, first[0],
+                              "s", note=f"{first[1]}; fresh process, empty compile cache"))
+        bench.rows.append(Row(f"{label}, second run", hw_str(VIDEO_HW), DEFAULT_BATCH,
+                              second[0], "s", first[0], "first run", second[0] / first[0],
+                              note=f"{second[1]}; fresh process, programs compiled before"))
+
+
+def _checked_run(cmd, env=None):
+    """Run ``cmd`` (paths allowed) and raise with its stderr's tail when it fails."""
+    proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, check=False,
+                          env=env)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed:\n{proc.stderr[-2000:]}")
+    return proc
 
 
 def part_startup(bench):
@@ -379,16 +427,150 @@ def part_startup(bench):
             seconds, note = _command_seconds(args)
             bench.rows.append(Row(f"startup: {label}", hw_str(VIDEO_HW) if "video" in label else "",
                                   None, seconds, "s", note=f"{note}; fresh process"))
+        _backend_startups(bench, clip, checkpoint, Path(tmp))
     steps_script = Path(__file__).with_name("startup_steps.py")
-    proc = subprocess.run([sys.executable, steps_script, PRESET, checkpoint, clip, str(DEFAULT_BATCH),
-                           str(STARTUP_FRAMES)], capture_output=True, text=True, check=False)
-    if proc.returncode:
-        raise RuntimeError(f"startup worker failed:\n{proc.stderr[-2000:]}")
-    steps = json.loads(proc.stdout.strip().splitlines()[-1])
-    total = sum(steps.values())
-    for step, seconds in steps.items():
-        bench.rows.append(Row(f"startup step: {step}", hw_str(VIDEO_HW), DEFAULT_BATCH, seconds,
-                              "s", total, "steps' total", 100 * seconds / total, "%"))
+    with tempfile.TemporaryDirectory() as home:
+        env = {**os.environ, "VIDATTN_HOME": home}
+        for run in ("first", "second"):
+            proc = _checked_run([sys.executable, steps_script, PRESET, checkpoint, clip,
+                                 DEFAULT_BATCH, STARTUP_FRAMES], env)
+            steps = json.loads(proc.stdout.strip().splitlines()[-1])
+            total = sum(steps.values())
+            for step, seconds in steps.items():
+                bench.rows.append(Row(f"startup step ({run} run): {step}", hw_str(VIDEO_HW),
+                                      DEFAULT_BATCH, seconds, "s", total, "steps' total",
+                                      100 * seconds / total, "%"))
+
+
+# -- part: vs-dino ---------------------------------------------------------------------------
+
+DINO_CLIPS = (200, 30)  # frames of the 720p clips: a long run, and one where start-up dominates
+DINO_ROUNDS = 3
+# torchvision, which DINO's video_generation.py imports, cannot be installed beside this torch:
+# a stand-in with what that script calls (transforms.Compose, ToTensor, Resize of the short side,
+# Normalize), each as torchvision computes it on a tensor (Resize: bilinear, antialiased, the
+# long side int(size * long / short)). vision_transformer.py and utils.py import no torchvision.
+TORCHVISION_STANDIN = {
+    "torchvision/__init__.py": "from . import transforms  # noqa: F401\n",
+    "torchvision/transforms.py": '''"""torchvision.transforms as video_generation.py uses it."""
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class Compose:
+    def __init__(self, transforms):
+        self.transforms = transforms
+
+    def __call__(self, x):
+        for t in self.transforms:
+            x = t(x)
+        return x
+
+
+class ToTensor:
+    def __call__(self, pic):
+        return torch.from_numpy(np.asarray(pic)).permute(2, 0, 1).float().div(255)
+
+
+class Resize:
+    def __init__(self, size):
+        self.size = size
+
+    def __call__(self, img):
+        h, w = img.shape[-2:]
+        if len(self.size) == 1:
+            short, long = (h, w) if h <= w else (w, h)
+            new_short, new_long = self.size[0], int(self.size[0] * long / short)
+            size = (new_short, new_long) if h <= w else (new_long, new_short)
+        else:
+            size = tuple(self.size)
+        return F.interpolate(img[None], size=size, mode="bilinear", align_corners=False,
+                             antialias=True)[0]
+
+
+class Normalize:
+    def __init__(self, mean, std):
+        self.mean, self.std = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+
+    def __call__(self, x):
+        return (x - self.mean) / self.std
+''',
+}
+
+
+def dino_checkpoint(bench) -> Path:
+    """dino_vits16 with random weights in the official DINO release's layout (a torch-pickled
+    dict of tensors under timm/DINO names), made once: what both pipelines load."""
+    import torch
+
+    from vidattn.models.vit import export_state_dict
+
+    path = bench.cache / f"{PRESET}_random_dino.pth"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: torch.from_numpy(np.ascontiguousarray(v))
+                 for k, v in export_state_dict(bench.model(PRESET).backbone).items()}
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    return path
+
+
+def _timed_process(cmd, env=None) -> float:
+    """Wall seconds of one subprocess ``cmd`` (it must succeed)."""
+    start = time.perf_counter()
+    _checked_run(cmd, env)
+    return time.perf_counter() - start
+
+
+def part_vs_dino(bench):
+    """DINO's own ``video_generation.py`` (``--dino-repo``, a checkout of facebookresearch/dino;
+    batch 1, torch eager, frames and head-mean heatmaps through JPEG files, no overlay, no audio)
+    against ``vidattn video --view mean`` (overlay, the input's audio), each a whole fresh process
+    on the same 720p clip with audio, short side 224, the same official-format checkpoint;
+    timed in alternation, ``DINO_ROUNDS`` rounds, on a long clip and a short one."""
+    repo = bench.args.dino_repo
+    if repo is None:
+        print("vs-dino: skipped (no --dino-repo)", file=sys.stderr)
+        return
+    repo = Path(repo).resolve()
+    if not (repo / "video_generation.py").is_file():
+        raise RuntimeError(f"no video_generation.py in {repo}")
+    checkpoint = dino_checkpoint(bench)
+    rounds = 1 if bench.args.quick else DINO_ROUNDS
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for name, text in TORCHVISION_STANDIN.items():
+            (tmp / "standin" / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / "standin" / name).write_text(text)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp / "standin"), str(repo)])}
+        ours_env = {**os.environ, "VIDATTN_HOME": str(tmp / "home")}
+
+        def ours(clip):
+            return [sys.executable, "-m", "vidattn", "video", clip, "-o", tmp / "ours.mp4",
+                    "--model", PRESET, "--weights", checkpoint, "--view", "mean", "--size", "224",
+                    "-q", "--overwrite"]
+
+        # one untimed run first: the programs it compiles are kept, as a user's second run finds
+        _timed_process(ours(bench.clip(VIDEO_HW, min(DINO_CLIPS), audio=True)), ours_env)
+        for n_frames in DINO_CLIPS:
+            clip = bench.clip(VIDEO_HW, n_frames, audio=True)
+            dino = [sys.executable, repo / "video_generation.py", "--arch", "vit_small",
+                    "--patch_size", "16", "--pretrained_weights", checkpoint, "--resize", "224",
+                    "--input_path", clip, "--output_path", tmp / "dino"]
+            times = ([], [])
+            for _ in range(rounds):
+                shutil.rmtree(tmp / "dino", ignore_errors=True)  # it globs its folders' JPEGs
+                times[0].append(_timed_process(dino, env))
+                times[1].append(_timed_process(ours(clip), ours_env))
+            (t_dino, n_dino), (t_ours, n_ours) = spread(times[0]), spread(times[1])
+            size = f"{hw_str(VIDEO_HW)}, {n_frames} frames"
+            bench.rows.append(Row("vs-dino: DINO video_generation.py", size, 1, t_dino, "s",
+                                  note=f"{n_dino}; fresh process, alternating"))
+            bench.rows.append(Row("vs-dino: vidattn video --view mean", size, DEFAULT_BATCH,
+                                  t_ours, "s", t_dino, "DINO's time", t_dino / t_ours,
+                                  note=f"{n_ours}; > 1: vidattn is faster; programs "
+                                       "compiled by an untimed first run kept"))
 
 
 # -- part: model -----------------------------------------------------------------------------
@@ -559,10 +741,12 @@ def add_efficiency(bench):
 # -- part: e2e -------------------------------------------------------------------------------
 
 
-def make_clip(path: Path, hw, n_frames, fps=FPS, seed=0):
+def make_clip(path: Path, hw, n_frames, fps=FPS, seed=0, audio=False):
     """Write an H.264 clip (yuv420p, CRF 23, x264 veryfast, 2 s GOP) of ``n_frames`` RGB frames
     ``hw`` = (H, W): a texture (colour blobs, fine grain, wavy stripes) panning 2 px/frame, with
     three shapes moving over it (a circle on a sine path, a bouncing square, a spinning triangle).
+    With ``audio``, also a stereo 48 kHz AAC 440 Hz tone as long as the video (the audio a real
+    clip brings, which ``vidattn video`` copies into its output).
     Written to a temporary file in the same folder, then renamed, so a cached clip is complete."""
     import av
     import cv2
@@ -583,11 +767,20 @@ def make_clip(path: Path, hw, n_frames, fps=FPS, seed=0):
 
     path.parent.mkdir(parents=True, exist_ok=True)
     s = min(h, w) // 6
-    with atomic_path(path) as tmp, av.open(str(tmp), "w", options={"movflags": "+faststart"}) as out:
+    faststart = {"movflags": "+faststart"}
+    with atomic_path(path) as tmp, av.open(str(tmp), "w", options=faststart) as out:
         stream = out.add_stream("libx264", rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.codec_context.gop_size = 2 * fps
         stream.codec_context.options = {"preset": "veryfast", "crf": "23"}
+        if audio:
+            sound = out.add_stream("aac", rate=AUDIO_RATE, layout="stereo")
+            t = np.arange(n_frames * AUDIO_RATE // fps) / AUDIO_RATE
+            wave = np.repeat((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None], 2, 0)
+            tone = av.AudioFrame.from_ndarray(wave, format="fltp", layout="stereo")
+            tone.sample_rate, tone.pts, tone.time_base = AUDIO_RATE, 0, Fraction(1, AUDIO_RATE)
+            out.mux(sound.encode(tone))
+            out.mux(sound.encode(None))
         for i in range(n_frames):
             u = i / max(1, n_frames - 1)
             frame = np.ascontiguousarray(texture[:, 2 * i : 2 * i + w])
@@ -648,6 +841,68 @@ def stage_seconds(model, clip, view, n_frames, dst) -> dict:
     return spent
 
 
+class ThreadCpu:
+    """CPU seconds of this process's threads while the block runs, by stage: /proc/self/task is
+    sampled every ``interval`` s, each thread's user + system time kept (a thread that ends
+    between two samples loses its last interval). Threads are named by Python's name for them
+    (``threading``'s native ids) else by their OS name (TensorFlow's ``tf_*`` pools, FFmpeg's
+    ``av:h264:*`` decoder threads); the unnamed native threads that were there before the block
+    are the backend's compute pools (the model is warm), those started in it x264's.
+    ``STAGES`` maps names to the pipeline's stages (``render_video``'s threads)."""
+
+    STAGES = (("decode", ("vidattn-decode", "av:")), ("preprocess", ("vidattn-prepare",)),
+              ("model", ("MainThread", "ThreadPoolExecutor", "tf_", "native, before")),
+              ("render, encode call", ("vidattn-render", "vidattn-work")),
+              ("x264 threads", ("native, started",)))
+
+    def __init__(self, interval=0.1):
+        self.interval, self.cpu, self.names = interval, {}, {}
+        self.start_cpu = self.cpu  # until the block starts: threads seen are "before" it
+        self._stop = threading.Event()
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def _sample(self):
+        python = {t.native_id: t.name for t in threading.enumerate()}
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:  # the thread ended
+                continue
+            tid = int(task.name)
+            comm, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat.split(")")[-1].split()
+            self.cpu[tid] = (int(fields[11]) + int(fields[12])) / self._tick  # utime, stime
+            native = "native, started" if self.cpu is not self.start_cpu else "native, before"
+            self.names.setdefault(tid, python.get(tid) or (comm if comm != "python" else native))
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self):
+        self._sample()
+        self.start_cpu, self.start = dict(self.cpu), time.perf_counter()
+        self.cpu = dict(self.cpu)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        self.wall = time.perf_counter() - self.start
+
+    def by_stage(self) -> dict:
+        """Stage -> CPU seconds spent in the block (threads of no stage under "other")."""
+        out = dict.fromkeys([stage for stage, _ in self.STAGES] + ["other"], 0.0)
+        for tid, cpu in self.cpu.items():
+            name = self.names[tid]
+            stage = next((st for st, prefixes in self.STAGES if name.startswith(prefixes)),
+                         "other")
+            out[stage] += cpu - self.start_cpu.get(tid, 0.0)
+        return out
+
+
 def part_e2e(bench):
     """Each view's e2e rate over the model-only rate measured just before and just after it, in
     the same process: on a shared machine the load drifts over minutes, and a ratio of figures
@@ -662,15 +917,23 @@ def part_e2e(bench):
     x = np.random.default_rng(0).standard_normal((DEFAULT_BATCH, *hw, 3), np.float32)
     around = replace(bench.effort, warmup=0, min_iters=3, max_iters=3, budget_s=0.0)
     with tempfile.TemporaryDirectory() as tmp:
-        for view in VIEWS:
+        for view in E2E_VIEWS:
             mode = VIEW_MODES.get(view, "last")
             warm = VideoOptions(view=view, progress=False, max_frames=DEFAULT_BATCH)
             render_video(model, clip, Path(tmp) / "warm.mp4", warm)  # compiles, fills caches
             before = median_seconds(lambda: model.run(x, **RUN_MODES[mode]), around)[0]
             started = time.perf_counter()
-            result = render_video(model, clip, Path(tmp) / f"{view}.mp4",
-                                  VideoOptions(view=view, progress=False, max_frames=n))
+            with ThreadCpu() as cpu:
+                result = render_video(model, clip, Path(tmp) / f"{view}.mp4",
+                                      VideoOptions(view=view, progress=False, max_frames=n))
             setup = time.perf_counter() - started - result.seconds  # probe, and pca's fit
+            if view == "mean":
+                cores = os.cpu_count() or 1
+                for stage, seconds in cpu.by_stage().items():
+                    bench.rows.append(Row(f"e2e mean, CPU of {stage}", size, DEFAULT_BATCH,
+                                          100 * seconds / (cpu.wall * cores), "% of cores",
+                                          note=f"{seconds:.1f} CPU s in {cpu.wall:.1f} s on "
+                                               f"{cores} cores (threaded render)"))
             after = median_seconds(lambda: model.run(x, **RUN_MODES[mode]), around)[0]
             model_rate = 2 * DEFAULT_BATCH / (before + after)
             bench.rows.append(Row(f"e2e render view={view}", size, DEFAULT_BATCH,
@@ -729,12 +992,13 @@ def memory_worker(clip, n_frames, preset=PRESET, full_res=False, features=False)
     geo = video_geometry(info.height, info.width, model.preset.patch_size, opts.size, full_res)
     batch = _plan_batch(model, opts, geo).batch_size
     plan = model.plan(geo.input_hw, batch, "cls", extra_per_image=5 * info.height * info.width * 3)
-    loaded = _status_mib("VmRSS")
+    loaded, start_peak = _status_mib("VmRSS"), _status_mib("VmHWM")
     since = "model load" if reset_peak_rss() else "process start"
     with tmp:
         result = render_video(model, clip, Path(tmp.name) / "out.mp4", opts)
     print(json.dumps({"frames": result.frames, "seconds": result.seconds, "loaded_mib": loaded,
                       "peak_mib": _status_mib("VmHWM"), "peak_since": since,
+                      "process_peak_mib": max(start_peak, _status_mib("VmHWM")),
                       "batch": plan.batch, "chunk": plan.chunk, "estimate_mib": plan.bytes / 2**20,
                       "budget_mib": plan.budget / 2**20, "input_hw": list(geo.input_hw)}))
 
@@ -750,21 +1014,27 @@ def run_memory_worker(clip, n_frames, preset=PRESET, full_res=False, features=Fa
 
 
 def part_memory(bench):
-    short, long = bench.effort.memory_frames
-    clip = bench.clip(MEMORY_HW, MEMORY_FRAMES)
+    """Peak RSS of renders of each of ``Effort.memory_frames`` frames (the shortest and the
+    second with ``--save-features`` too), each longer one over the shortest: 1.0 is flat."""
+    lengths = bench.effort.memory_frames
+    clip = bench.clip(MEMORY_HW, lengths[-1])
     size = hw_str(MEMORY_HW)
-    for features, label in ((False, ""), (True, " with --save-features")):
+    for features, label, runs in ((False, "", lengths), (True, " with --save-features",
+                                                         lengths[:2])):
         peaks = {}
-        for n in (short, long):
+        for n in runs:
             got = run_memory_worker(clip, n, features=features)
             peaks[n] = got["peak_mib"]
             bench.rows.append(Row(f"peak RSS, {got['frames']}-frame render{label}", size,
                                   DEFAULT_BATCH, got["peak_mib"], "MiB", got["loaded_mib"],
                                   "RSS after model load", got["peak_mib"] / got["loaded_mib"],
-                                  note=f"peak since {got['peak_since']}, fresh process, "
+                                  note=f"peak since {got['peak_since']}, fresh process "
+                                       f"(whole process: {got['process_peak_mib']:.0f} MiB), "
                                        f"{got['frames'] / got['seconds']:.1f} frame/s"))
-        bench.rows.append(Row(f"peak RSS {long} / {short} frames{label}", size, DEFAULT_BATCH,
-                              peaks[long] / peaks[short], "ratio", note="1.0 = flat memory"))
+        for n in runs[1:]:
+            bench.rows.append(Row(f"peak RSS {n} / {runs[0]} frames{label}", size,
+                                  DEFAULT_BATCH, peaks[n] / peaks[runs[0]], "ratio",
+                                  note="1.0 = flat memory"))
 
 
 # -- part: fullres --------------------------------------------------------------------------
@@ -1100,8 +1370,8 @@ def part_track(bench):
 
 EXPLAIN_PRESET = "demo_classifier"
 EXPLAIN_SCENES, EXPLAIN_SEEDS = 32, 3  # scenes per seed, seeds (--quick: 8 and 2)
-EXPLAIN_METRICS = (("segmentation", "pixel_accuracy", "pixel acc."), ("segmentation", "mIoU", "mIoU"),
-                   ("segmentation", "mAP", "mAP"))
+EXPLAIN_METRICS = (("segmentation", "pixel_accuracy", "pixel acc."),
+                   ("segmentation", "mIoU", "mIoU"), ("segmentation", "mAP", "mAP"))
 
 
 def explain_cells(runs: list[dict]) -> dict:
@@ -1193,7 +1463,8 @@ def part_explain(bench):
                                   "ms/image", forward_ms, "forward pass",
                                   times[method] / forward_ms, note=f"{note}; {summary}"))
         else:
-            bench.rows.append(Row(f"explain {method} ({'floor' if method == fa.FLOOR else 'ceiling'})",
+            bound = "floor" if method == fa.FLOOR else "ceiling"
+            bench.rows.append(Row(f"explain {method} ({bound})",
                                   hw, None, cells[method]["mIoU"][0], "% mIoU", note=summary))
     if cells:
         head = (f"`{label}` on {n} held-out synthetic scenes x {seeds} seeds "
@@ -1263,6 +1534,9 @@ def parse_args(argv=None):
                         help=f"comma-separated parts to run, from {','.join(PARTS)}")
     parser.add_argument("--json", default="out/bench.json", help="where to write the table")
     parser.add_argument("--cache", default="out/bench-cache", help="generated clips")
+    parser.add_argument("--dino-repo", metavar="PATH",
+                        help="a checkout of facebookresearch/dino: the vs-dino part runs its "
+                        "video_generation.py (skipped without it)")
     parser.add_argument("--torch-device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="the reference's device; auto: cuda when the backend runs on a GPU")
     parser.add_argument("--memory-worker", nargs=5,
@@ -1300,7 +1574,8 @@ def main(argv=None):
     bench = Bench(args)
     head = header(args)
     errors = {}
-    runners = {"startup": part_startup, "model": part_model, "torch": part_torch,
+    runners = {"startup": part_startup, "vs-dino": part_vs_dino, "model": part_model,
+               "torch": part_torch,
                "families": part_families, "ceiling": part_ceiling,
                "e2e": part_e2e, "memory": part_memory, "fullres": part_fullres,
                "rollout": part_rollout, "batch": part_batch, "viewer": part_viewer,

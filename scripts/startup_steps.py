@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """Where the start of a short ``vidattn video`` run goes: its steps one after another, each
-timed, in this fresh process (``scripts/bench.py --only startup`` runs it). Prints one JSON line.
+timed, in this fresh process (``scripts/bench.py --only startup`` runs it, with an empty
+``$VIDATTN_HOME`` and again with the programs the first run compiled kept there). Prints one JSON
+line. The compile step makes the very call the render makes (``MapMaker``, at the render's batch:
+``frames`` when fewer than ``batch``), so the render step compiles nothing.
 
     python scripts/startup_steps.py PRESET CHECKPOINT CLIP BATCH FRAMES
 
@@ -24,7 +27,10 @@ def main(preset_name, checkpoint, clip, batch, frames):
         start = now
 
     import vidattn.cli  # noqa: F401 - what the command imports before it parses arguments
+    from vidattn.runtime import keep_compiled_programs, keep_freed_memory
 
+    keep_freed_memory()  # as the command line's start does
+    keep_compiled_programs()
     lap("import the command line")
     import numpy as np
 
@@ -34,7 +40,7 @@ def main(preset_name, checkpoint, clip, batch, frames):
     from vidattn.models.vit import ViT, load_state_dict
     from vidattn.options import VideoOptions
     from vidattn.preprocess import video_geometry
-    from vidattn.video.pipeline import render_video
+    from vidattn.video.pipeline import MapLayout, MapMaker, render_video
     from vidattn.video.reader import probe
 
     lap("import Keras, its backend, the video stack")
@@ -48,11 +54,12 @@ def main(preset_name, checkpoint, clip, batch, frames):
     model = Model(preset, backbone, Path(checkpoint).name)
     info = probe(clip)
     geo = video_geometry(info.height, info.width, preset.patch_size)
-    model.run(np.zeros((batch, *geo.input_hw, 3), np.float32), attention="last")
+    opts = VideoOptions(progress=False, max_frames=frames, batch_size=min(batch, frames))
+    maps = MapMaker(model, opts, geo.grid_hw, MapLayout.of(model, opts))  # the render's call
+    maps(np.zeros((batch, *geo.input_hw, 3), np.float32))
     lap("compile for the video's shape (first call)")
     with tempfile.TemporaryDirectory() as tmp:
-        render_video(model, clip, Path(tmp) / "out.mp4",
-                     VideoOptions(progress=False, max_frames=frames, batch_size=batch))
+        render_video(model, clip, Path(tmp) / "out.mp4", opts)
     lap(f"render {frames} frames (compiled)")
     print(json.dumps(times))
 

@@ -133,6 +133,9 @@ def test_each_family_resizes_as_its_code_says():
         **{f"dinov2_vit{s}14_reg": "antialias" for s in "sblg"},
         "vit_b16": "size", "deit_b16": "antialias", "deit_b16_distilled": "antialias",
         "demo": "size", "demo_classifier": "size",
+        **{n: "size" for n in ("clip_vitb32", "clip_vitb16", "clip_vitl14", "siglip2_vitb16",
+                               "siglip2_so400m14")},
+        "openclip_vitb16_laion2b": "antialias",
     }
 
 

@@ -67,6 +67,28 @@ def test_chunked_model_equals_the_direct_model(name):
             np.testing.assert_allclose(out[key], every[key], atol=1e-5, err_msg=key)
 
 
+@pytest.mark.parametrize("name", ["dinov2_vits14_reg", "dinov3_vits16"])
+def test_attention_alone_equals_the_whole_forward(name):
+    """``features=False`` (the video views: the last block computes only its attention) gives the
+    whole forward's class rows, last-block attention and rollout, in one piece and in chunks,
+    and returns no features or logits. DINOv3 covers RoPE and the masked key bias on the
+    separately projected queries and keys."""
+    model = vidattn.load_model(name, weights="random", seed=3)
+    p = model.preset.patch_size
+    x = np.random.default_rng(1).normal(size=(2, 5 * p, 8 * p, 3)).astype(np.float32) * 2
+    whole = model.run(x, attention="all", rollout=True)
+    n_cls = model.preset.num_class_tokens
+    for chunk in (None, 7):
+        for mode, want in (("cls", whole["attention"][-1][:, :, :n_cls]),
+                           ("last", whole["attention"][-1])):
+            out = model.backbone(x, attention=mode, rollout=True, chunk=chunk, features=False)
+            assert "features" not in out and "logits" not in out
+            np.testing.assert_allclose(ops.convert_to_numpy(out["attention"][-1]), want,
+                                       atol=1e-6, err_msg=f"{mode}, chunk {chunk}")
+            np.testing.assert_allclose(ops.convert_to_numpy(out["rollout"]), whole["rollout"],
+                                       atol=1e-6)
+
+
 def test_plan_prefers_one_piece_then_chunks_then_a_smaller_batch():
     p = get_preset("dino_vits16")
     small = memory.plan(p, (224, 224), 8, "cls", budget=2**30)

@@ -17,10 +17,13 @@ from transformers.image_utils import (
     IMAGENET_DEFAULT_STD,
     IMAGENET_STANDARD_MEAN,
     IMAGENET_STANDARD_STD,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
 )
 
 import vidattn
 from tests.support.checkpoints import canonical_from_hf, hf_config
+from tests.support.clip import hf_vision, timm_state_dict
 from tests.support.families import hf_dinov2, hf_dinov3, official_dinov2, official_dinov3
 from vidattn import cli
 from vidattn.errors import VidattnError
@@ -35,8 +38,13 @@ from vidattn.preprocess import normalize
 TRAINED_WITH = {
     "imagenet": (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
     "minus_one_one": (IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD),
+    "clip": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
 }
-EXPECTED_NORMALIZATION = {name: "imagenet" for name in PRESETS} | {"vit_b16": "minus_one_one"}
+EXPECTED_NORMALIZATION = {name: "imagenet" for name in PRESETS} | {
+    "vit_b16": "minus_one_one", "siglip2_vitb16": "minus_one_one",
+    "siglip2_so400m14": "minus_one_one",
+    **{n: "clip" for n in ("clip_vitb32", "clip_vitb16", "clip_vitl14", "openclip_vitb16_laion2b")},
+}
 
 
 def hf_shapes(preset) -> dict[str, tuple]:
@@ -52,6 +60,8 @@ def hf_shapes(preset) -> dict[str, tuple]:
         if preset.family == "dinov3":
             official = official_dinov3(hf_dinov3(preset))
             return _dinov3_canonical({k: tuple(v.shape) for k, v in official.items()})
+        if preset.family in ("clip", "siglip"):
+            return {k: tuple(v.shape) for k, v in timm_state_dict(hf_vision(preset)).items()}
         model = ViTModel(hf_config(preset), add_pooling_layer=False)
     shapes = {k: tuple(v.shape) for k, v in canonical_from_hf(model).items()}
     if preset.num_class_tokens == 2:

@@ -21,6 +21,7 @@ from vidattn.options import DEFAULT_THRESHOLD
 
 __all__ = [
     "RunningMean",
+    "class_rows",
     "cls_maps",
     "cls_share",
     "head_mean",
@@ -59,6 +60,15 @@ def cls_maps(attn: np.ndarray, n_prefix: int, grid_hw) -> np.ndarray:
         raise ValueError(f"attention rows must be (N, heads, R, {n_prefix + gh * gw}) for "
                          f"{n_prefix} prefix token(s) and a {gh}x{gw} grid, got {attn.shape}")
     return attn[:, :, 0, n_prefix:].reshape(attn.shape[0], attn.shape[1], *grid_hw)
+
+
+def class_rows(out: dict) -> np.ndarray:
+    """The attention rows a CLS map reads from ``Model.run``'s output ``out``: ``(N, heads, R,
+    T)``. For a model that pools by a probe (SigLIP, ``pool="map"``: no class token) the probe's
+    attention over the final tokens, ``out["pool_attention"]`` ``(N, heads, 1, T)``; else the
+    last returned block's attention, ``out["attention"][-1]`` (its class rows first). Either
+    goes to ``cls_maps`` as it is."""
+    return out["pool_attention"] if "pool_attention" in out else out["attention"][-1]
 
 
 def cls_share(attn: np.ndarray, start: int, stop: int) -> np.ndarray:

@@ -51,6 +51,7 @@ from vidattn import probes as pr
 from vidattn.errors import VidattnError, one_line
 from vidattn.interrupts import Interrupts, exit_status
 from vidattn.io import unique_names
+from vidattn.models.presets import PRESETS
 from vidattn.options import BatchOptions
 from vidattn.report import write_index
 from vidattn.video.pipeline import check_explain, render_video
@@ -307,6 +308,10 @@ def fingerprint(model, kind: str, opts: BatchOptions) -> str:
         settings["viewer"] = True
         if kind == "image":  # the image viewer stores these features for its similarity
             settings.update(facet=opts.image.facet, layer=opts.image.layer)
+    if model.preset != PRESETS.get(model.preset.name):
+        # read from a checkpoint's folder and config (--model PATH), or strided: the whole
+        # preset, so an edited config (or another folder with the same name) redoes the output
+        settings["preset"] = repr(model.preset)
     blob = json.dumps({"kind": kind, "model": model.preset.name, "weights": model.weights_label,
                        **settings}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -240,12 +240,12 @@ class _Workers:
             return
         if self.info is None:
             self.info = info
-        elif (info.preset.name, info.weights_label) != (self.info.preset.name,
-                                                        self.info.weights_label):
+        elif (info.preset, info.weights_label) != (self.info.preset, self.info.weights_label):
+            # the whole preset: each worker reads a --model folder's config itself
             raise VidattnError(
-                f"the Ray workers loaded different weights: {self.info.weights_label} on "
+                f"the Ray workers loaded different models: {self.info.weights_label} on "
                 f"{self.info.node}, {info.weights_label} on {info.node}; pass --weights PATH "
-                "with a file every node sees")
+                "(or --model PATH) with a file every node sees")
         self.idle.append(actor)
 
     def _clean(self, item: Item):

@@ -87,11 +87,14 @@ def main(debug):
     Hugging Face cache or vidattn's ($VIDATTN_HOME, default ~/.cache/vidattn), else downloaded
     there. Offline, pass a downloaded file with --weights PATH (official .pth, timm or Hugging
     Face .safetensors), or --weights random for an untrained model (its outputs are labelled as
-    such). `vidattn models` says which weights are already here.
+    such). `vidattn models` says which weights are already here. Your own checkpoint:
+    --model PATH (a folder with its config.json) or --model hf:ORG/NAME; `vidattn models
+    --inspect PATH` says what is read from it.
     """
-    from vidattn.runtime import keep_freed_memory
+    from vidattn.runtime import keep_compiled_programs, keep_freed_memory
 
     keep_freed_memory()
+    keep_compiled_programs()
 
 
 @main.command()
@@ -100,8 +103,13 @@ def main(debug):
               "memory budget). Imports the backend, so it takes a few seconds.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="With --env: the precision to report on.")
+@click.option("--inspect", metavar="PATH|hf:ORG/NAME",
+              help="Instead: what --model PATH (a checkpoint folder, a checkpoint file in one, "
+              "or hf:ORG/NAME) reads from it: the publisher's layout, the architecture, the "
+              "preprocessing, the classes and the weights file. Builds no model (it reads the few "
+              "tensor shapes it checks the config against).")
 @_friendly_errors
-def models(env, precision):
+def models(env, precision, inspect):
     """List the model presets: shape, preprocessing, weights, licence, and whether they are here.
 
     The "here" column says where a preset's own weights already are: bundled, torch hub's
@@ -113,6 +121,11 @@ def models(env, precision):
 
         click.echo("\n".join(describe(precision)))
         return
+    if inspect is not None:
+        from vidattn.models import configs
+
+        click.echo("\n".join(configs.describe(configs.read_model(inspect))))
+        return
     from vidattn.models.hub import cached_weights
     from vidattn.models.presets import PRESETS
 
@@ -120,9 +133,10 @@ def models(env, precision):
              "here")]
     for p in PRESETS.values():
         tokens = "+".join(["cls", "dist"][: p.num_class_tokens]
-                          + [f"{p.num_register_tokens}reg"] * bool(p.num_register_tokens))
+                          + [f"{p.num_register_tokens}reg"] * bool(p.num_register_tokens)
+                          + ["map"] * (p.pool == "map")) or "-"
         rows.append((p.name, p.patch_size, p.embed_dim, p.depth, p.num_heads, tokens,
-                     p.preprocessing, p.weights_format or "-", p.licence,
+                     _input_of(p), p.weights_format or "-", p.licence,
                      cached_weights(p) or "-"))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
@@ -130,6 +144,13 @@ def models(env, precision):
     click.echo("\nSources:")
     for p in PRESETS.values():
         click.echo(f"  {p.name:<20} {p.description}\n  {'':<20} {source_of(p)}")
+
+
+def _input_of(preset) -> str:
+    """A preset's preprocessing for the table: its normalisation's name, or "mean/std" for a
+    checkpoint's own ``(mean, std)`` pair (``--inspect`` shows the numbers)."""
+    kind = preset.preprocessing
+    return kind if isinstance(kind, str) else "mean/std"
 
 
 def source_of(preset) -> str:
@@ -354,8 +375,11 @@ def image(images, outdir, save_features, overwrite, quiet, **kw):
                 cosine similarity to that patch's token (patch matching across images)
       filters   the first 128 patch-projection filters (per model)
       posembed  dot-product similarity of the position embeddings (per model)
-    Presets with an ImageNet-1k head (vit_b16, deit_*) also get their top-5 classes. Register
-    and storage tokens take part in attention but never appear in a map.
+    Models with a classifier head (vit_b16, deit_*, a ViTForImageClassification folder: its
+    id2label names) also get their top-5 classes. Register and storage tokens take part in
+    attention but never appear in a map. A model without a class token (SigLIP) pools by a
+    probe: heads, masks and the viewer's CLS query show the probe's attention, and rollout
+    starts from it.
 
     \b
     Output:
@@ -447,8 +471,8 @@ def batch(indir, outdir, overwrite, quiet, **kw):
       vidattn batch /nfs/clips -o /nfs/attn --ray auto --gpus-per-worker 0.5
     With --ray the files are spread over Ray workers, each loading the model once; the
     manifest, the resume rules and the outputs are the same. A file whose worker dies is
-    retried on another one (3 tries in all); INDIR, OUTDIR and --weights must be paths every
-    node sees. README.md, "Many machines", tells how to start a cluster.
+    retried on another one (3 tries in all); INDIR, OUTDIR, --weights and a --model folder
+    must be paths every node sees. README.md, "Many machines", tells how to start a cluster.
     """
     from vidattn.batch import check_folders, format_summary, run_batch
 
@@ -504,13 +528,17 @@ def _refuse_ray_options():
 
 def _loader(kw):
     """The command's ``ModelOptions.load``, for Ray workers to call: a zero-argument function
-    that pickles, with a local --weights path made absolute (a worker's working folder is its
-    own)."""
+    that pickles, with a local --weights path and a --model folder made absolute (a worker's
+    working folder is its own; each worker reads the folder's config again)."""
     import os
+
+    from vidattn.models.configs import is_model_source
 
     opts = options_from(ModelOptions, kw)
     if opts.weights not in (None, "random") and os.path.exists(opts.weights):
         opts = dataclasses.replace(opts, weights=os.path.abspath(opts.weights))
+    if is_model_source(opts.model) and os.path.exists(opts.model):  # a folder, not hf:ORG/NAME
+        opts = dataclasses.replace(opts, model=os.path.abspath(opts.model))
     return opts.load
 
 @main.command()
@@ -702,7 +730,8 @@ def explain_eval(imagenet, labels, segmentation, outdir, methods, limit, overwri
     top-1 accuracy over 0..100% removed, in percent.
 
     --model must have a classifier: vit_b16, deit_b16, deit_b16_distilled (the toy
-    demo_classifier too). OUT appears only when complete. Every difference from the reference
+    demo_classifier too), or a classifier's own folder (--model PATH, its classes named by
+    its config). OUT appears only when complete. Every difference from the reference
     code is listed in vidattn/relevance/faithfulness.py; the README's "Faithfulness" has the
     toy model's table.
     """

@@ -10,7 +10,8 @@ Both are the commands' own code: ``probe`` is ``probes.measure`` (the forward pa
 ``vidattn image``), its display is the report's HTML (``report.probe_html``) with the figures
 embedded, and ``save`` is ``probes.probe_images``, the body of ``vidattn image``; ``render`` is
 ``render_video`` with ``VideoOptions``, whose fields are its keyword options. Models load once:
-``model=`` takes a loaded ``Model`` or a preset name, and names go through a small cache
+``model=`` takes a loaded ``Model``, a preset name or a model source (a checkpoint folder,
+``hf:ORG/NAME``: as ``--model``), and names go through a small cache
 (``model_for``). Everything shown from a random-weight model says RANDOM.
 """
 
@@ -34,6 +35,8 @@ from vidattn import probes as pr
 from vidattn import report
 from vidattn.errors import VidattnError
 from vidattn.models.api import RANDOM, Model, load_model
+from vidattn.models.configs import is_model_source
+from vidattn.models.presets import get_preset
 from vidattn.options import DEFAULT_PRESET, ImageOptions, VideoOptions
 from vidattn.preprocess import as_rgb, load_image
 from vidattn.video.pipeline import render_video
@@ -56,20 +59,34 @@ _MIME = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime",
 
 def model_for(model=DEFAULT_PRESET, weights=None, checkpoint_key=None) -> Model:
     """The model ``probe`` and ``render`` run: ``model`` itself when it is a loaded ``Model``,
-    else the preset it names with ``weights`` (as ``load_model``), loaded once per session.
+    else the preset it names with ``weights`` (as ``load_model``), loaded once per session;
+    ``model`` may also be a checkpoint folder, a checkpoint file in one, or ``hf:ORG/NAME``
+    (``presets.get_preset``).
 
     The cache holds the ``MODEL_CACHE_SIZE`` most recently used, keyed by preset, weights and
     checkpoint key; a weights file is keyed by its resolved path, size and modification time, so
-    a file replaced on disk is read again. Random weights are drawn once per session too, so
-    every call with ``weights="random"`` shows the same untrained model (a fresh ``load_model``
-    draws new ones: its ``seed`` fixes only the class tokens and position embeddings).
+    a file replaced on disk is read again, and a model folder by what its config says and its
+    weights file's key, so an edited folder is read again. Random weights are drawn once per
+    session too, so every call with ``weights="random"`` shows the same untrained model (a
+    fresh ``load_model`` draws new ones: its ``seed`` fixes only the class tokens and position
+    embeddings).
     """
     if isinstance(model, Model):
         if weights is not None or checkpoint_key is not None:
             raise VidattnError("weights= and checkpoint_key= go with a preset name, not with a "
                                "Model already loaded")
         return model
-    return _cached_model(model, _weights_key(weights), checkpoint_key)
+    return _cached_model(_model_key(model), _weights_key(weights), checkpoint_key)
+
+
+def _model_key(model: str):
+    """``model`` as a cache key: a preset name (or a Preset) as it is; a model source as ``(its
+    Preset, its weights file's key)``, read now (``get_preset`` reads a folder once per
+    modification)."""
+    if not isinstance(model, str) or not is_model_source(model):
+        return model
+    preset = get_preset(model)
+    return preset, _weights_key(preset.weights_path)
 
 
 def _weights_key(weights):
@@ -91,7 +108,8 @@ def clear_model_cache() -> None:
 
 
 @functools.lru_cache(maxsize=MODEL_CACHE_SIZE)
-def _cached_model(preset: str, weights_key, checkpoint_key) -> Model:
+def _cached_model(model_key, weights_key, checkpoint_key) -> Model:
+    preset = model_key[0] if isinstance(model_key, tuple) else model_key
     weights = weights_key[0] if isinstance(weights_key, tuple) else weights_key
     extra = {} if checkpoint_key is None else {"checkpoint_key": checkpoint_key}
     return load_model(preset, weights=weights, **extra)
@@ -197,7 +215,8 @@ def probe(image, model=DEFAULT_PRESET, weights=None, *, name=None, checkpoint_ke
     """Run the probes of ``vidattn image`` on one image -> a ``ProbeResult`` (shown inline).
 
     image:   a path, a Pillow image or a uint8 RGB ``(H, W, 3)`` array.
-    model:   a preset name (``vidattn models`` lists them) or a Model from ``load_model``.
+    model:   a preset name (``vidattn models`` lists them), a checkpoint folder or
+             ``hf:ORG/NAME`` (as ``--model``), or a Model from ``load_model``.
     weights: with a preset name: None (official), a checkpoint path, or "random".
     name:    the name the figures and ``save`` use (default: the path as given; for pixels,
              a Pillow image's file name, else "image").
@@ -293,7 +312,8 @@ def render(video, output=None, model=DEFAULT_PRESET, weights=None, *, checkpoint
 
     output:    .mp4 (H.264 + the input's audio), .mov, .mkv or .gif; None: a temporary .mp4
                that lives as long as the result (it is embedded in the notebook when shown).
-    model:     a preset name or a Model from ``load_model``; weights: with a preset name.
+    model:     a preset name, a checkpoint folder or ``hf:ORG/NAME``, or a Model from
+               ``load_model``; weights: with a name.
     overwrite: replace ``output`` if it exists.
     """
     opts = VideoOptions(**options)

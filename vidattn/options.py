@@ -74,8 +74,11 @@ def _check_memory_budget(text):
 class ModelOptions:
     """Which model the commands load and how much memory a forward pass may take."""
 
-    model: str = option(DEFAULT_PRESET, "Model preset; `vidattn models` lists them.",
-                        metavar="PRESET", short="-m")
+    model: str = option(
+        DEFAULT_PRESET, "Model preset (`vidattn models` lists them), or your own checkpoint: a "
+        "folder with its config.json (transformers, timm, OpenCLIP), a checkpoint file in one, "
+        "or hf:ORG/NAME on the Hugging Face Hub (`vidattn models --inspect PATH` says what it "
+        "reads).", metavar="PRESET|PATH|hf:ORG/NAME", short="-m")
     weights: str | None = option(
         None, "Checkpoint file (official .pth, timm or Hugging Face .safetensors, or a Hugging "
         "Face model folder), or 'random' for untrained weights (outputs are labelled RANDOM). "
@@ -255,7 +258,9 @@ class VideoOptions:
         "similarity to the patch at --query, in every frame; explain (classifier presets): "
         "why the model says a class, a relevance map from its gradients (--explain-method), "
         "the class and its probability written on each frame; side-by-side: the frame beside "
-        "the map (--side-map).", choices=VIEWS)
+        "the map (--side-map). A model without a class token (SigLIP) shows its pooling "
+        "probe's attention wherever CLS attention is named, and rollout starts from it.",
+        choices=VIEWS)
     side_map: str = option("mean", "Map shown by --view side-by-side.", choices=SIDE_MAPS)
     size: int = option(
         DEFAULT_SIZE, "Short side, in pixels, of the frames the model sees (aspect kept, padded "

@@ -47,16 +47,24 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_RESAMPLE = "bicubic"  # the study's resize filter (a preset's ``resample`` may differ)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's, also OpenCLIP's default
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _mean_std(mean, std) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, offset) on 0..255 pixels of ``(x / 255 - mean) / std``."""
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    return 1.0 / (255.0 * std), -mean / std
+
 
 # kind -> (scale, offset) per RGB channel, so that normalised = pixel * scale + offset on 0..255
 # pixels. "imagenet" is (x / 255 - mean) / std (DINO, DeiT); "minus_one_one" is x / 127.5 - 1
-# (the original supervised ViT).
+# (the original supervised ViT, SigLIP); "clip" is OpenAI CLIP's mean and std.
 NORMALIZATIONS = {
-    "imagenet": (
-        1.0 / (255.0 * np.asarray(IMAGENET_STD)),
-        -np.asarray(IMAGENET_MEAN) / np.asarray(IMAGENET_STD),
-    ),
+    "imagenet": _mean_std(IMAGENET_MEAN, IMAGENET_STD),
     "minus_one_one": (np.full(3, 1.0 / 127.5), np.full(3, -1.0)),
+    "clip": _mean_std(CLIP_MEAN, CLIP_STD),
 }
 
 # Images above this many pixels are refused before decoding: a small file can declare an enormous
@@ -167,8 +175,12 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     return np.array(im.convert("RGB"), dtype=np.uint8)
 
 
-def _affine(kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel float32 (scale, offset) of shape (3,) for a normalisation kind."""
+def _affine(kind) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel float32 (scale, offset) of shape (3,) for a normalisation kind: a name in
+    ``NORMALIZATIONS`` or a ``(mean, std)`` pair of RGB triples on 0..1 pixels."""
+    if isinstance(kind, tuple):
+        scale, offset = _mean_std(*kind)
+        return scale.astype(np.float32), offset.astype(np.float32)
     if kind not in NORMALIZATIONS:
         raise ValueError(f"unknown normalisation {kind!r}; expected one of {sorted(NORMALIZATIONS)}")
     scale, offset = NORMALIZATIONS[kind]
@@ -186,12 +198,14 @@ def normalize(batch, kind: str) -> np.ndarray:
     return out
 
 
-def _resize_crop(image, size: int) -> np.ndarray:
+def _resize_crop(image, size: int, resample: str = DEFAULT_RESAMPLE) -> np.ndarray:
     """The study's geometry: ``(H, W, 3)`` 0..255 -> float32 ``(size, size, 3)``, unclipped.
 
-    Bicubic resize (``keras.ops.image.resize``, no antialiasing, as the study) to a square of
-    ``int(256 / 224 * size)``, then a centre crop with keras.layers.CenterCrop's offsets,
-    ``(resized - size) // 2``.
+    Resize (``keras.ops.image.resize`` with ``resample``, bicubic by default, no antialiasing,
+    as the study) to a square of ``int(256 / 224 * size)``, then a centre crop with
+    keras.layers.CenterCrop's offsets, ``(resized - size) // 2``. A checkpoint's own
+    preprocessing config may name another filter (``Preset.resample``); only the filter
+    follows it, the geometry stays the study's.
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
@@ -202,7 +216,7 @@ def _resize_crop(image, size: int) -> np.ndarray:
     resized = keras.ops.image.resize(
         image[None].astype(np.float32),
         (resize_size, resize_size),
-        interpolation="bicubic",
+        interpolation=resample,
         antialias=False,
     )
     resized = keras.ops.convert_to_numpy(resized)[0]
@@ -226,20 +240,22 @@ def crop_point(x: float, y: float, image_hw, size: int) -> tuple[float, float] |
     return (cx, cy) if inside else None
 
 
-def preprocess_image(image, kind: str, size: int = DEFAULT_SIZE) -> np.ndarray:
+def preprocess_image(image, kind, size: int = DEFAULT_SIZE,
+                     resample: str = DEFAULT_RESAMPLE) -> np.ndarray:
     """The study's ``preprocess_image``: uint8 RGB ``(H, W, 3)`` -> float32 ``(1, size, size, 3)``.
 
-    Resize and crop as ``_resize_crop``, then normalise by ``kind`` (see ``NORMALIZATIONS``).
+    Resize and crop as ``_resize_crop`` (with ``resample``), then normalise by ``kind`` (see
+    ``_affine``: a name in ``NORMALIZATIONS`` or a ``(mean, std)`` pair).
     The study rescales to [-1, 1] before resizing; both steps are affine per channel and bicubic
     weights sum to one, so the order changes only float rounding.
     """
-    return normalize(_resize_crop(image, size), kind)[None]
+    return normalize(_resize_crop(image, size, resample), kind)[None]
 
 
-def display_image(image, size: int = DEFAULT_SIZE) -> np.ndarray:
+def display_image(image, size: int = DEFAULT_SIZE, resample: str = DEFAULT_RESAMPLE) -> np.ndarray:
     """The same resize and crop as ``preprocess_image``, as uint8 ``(size, size, 3)`` for display,
     so overlays line up with exactly what the model saw (bicubic overshoot is clipped)."""
-    return np.clip(np.rint(_resize_crop(image, size)), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(_resize_crop(image, size, resample)), 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,8 @@ from vidattn.errors import VidattnError
 from vidattn.features import FeatureWriter, PcaBasis, fit_basis, model_meta, similarity_maps
 from vidattn.io import unique_names, write_bytes_atomic
 from vidattn.options import DEFAULT_SIZE, IMAGE_PROBES, MODEL_PROBES, ImageOptions
-from vidattn.preprocess import (crop_point, display_image, imagenet_labels, load_image,
-                                preprocess_image)
+from vidattn.preprocess import crop_point, display_image, load_image, preprocess_image
+from vidattn.relevance.targets import class_names
 from vidattn.report import write_index
 from vidattn.viewer.image import ImageRun
 
@@ -107,7 +107,8 @@ def average_mean_distance(model, images, size: int = DEFAULT_SIZE, batch_size: i
 
     for image in images:
         pixels = image if isinstance(image, np.ndarray) else load_image(image)
-        batch.append(preprocess_image(pixels, model.preset.preprocessing, size))
+        batch.append(preprocess_image(pixels, model.preset.preprocessing, size,
+                                      model.preset.resample))
         if len(batch) == batch_size:
             flush()
     if batch:
@@ -121,9 +122,11 @@ def rollout_maps(model, rows, grid_hw) -> np.ndarray:
     return am.rollout_map(rows, model.preset.num_prefix_tokens, grid_hw)
 
 
-def head_maps(model, attns, grid_hw) -> np.ndarray:
-    """The last block's CLS attention per head, ``(N, heads, gh, gw)``, unscaled."""
-    return am.cls_maps(attns[-1], model.preset.num_prefix_tokens, grid_hw)
+def head_maps(model, out, grid_hw) -> np.ndarray:
+    """The last block's CLS attention per head (a pooling probe's, for a model without a class
+    token: ``attention.class_rows``) from ``model.run``'s ``out``, ``(N, heads, gh, gw)``,
+    unscaled."""
+    return am.cls_maps(am.class_rows(out), model.preset.num_prefix_tokens, grid_hw)
 
 
 def register_shares(model, attns) -> np.ndarray:
@@ -151,12 +154,13 @@ def not_applicable(model, probe: str, opts: ImageOptions | None = None) -> str |
 
 def top_classes(model, logits, k: int = 5) -> list[dict]:
     """The ``k`` most probable classes of one image's logits ``(C,)``, best first: dicts of
-    ``class`` (index), ``name`` (ImageNet-1k short name for a 1000-way head, else None) and
-    ``probability`` (softmax)."""
+    ``class`` (index), ``name`` (``relevance.targets.class_names``: the model's own names, such
+    as a checkpoint config's ``id2label``, else ImageNet-1k's short name for a 1000-way head,
+    else None) and ``probability`` (softmax)."""
     logits = np.asarray(logits, np.float64)
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
-    names = imagenet_labels(short=True) if model.preset.num_classes == 1000 else None
+    names = class_names(model.preset, short=True)
     best = np.argsort(-probs, kind="stable")[:k]
     return [
         {"class": int(i), "name": names[i] if names else None, "probability": float(probs[i])}
@@ -237,19 +241,20 @@ def analyse(model, image, size: int = DEFAULT_SIZE, probes=IMAGE_PROBES,
     mode = ("all" if probes & {"distance", "registers"} else
             "cls" if probes & {"heads", "masks"} else "none")
     tokens = tokens or bool(probes & {"norms", "pca"})
-    out = model.run(preprocess_image(pixels, model.preset.preprocessing, size), attention=mode,
+    p = model.preset
+    out = model.run(preprocess_image(pixels, p.preprocessing, size, p.resample), attention=mode,
                     rollout="rollout" in probes, tokens=tokens,
                     facet=facet if "similarity" in probes else None)
     attns = out["attention"]
     grid = model.preset.grid_at((size, size))
     return Analysis(
         image_hw=tuple(pixels.shape[:2]),
-        display=display_image(pixels, size),
+        display=display_image(pixels, size, p.resample),
         grid_hw=grid,
         tokens=model.preset.tokens_at((size, size)),
         distances=mean_distances(model, attns, grid)[0] if "distance" in probes else None,
         rollout=rollout_maps(model, out["rollout"], grid)[0] if "rollout" in probes else None,
-        heads=head_maps(model, attns, grid)[0] if probes & {"heads", "masks"} else None,
+        heads=head_maps(model, out, grid)[0] if probes & {"heads", "masks"} else None,
         registers=register_shares(model, attns)[0] if "registers" in probes else None,
         norms=out["patch_norms"][0].reshape(grid) if "norms" in probes else None,
         patch_tokens=out["patch_tokens"][0] if tokens else None,
@@ -649,7 +654,8 @@ def measure(model, pixels, source, opts: ImageOptions | None = None,
         from vidattn.relevance.methods import explain_image  # the gradients' backends, on demand
 
         explanation = explain_image(
-            model, preprocess_image(pixels, model.preset.preprocessing, opts.size)[0],
+            model, preprocess_image(pixels, model.preset.preprocessing, opts.size,
+                                    model.preset.resample)[0],
             reference or explain_target(model, opts), opts.explain_method.split(","),
             opts.explain_head)
     return ImageProbes(os.fspath(source), opts, a, probes, masks, top, skipped, basis,

@@ -19,9 +19,10 @@ from vidattn.backend import keras
 from vidattn.errors import VidattnError
 from vidattn.models import hub, memory
 from vidattn.models.compile import Call, compiled, streams
+from vidattn.models.configs import ReadPreset
 from vidattn.models.presets import Preset, get_preset, with_stride
 from vidattn.models.state_dict import read_checkpoint
-from vidattn.models.vit import ATTENTION_MODES, FACETS, ViT, load_state_dict, randomize
+from vidattn.models.vit import FACETS, ViT, check_attention, load_state_dict, randomize
 
 RANDOM = "random"
 
@@ -45,7 +46,8 @@ class Model:
     def is_random(self) -> bool:
         return self.weights_label.startswith(RANDOM)
 
-    def run(self, images, attention="none", rollout=False, tokens=False, facet=None) -> dict:
+    def run(self, images, attention="none", rollout=False, tokens=False, facet=None,
+            features=True) -> dict:
         """Forward a preprocessed float32 batch ``(N, H, W, 3)``; H and W multiples of the patch.
 
         Returns numpy arrays: ``features`` ``(N, D)``, ``logits`` ``(N, C)`` where the preset has
@@ -60,14 +62,21 @@ class Model:
         final norm; with ``facet=(block, kind)`` (``kind`` one of ``vit.FACETS``, ``block`` a
         block index) ``facet_tokens`` ``(N, gh * gw, D)``: that block's patch features of that
         facet. ``T = preset.num_prefix_tokens + gh * gw``. One compiled call gives them all.
+        ``features=False``: no ``features`` or ``logits`` (for a caller that reads only the rest:
+        the last block then computes just its attention, ``vit.ViT``).
+
+        A ``pool="map"`` preset (SigLIP: no class token, a probe pools the tokens) answers
+        ``"cls"`` with ``[the probe's attention (N, heads, 1, T)]`` in place of the class rows,
+        raises VidattnError for ``"cls_all"``, returns ``pool_attention`` ``(N, heads, 1, T)``
+        beside any attention or rollout, and starts rollout from the probe's head-mean row
+        (``vit.ViT``); ``vidattn.attention.class_rows`` picks the rows a CLS map reads.
 
         Memory stays within ``memory_budget`` (``vidattn.models.memory.plan``): attention in
         query chunks where one piece would not fit, and the batch run in smaller groups where
         it must. Raises VidattnError, before any work, when one image cannot fit. On a CPU
         the images run as ``compile.streams()`` calls at once, on equal parts of each group.
         """
-        if attention not in ATTENTION_MODES:
-            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+        check_attention(self.preset, attention)
         images = np.asarray(images, np.float32)
         p = self.preset.patch_size
         if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] % p or images.shape[2] % p:
@@ -84,11 +93,12 @@ class Model:
             facet = (int(facet[0]) % depth, facet[1])
         plan = self.plan(images.shape[1:3], len(images), attention, rollout,
                          tokens or facet is not None)
-        key = (attention, bool(rollout), bool(tokens), plan.chunk, facet)
+        key = (attention, bool(rollout), bool(tokens), plan.chunk, facet, bool(features))
         if key not in self._compiled:
             self._compiled[key] = compiled(
                 Call(self.backbone, attention=attention, rollout=bool(rollout),
-                     tokens=bool(tokens), chunk=plan.chunk, facet=facet), self.backbone
+                     tokens=bool(tokens), chunk=plan.chunk, facet=facet,
+                     features=bool(features)), self.backbone
             )
         call = self._compiled[key]
         # A group that splits evenly runs as streams() calls at once (one compiled shape), which
@@ -106,7 +116,7 @@ class Model:
                                                 for part in parts])
                                 for b in range(len(parts[0]["attention"]))]}
         for name in ("features", "logits", "rollout", "patch_tokens", "patch_norms",
-                     "facet_tokens"):
+                     "facet_tokens", "pool_attention"):
             if name in parts[0]:
                 result[name] = np.concatenate([keras.ops.convert_to_numpy(part[name])
                                                for part in parts])
@@ -159,7 +169,9 @@ def load_model(preset, weights=None, seed: int | None = 0, checkpoint_key="teach
     """Build a preset's model and load its weights.
 
     Args:
-        preset: a preset name (``vidattn models`` lists them) or a :class:`Preset`.
+        preset: a preset name (``vidattn models`` lists them), a model source (a checkpoint
+            folder, a checkpoint file in one, or ``hf:ORG/NAME``: ``presets.get_preset``), or a
+            :class:`Preset`.
         weights: None for the preset's official weights (from torch hub's, Hugging Face's or
             vidattn's cache, else downloaded once: ``vidattn.models.hub``); a path to an
             official ``.pth``, a timm or Hugging Face ``.safetensors`` file or model folder; or
@@ -188,7 +200,22 @@ def load_model(preset, weights=None, seed: int | None = 0, checkpoint_key="teach
     state = read_checkpoint(path, preset, checkpoint_key)
     backbone = build_backbone(preset, precision)
     load_state_dict(backbone, state, source=os.fspath(path))
-    # the bundled weights are the toys trained here on synthetic scenes: every label says so
-    label = f"{preset.name} ({'bundled toy' if preset.packaged_weights else 'official'})"
-    label = label if weights is None else Path(path).name
-    return Model(preset, backbone, labelled(label, precision), budget, precision)
+    return Model(preset, backbone, labelled(_source_label(preset, weights, path), precision),
+                 budget, precision)
+
+
+def _source_label(preset, weights, path) -> str:
+    """Where the weights at ``path`` came from, for every title and record: the file given
+    (``--weights``), the model's own folder and file (``--model PATH``), the Hub repository of
+    a model read from the Hub (``--model hf:ORG/NAME``), or the preset's official release (the
+    bundled toys trained here on synthetic scenes say so)."""
+    path = Path(path)
+    if weights is not None:
+        return path.name
+    if preset.weights_path:
+        return f"{path.resolve().parent.name}/{path.name}"  # "--model ." names the folder too
+    if preset.packaged_weights:
+        return f"{preset.name} (bundled toy)"
+    if isinstance(preset, ReadPreset) and preset.hf_repo:
+        return f"hf:{preset.hf_repo}"
+    return f"{preset.name} (official)"

@@ -3,6 +3,8 @@
 ``resolve(preset, weights)`` returns the checkpoint file to read:
 
 * ``weights`` given: that file (a Hugging Face model folder means its ``model.safetensors``);
+* a model read from its own folder (``Preset.weights_path``, ``--model PATH``): that folder's
+  weights file (``--weights`` still wins);
 * bundled weights (the demo model): the file in ``vidattn/data/``;
 * an official release address (``Preset.weights_url``, e.g. DINO's ``.pth``): first torch hub's
   cache (``$TORCH_HOME/hub/checkpoints/``, where ``torch.hub.load`` of the official repository
@@ -103,7 +105,8 @@ def cached_weights(preset) -> str | None:
 
 def resolve(preset, weights=None) -> Path:
     """The checkpoint file for ``preset``: ``weights`` if given (it must exist), else the
-    preset's own weights: bundled or cached, else downloaded (the official release first),
+    preset's own weights: its folder's file (``weights_path``), bundled or cached, else
+    downloaded (the official release first),
     else, for gated weights, one line saying where to request them."""
     if weights is not None:
         path = Path(weights).expanduser()
@@ -113,6 +116,12 @@ def resolve(preset, weights=None) -> Path:
             return path / "model.safetensors"
         if not path.is_file():
             raise VidattnError("weights file does not exist", path)
+        return path
+    if preset.weights_path:
+        path = Path(preset.weights_path)
+        if not path.is_file():
+            raise VidattnError("weights file does not exist (the model's folder changed since "
+                               "its config was read)", path)
         return path
     found = _cached(preset)
     if found is not None:
@@ -144,7 +153,8 @@ def download(preset_name: str, url: str) -> Path:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise VidattnError(f"cannot create the weights cache ({err.strerror})", target.parent) from None
+        raise VidattnError(f"cannot create the weights cache ({err.strerror})",
+                           target.parent) from None
     tmp = temporary_path(target)
     try:
         with open(tmp, "wb") as out, urllib.request.urlopen(

@@ -1,8 +1,10 @@
 """Keras 3 layers of a ViT, written with ``keras.ops`` only so they run on every backend.
 
 One block serves every family; what the families differ in are switches: LayerScale (DINOv2,
-DINOv3), a SwiGLU feed-forward (DINOv2-g, DINOv3 S+/H+), rotary position on the patches' queries
-and keys (DINOv3) and a masked key bias (DINOv3). Weight layouts follow Keras (Dense kernels are
+DINOv3), a SwiGLU feed-forward (DINOv2-g, DINOv3 S+/H+), the feed-forward's activation (CLIP's
+QuickGELU, SigLIP's tanh GELU), rotary position on the patches' queries and keys (DINOv3), a
+masked key bias (DINOv3), a patch projection without bias (CLIP) and SigLIP's attention-pooling
+head (``AttentionPool``). Weight layouts follow Keras (Dense kernels are
 ``(in, out)``); ``vit.py`` maps torch-style checkpoints onto them.
 """
 
@@ -19,7 +21,8 @@ from vidattn.backend import keras, ops
 # layers at N=8, T=351 on this machine's CPU, 310 ms against 260 ms.
 FUSED_ATTENTION = keras.backend.backend() != "tensorflow"
 
-__all__ = ["LRP_RULES", "MLP", "Attention", "Block", "LayerScale", "PatchEmbed", "Record",
+__all__ = ["ACTIVATIONS", "LRP_RULES", "MLP", "Attention", "AttentionPool", "Block", "LayerScale",
+           "PatchEmbed", "Record",
            "SwiGLU", "apply_rope", "attention_probs", "chunked_attention", "identity_rule",
            "lrp_norm", "query_chunks", "rule_norm", "scale_gradient"]
 
@@ -27,6 +30,20 @@ __all__ = ["LRP_RULES", "MLP", "Attention", "Block", "LayerScale", "PatchEmbed",
 # ICML 2024, lxt.efficient's rules) and "cp-lrp" (its ViT example: attention held constant).
 LRP_RULES = ("attnlrp", "cp-lrp")
 IDENTITY_EPS = 1e-10  # lxt's identity_rule_implicit epsilon
+
+
+def _quick_gelu(x):
+    """OpenAI CLIP's ``QuickGELU``: ``x * sigmoid(1.702 x)``."""
+    return x * ops.sigmoid(1.702 * x)
+
+
+# The "gelu" feed-forward's activation (Preset.act): exact erf GELU (timm, DINO, OpenCLIP), the
+# tanh approximation (SigLIP's gelu_pytorch_tanh: torch's approximate="tanh") and QuickGELU.
+ACTIVATIONS = {
+    "gelu": lambda x: keras.activations.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: keras.activations.gelu(x, approximate=True),
+    "quick_gelu": _quick_gelu,
+}
 
 
 class Record:
@@ -80,12 +97,13 @@ class PatchEmbed(keras.layers.Layer):
 
     Input ``(N, H, W, 3)`` with H and W multiples of p; output ``(N, gh * gw, dim)``, patches
     row by row, ``gh = 1 + (H - p) // stride`` (``H / p`` without overlap), ``gw`` alike.
+    ``bias=False``: a projection without bias (CLIP's ``conv1``).
     """
 
-    def __init__(self, patch_size, dim, stride=None, **kwargs):
+    def __init__(self, patch_size, dim, stride=None, bias=True, **kwargs):
         super().__init__(**kwargs)
         self.patch_size, self.stride = patch_size, stride or patch_size
-        self.proj = keras.layers.Dense(dim, name="proj")
+        self.proj = keras.layers.Dense(dim, use_bias=bias, name="proj")
 
     def build(self, input_shape):
         self.proj.build((None, self.patch_size * self.patch_size * input_shape[-1]))
@@ -97,7 +115,7 @@ class PatchEmbed(keras.layers.Layer):
             kernel = ops.cast(ops.reshape(self.proj.kernel, (p, p, c, -1)), self.compute_dtype)
             x = ops.conv(ops.cast(images, self.compute_dtype), kernel, strides=self.stride)
             x = ops.reshape(x, (n, -1, x.shape[-1]))
-            return x + ops.cast(self.proj.bias, x.dtype)
+            return x if self.proj.bias is None else x + ops.cast(self.proj.bias, x.dtype)
         x = ops.reshape(images, (n, h // p, p, w // p, p, c))
         x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
         x = ops.reshape(x, (n, (h // p) * (w // p), p * p * c))
@@ -217,6 +235,27 @@ class Attention(keras.layers.Layer):
             qk = apply_rope(qk, *rope)
         return qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]
 
+    def projection(self, x, part):
+        """One part of the fused ``qkv`` projection of ``x`` ``(N, T, D)``: the queries (0), keys
+        (1) or values (2), ``(N, T, heads, head_dim)``, unrotated (the masked bias included)."""
+        d = self.num_heads * self.head_dim
+        bias = self.qkv.bias if self.bias_mask is None else self.qkv.bias * self.bias_mask
+        kernel = ops.cast(self.qkv.kernel[:, part * d : (part + 1) * d], x.dtype)
+        y = ops.matmul(x, kernel) + ops.cast(bias[part * d : (part + 1) * d], x.dtype)
+        return ops.reshape(y, (ops.shape(x)[0], -1, self.num_heads, self.head_dim))
+
+    def probabilities(self, x, rope=None, rows=None):
+        """The attention probabilities of ``x`` ``(N, T, D)`` and nothing else: ``(N, heads, R,
+        T)`` for the first ``rows`` queries (None: all ``T``). No values and no output, and
+        queries for those rows only: what a caller that reads only a block's attention needs
+        (``Block.attention_only``). ``call``'s probabilities, up to float rounding."""
+        q = self.projection(x if rows is None else x[:, :rows], 0)
+        k = self.projection(x, 1)
+        if rope is not None:
+            sin, cos = rope
+            q, k = apply_rope(q, sin[: q.shape[1]], cos[: q.shape[1]]), apply_rope(k, sin, cos)
+        return attention_probs(q, k, self.scale)
+
     def call(self, x, rope=None, probs=None, chunk=None, offset=None, rules=None, record=None):
         n, t, d = ops.shape(x)
         q, k, v = self.heads(x, rope)
@@ -250,14 +289,17 @@ class Attention(keras.layers.Layer):
 
 
 class MLP(keras.layers.Layer):
-    """Two Dense layers with exact (erf) GELU between, as in timm and DINO: ``fc2(gelu(fc1(x)))``.
+    """Two Dense layers with an activation between: ``fc2(act(fc1(x)))``, ``act`` a name in
+    ``ACTIVATIONS`` (exact erf GELU as in timm and DINO; CLIP's QuickGELU; SigLIP's tanh GELU).
 
-    ``call(x, rules=None, record=None)``: with ``rules`` (``LRP_RULES``) the GELU passes its
-    relevance on unchanged (``identity_rule``); ``record`` (``Record``) receives ``g``, the
-    GELU's output ``(N, T, hidden)``."""
+    ``call(x, rules=None, record=None)``: with ``rules`` (``LRP_RULES``) the activation passes its
+    relevance on unchanged (``identity_rule``: AttnLRP's rule for any element-wise
+    non-linearity); ``record`` (``Record``) receives ``g``, the activation's output
+    ``(N, T, hidden)``."""
 
-    def __init__(self, dim, hidden, **kwargs):
+    def __init__(self, dim, hidden, act="gelu", **kwargs):
         super().__init__(**kwargs)
+        self.act = ACTIVATIONS[act]
         self.fc1 = keras.layers.Dense(hidden, name="fc1")
         self.fc2 = keras.layers.Dense(dim, name="fc2")
 
@@ -266,10 +308,8 @@ class MLP(keras.layers.Layer):
         self.fc2.build(tuple(input_shape[:-1]) + (self.fc1.units,))
 
     def call(self, x, rules=None, record=None):
-        def gelu(h):
-            return keras.activations.gelu(h, approximate=False)
-
-        g = gelu(self.fc1(x)) if rules is None else identity_rule(gelu, self.fc1(x))
+        h = self.fc1(x)
+        g = self.act(h) if rules is None else identity_rule(self.act, h)
         if record is not None:
             record.values["g"] = g
         return self.fc2(g)
@@ -309,7 +349,8 @@ class LayerScale(keras.layers.Layer):
 
 class Block(keras.layers.Layer):
     """Pre-norm transformer block: ``x + ls1(attn(norm1(x)))``, then ``x + ls2(mlp(norm2(x)))``;
-    without ``layer_scale`` the ``ls`` are identities. ``mlp``: ``"gelu"`` or ``"swiglu"``.
+    without ``layer_scale`` the ``ls`` are identities. ``mlp``: ``"gelu"`` (its activation
+    ``act``, a name in ``ACTIVATIONS``) or ``"swiglu"``.
 
     ``call(..., offset=None, tap=None, rules=None, record=None)``: ``offset`` goes to the
     attention (``Attention``); ``tap`` ``(N, T, D)`` zeros are added to ``norm1(x)``, whose value
@@ -321,18 +362,26 @@ class Block(keras.layers.Layer):
     ``y2`` the MLP branch, all ``(N, T, D)``."""
 
     def __init__(self, dim, num_heads, hidden, eps, mlp="gelu", layer_scale=False,
-                 mask_k_bias=False, **kwargs):
+                 mask_k_bias=False, act="gelu", **kwargs):
         super().__init__(autocast=False, **kwargs)  # RoPE's angles pass through as float32
         self.norm1 = keras.layers.LayerNormalization(epsilon=eps, name="norm1")
         self.attn = Attention(dim, num_heads, mask_k_bias, name="attn")
         self.norm2 = keras.layers.LayerNormalization(epsilon=eps, name="norm2")
-        self.mlp = (SwiGLU if mlp == "swiglu" else MLP)(dim, hidden, name="mlp")
+        self.mlp = (SwiGLU(dim, hidden, name="mlp") if mlp == "swiglu"
+                    else MLP(dim, hidden, act, name="mlp"))
         self.ls1 = LayerScale(dim, name="ls1") if layer_scale else None
         self.ls2 = LayerScale(dim, name="ls2") if layer_scale else None
 
     def build(self, input_shape):
         for layer in (self.norm1, self.attn, self.norm2, self.mlp):
             layer.build(input_shape)
+
+    def attention_only(self, x, rope=None, rows=None):
+        """This block's attention probabilities on ``x`` and nothing after them
+        (``Attention.probabilities`` of ``norm1(x)``; ``rows``: the first queries only): the last
+        block of a forward whose caller reads only its attention (``ViT``, ``features=False``),
+        where the attention's output, the feed-forward and the final norm would be dead work."""
+        return self.attn.probabilities(self.norm1(x), rope, rows)
 
     def call(self, x, rope=None, probs=None, chunk=None, offset=None, tap=None, rules=None,
              record=None):
@@ -348,3 +397,48 @@ class Block(keras.layers.Layer):
         if record is not None:
             record.values.update(x=x, h1=h, y1=y, mid=mid, h2=h2, y2=y2)
         return (out, probs) if tap is None else (out, probs, h)
+
+
+class AttentionPool(keras.layers.Layer):
+    """Multi-head attention pooling (SigLIP's "MAP" head: Hugging Face's
+    ``SiglipMultiheadAttentionPoolingHead``, timm's ``AttentionPoolLatent`` with one latent): a
+    learned probe ``latent`` ``(1, 1, D)`` attends over the tokens, then a residual feed-forward::
+
+        o = proj(softmax(q(latent) . k / sqrt(head_dim)) v),   [k, v] = kv(x)
+        pooled = o + mlp(norm(o))
+
+    The keys and values are the two halves of ``kv`` (keys first, heads contiguous, as timm
+    stores them; Hugging Face's fused ``in_proj`` rows q, k, v split the same way:
+    ``families.siglip``); ``mlp`` is an ``MLP`` of the model's width and activation and ``norm``
+    a LayerNorm of the model's epsilon, as both references build them.
+
+    ``call(x)`` with ``x`` ``(N, T, D)`` returns ``(pooled (N, D), probabilities (N, heads, 1,
+    T))``: the probe's attention over the tokens, what a map of the model reads in place of the
+    class rows."""
+
+    def __init__(self, dim, num_heads, hidden, eps, act="gelu", seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.scale = self.head_dim**-0.5
+        init = keras.initializers.TruncatedNormal(stddev=0.02, seed=seed)
+        self.latent = self.add_weight(shape=(1, 1, dim), initializer=init, name="latent")
+        self.q = keras.layers.Dense(dim, name="q")
+        self.kv = keras.layers.Dense(2 * dim, name="kv")
+        self.proj = keras.layers.Dense(dim, name="proj")
+        self.norm = keras.layers.LayerNormalization(epsilon=eps, name="norm")
+        self.mlp = MLP(dim, hidden, act, name="mlp")
+
+    def build(self, input_shape):
+        for layer in (self.q, self.kv, self.proj, self.norm, self.mlp):
+            layer.build((None, None, input_shape[-1]))
+
+    def call(self, x):
+        n, t, d = ops.shape(x)
+        probe = ops.zeros_like(x[:, :1]) + ops.cast(self.latent, x.dtype)  # (N, 1, D)
+        q = ops.reshape(self.q(probe), (n, 1, self.num_heads, self.head_dim))
+        kv = ops.reshape(self.kv(x), (n, t, 2, self.num_heads, self.head_dim))
+        probs = attention_probs(q, kv[:, :, 0], self.scale)  # (N, heads, 1, T)
+        v = kv[:, :, 1]
+        o = ops.einsum("nhqk,nkhd->nqhd", ops.cast(probs, v.dtype), v)
+        o = self.proj(ops.reshape(o, (n, 1, d)))
+        return (o + self.mlp(self.norm(o)))[:, 0], probs

@@ -7,6 +7,7 @@ so ``vit.py`` holds a single backbone with switches.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 from vidattn.cells import grid_shape
@@ -31,7 +32,18 @@ class Preset:
         mlp: feed-forward kind: ``"gelu"`` (``fc1``, GELU, ``fc2``) or ``"swiglu"`` (``w12``, ``w3``).
         mlp_hidden: the feed-forward's hidden width (SwiGLU widths are rounded by each family's
             own rule, so they are given as published); default ``int(embed_dim * 4)``.
-        num_class_tokens: 1 (CLS) or 2 (CLS then distillation token, distilled DeiT).
+        act: the ``"gelu"`` feed-forward's activation: ``"gelu"`` (exact, erf: timm, DINO,
+            OpenCLIP), ``"gelu_tanh"`` (the tanh approximation: SigLIP) or ``"quick_gelu"``
+            (``x * sigmoid(1.702 x)``: OpenAI's CLIP).
+        pre_norm: a LayerNorm on the tokens after the positions are added and before the first
+            block (CLIP's ``ln_pre``, timm's ``norm_pre``).
+        patch_bias: the patch projection has a bias (CLIP's ``conv1`` has none).
+        pool: what summarises the image in ``features``: ``"token"`` (the final-normed CLS
+            token) or ``"map"`` (attention pooling: a learned probe attends over the final-normed
+            patches, then a residual MLP; SigLIP's head, timm's ``attn_pool``). A ``"map"`` model
+            has no class token; its maps are the probe's attention over the patches.
+        num_class_tokens: 0 (none: SigLIP), 1 (CLS) or 2 (CLS then distillation token,
+            distilled DeiT).
         num_register_tokens: tokens after the class tokens that take part in attention but have
             no position and never appear in a map: DINOv2's registers, DINOv3's storage tokens.
         layer_scale: LayerScale on both residual branches (``ls1``, ``ls2``).
@@ -46,7 +58,13 @@ class Preset:
             (``relevance.targets.class_names``).
         image_size: side of the square images it was trained on; learned position embeddings
             cover ``(image_size // patch_size) ** 2`` patches.
-        preprocessing: ``"imagenet"`` (mean/std on 0..1 pixels) or ``"minus_one_one"``.
+        preprocessing: a name in ``preprocess.NORMALIZATIONS`` (``"imagenet"``: ImageNet's mean
+            and std on 0..1 pixels; ``"minus_one_one"``; ``"clip"``: OpenAI CLIP's mean and
+            std), or a ``(mean, std)`` pair of RGB triples on 0..1 pixels (a checkpoint's own
+            preprocessing config).
+        resample: the image probes' resize filter (``keras.ops.image.resize`` names:
+            ``"bicubic"``, ``"bilinear"``, ...): the study's bicubic, or what a checkpoint's own
+            preprocessing config names.
         weights_url: official download address of the weights (a release file, looked for in
             torch hub's cache first), or None.
         hf_repo, hf_file: the weights on the Hugging Face Hub, or None.
@@ -54,6 +72,8 @@ class Preset:
             a preset downloads nothing, but uses its Hugging Face cache entry when there is one.
         packaged_weights: file name under ``vidattn/data/`` for weights that ship with the
             package (the demo model), used instead of a download.
+        weights_path: the weights file of a model read from its own folder and config
+            (``--model PATH``: ``vidattn.models.configs``), used instead of a download.
         weights_format: what the download is (for listings): "DINO .pth", "timm safetensors", ...
         licence: the weights' licence.
         family: whose checkpoint names the weights use (``vidattn.models.families``).
@@ -70,6 +90,10 @@ class Preset:
     num_heads: int
     mlp: str = "gelu"
     mlp_hidden: int | None = None
+    act: str = "gelu"
+    pre_norm: bool = False
+    patch_bias: bool = True
+    pool: str = "token"
     num_class_tokens: int = 1
     num_register_tokens: int = 0
     layer_scale: bool = False
@@ -80,12 +104,14 @@ class Preset:
     num_classes: int = 0
     class_names: tuple[str, ...] = ()
     image_size: int = 224
-    preprocessing: str = "imagenet"
+    preprocessing: str | tuple = "imagenet"
+    resample: str = "bicubic"
     weights_url: str | None = None
     hf_repo: str | None = None
     hf_file: str = "model.safetensors"
     gated: str | None = None
     packaged_weights: str | None = None
+    weights_path: str | None = None
     weights_format: str = ""
     licence: str = "Apache-2.0"
     family: str = "vit"
@@ -186,6 +212,35 @@ def _dinov3(size, plus=False, hidden=None):
     )  # fmt: skip
 
 
+def _clip(size, patch):
+    """OpenAI CLIP ViT-{B,L} image towers at 224 (Hugging Face ``CLIPModel`` files): QuickGELU,
+    ``ln_pre``, a patch projection without bias, LayerNorm eps 1e-5, positions resized by size
+    (``CLIPVisionEmbeddings.interpolate_pos_encoding``), OpenAI's mean and std."""
+    letter, dim, depth, heads = _SIZES[size]
+    hf_size = {"b": "base", "l": "large"}[size]
+    return Preset(
+        name=f"clip_vit{size}{patch}",
+        description=f"OpenAI CLIP ViT-{letter}/{patch} image tower (WIT-400M image-text pairs)",
+        patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads, act="quick_gelu",
+        pre_norm=True, patch_bias=False, preprocessing="clip", layer_norm_eps=1e-5,
+        hf_repo=f"openai/clip-vit-{hf_size}-patch{patch}",
+        weights_format="HF CLIPModel safetensors", licence="MIT", family="clip",
+    )  # fmt: skip
+
+
+def _siglip2(name, title, patch, dim, depth, heads, hidden, repo):
+    """SigLIP 2 image towers at 224 (the fixed-resolution checkpoints: Hugging Face
+    ``SiglipModel`` files): no class token, an attention-pooling head, tanh GELU, LayerNorm eps
+    1e-6, positions resized by size (``SiglipVisionEmbeddings``), pixels to [-1, 1]."""
+    return Preset(
+        name=name,
+        description=f"SigLIP 2 {title}/{patch} image tower (WebLI image-text pairs)",
+        patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads, mlp_hidden=hidden,
+        act="gelu_tanh", pool="map", num_class_tokens=0, preprocessing="minus_one_one",
+        hf_repo=repo, weights_format="HF SiglipModel safetensors", family="siglip",
+    )  # fmt: skip
+
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -221,6 +276,22 @@ PRESETS: dict[str, Preset] = {
             hf_repo="timm/deit_base_distilled_patch16_224.fb_in1k",
             weights_format="timm safetensors",
         ),
+        _clip("b", 32),
+        _clip("b", 16),
+        _clip("l", 14),
+        Preset(
+            name="openclip_vitb16_laion2b",
+            description="OpenCLIP ViT-B/16 image tower (LAION-2B image-text pairs)",
+            patch_size=16, embed_dim=768, depth=12, num_heads=12, pre_norm=True,
+            patch_bias=False, preprocessing="clip", layer_norm_eps=1e-5,
+            pos_resize="antialias",  # OpenCLIP's resize_pos_embed: bicubic, antialiased
+            hf_repo="laion/CLIP-ViT-B-16-laion2B-s34B-b88K", hf_file="open_clip_pytorch_model.bin",
+            weights_format="OpenCLIP .bin", licence="MIT", family="clip",
+        ),
+        _siglip2("siglip2_vitb16", "ViT-B", 16, 768, 12, 12, 3072,
+                 "google/siglip2-base-patch16-224"),
+        _siglip2("siglip2_so400m14", "So400m", 14, 1152, 27, 16, 4304,
+                 "google/siglip2-so400m-patch14-224"),
         Preset(
             name="demo",
             description="Demo ViT-4L/8 trained here with DINO on synthetic scenes (a toy, offline)",
@@ -242,13 +313,47 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str) -> Preset:
-    """Look a preset up by name; unknown names list the known ones."""
-    from vidattn.errors import VidattnError
+    """Look a preset up by name, or read a model source (a checkpoint folder, a checkpoint file
+    in one, or ``hf:ORG/NAME``: ``configs.read_model``); unknown names list the known ones.
 
-    try:
+    A source is read once per ``(name, resolved path, newest modification time in its folder)``,
+    so repeated calls (every command's checks, then its load) cost a ``stat``, and an edited
+    folder is read again."""
+    from vidattn.errors import VidattnError
+    from vidattn.models import configs
+
+    if name in PRESETS:
         return PRESETS[name]
-    except KeyError:
-        raise VidattnError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}") from None
+    if configs.is_model_source(name):
+        return _read_source(name, _source_stamp(name))
+    raise VidattnError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)} (or a "
+                       "checkpoint folder, or hf:ORG/NAME)")
+
+
+def _source_stamp(name: str) -> tuple | None:
+    """``(resolved folder, newest mtime_ns of it and its files)`` of a path source; None for a
+    Hub name or a path that cannot be read (``read_model`` then says why)."""
+    import os
+    from pathlib import Path
+
+    if name.startswith("hf:"):
+        return None
+    try:
+        path = Path(name).expanduser().resolve()
+        folder = path if path.is_dir() else path.parent
+        with os.scandir(folder) as entries:
+            stamps = [e.stat().st_mtime_ns for e in entries if e.is_file()]
+        return os.fspath(path), max([folder.stat().st_mtime_ns, *stamps])
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=16)
+def _read_source(name: str, stamp) -> Preset:
+    """``configs.read_model(name)``, cached per ``stamp`` (``_source_stamp``); errors are not."""
+    from vidattn.models import configs
+
+    return configs.read_model(name)
 
 
 def with_stride(preset: Preset, stride: int | None) -> Preset:

@@ -14,13 +14,15 @@ The canonical names are the official repositories' (``cls_token``, ``pos_embed``
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from vidattn.errors import VidattnError
 from vidattn.models import families
 from vidattn.models.formats import LazyTensor, load_tensor, open_checkpoint
 
-__all__ = ["read_checkpoint", "some_keys"]
+__all__ = ["network_tensors", "read_checkpoint", "some_keys"]
 
 WRAPPERS = ("state_dict", "model")  # looked through after the checkpoint key
 PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
@@ -70,6 +72,20 @@ def _strip_prefixes(tensors):
     return backbone or stripped
 
 
+@contextlib.contextmanager
+def network_tensors(path, checkpoint_key: str = "teacher"):
+    """Context manager: the network's tensors of a checkpoint file as :class:`LazyTensor`
+    (nothing read yet), training wrappers and prefixes removed but the family's names kept,
+    while the file is open. What :func:`read_checkpoint` maps, and what
+    ``vidattn.models.configs`` reads a model's shapes from."""
+    with open_checkpoint(path) as raw:
+        state = _select_network(raw, path, checkpoint_key)
+        tensors = {k: v for k, v in state.items() if isinstance(k, str) and _is_tensor(v)}
+        if not tensors:
+            raise VidattnError(f"holds no tensors; keys seen: {some_keys(state)}", path)
+        yield _strip_prefixes(tensors)
+
+
 def read_checkpoint(path, preset=None, checkpoint_key: str = "teacher"):
     """Read a ``.pth`` (torch zip) or ``.safetensors`` file into the canonical state dict of
     ``preset``'s family (None: the ViT family): name -> numpy array, floating tensors float32,
@@ -79,13 +95,9 @@ def read_checkpoint(path, preset=None, checkpoint_key: str = "teacher"):
     Keys the family does not know pass through unchanged; the model reports them. Every failure
     (missing, truncated, foreign or hostile file, no ViT inside) is a one-line VidattnError.
     """
-    with open_checkpoint(path) as raw:
-        state = _select_network(raw, path, checkpoint_key)
-        tensors = {k: v for k, v in state.items() if isinstance(k, str) and _is_tensor(v)}
-        if not tensors:
-            raise VidattnError(f"holds no tensors; keys seen: {some_keys(state)}", path)
+    with network_tensors(path, checkpoint_key) as tensors:
         family = families.get("vit" if preset is None else preset.family)
-        tensors = family.to_canonical(_strip_prefixes(tensors), preset, path)
+        tensors = family.to_canonical(tensors, preset, path)
         if "patch_embed.proj.weight" not in tensors:
             raise VidattnError(
                 f"unrecognised checkpoint layout (no ViT patch embedding); keys seen: "

@@ -1,6 +1,6 @@
 """The ViT backbone: one model for DINO, the supervised ViT, DeiT (with or without distillation
-token), DINOv2 (with or without registers) and DINOv3, configured by a
-:class:`~vidattn.models.presets.Preset`.
+token), DINOv2 (with or without registers), DINOv3 and the image towers of CLIP, OpenCLIP and
+SigLIP (2), configured by a :class:`~vidattn.models.presets.Preset`.
 
 ``ViT(images, attention=..., rollout=..., tokens=...)`` returns the final CLS features, the
 logits where the preset has a head, exactly the attention probabilities the caller asked for (a
@@ -13,6 +13,9 @@ Tokens are ``[class tokens, registers, patches row by row]``. Learned position e
 the class tokens and the patches (registers have none: DINOv2 adds positions first and then
 inserts the registers) and are resampled to the input's grid as the family's own code does
 (``position.resize_matrix``); DINOv3 instead rotates the patches' queries and keys (RoPE).
+CLIP normalises the tokens once more before the first block (``pre_norm``); SigLIP has no class
+token and pools the final-normed tokens by a learned probe's attention (``pool="map"``,
+``layers.AttentionPool``), whose attention stands in for the class rows in every map.
 
 :meth:`ViT.checkpoint_layout` names every weight as the official checkpoints do, with their torch
 shapes; :func:`load_state_dict` assigns a canonical state dict (``vidattn.models.state_dict``)
@@ -28,25 +31,41 @@ import numpy as np
 
 from vidattn.backend import keras, ops
 from vidattn.errors import VidattnError
-from vidattn.models.layers import (Block, PatchEmbed, Record, attention_probs, query_chunks,
-                                   rule_norm)
+from vidattn.models.layers import (AttentionPool, Block, PatchEmbed, Record, attention_probs,
+                                   query_chunks, rule_norm)
 from vidattn.models.position import resize_matrix, rope_periods, rope_sin_cos
 from vidattn.models.presets import Preset
 from vidattn.options import FACETS
 
-__all__ = ["ATTENTION_MODES", "FACETS", "Slot", "ViT", "cls_rollout", "export_state_dict",
-           "load_state_dict", "randomize", "rollout_step"]
+__all__ = ["ATTENTION_MODES", "FACETS", "Slot", "ViT", "check_attention", "cls_rollout",
+           "export_state_dict", "load_state_dict", "randomize", "rollout_step"]
 
 ATTENTION_MODES = ("none", "cls", "cls_all", "last", "all")
 
 
-def cls_rollout(mean_attns):
+def check_attention(preset: Preset, attention: str) -> None:
+    """Refuse an ``attention`` mode ``preset``'s model cannot return, before any work: one not
+    in ``ATTENTION_MODES`` (ValueError), or ``"cls_all"`` for a model that pools by a probe
+    (VidattnError: no block has class rows)."""
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+    if attention == "cls_all" and preset.pool == "map":
+        raise VidattnError(f"{preset.name} has no class token (a probe pools after the last "
+                           "block), so no block has CLS rows to map one by one: only the "
+                           "probe's attention (--viewer-blocks last; attention 'cls')")
+
+
+def cls_rollout(mean_attns, start=None):
     """CLS row of attention rollout (Abnar & Zuidema) with the study's semantics.
 
     ``mean_attns``: one ``(N, T, T)`` tensor per block, first block first, each the block's
     attention averaged over heads. Returns ``(N, T)``: row 0 of ``J = R_L @ ... @ R_1``, where
     ``R_b`` is ``mean_attns[b] + I`` with rows renormalised to sum to 1 (the residual path).
     Every token takes part (registers too); the maps keep the patches' columns.
+
+    ``start``: ``(N, T)``, the row to roll back instead of ``e_0``: for a model without a class
+    token that pools by a probe (SigLIP), the probe's head-mean attention over the final tokens,
+    so the result is ``start @ J``, what the probe reads from each input token.
 
     Only that row is needed, and ``e_0 @ R_L @ ... @ R_1`` is a row vector times matrices taken
     LAST block first: ``r <- r @ R_b`` for b = L..1, which costs O(L * N * T**2), not the full
@@ -57,8 +76,11 @@ def cls_rollout(mean_attns):
     arrays too (float64 in, float64 out).
     """
     last = ops.convert_to_tensor(mean_attns[-1])
-    row = ops.cast(ops.arange(last.shape[-1]) == 0, last.dtype)
-    row = ops.zeros_like(last[:, :1, :]) + row  # (N, 1, T): e_0 for each image
+    if start is None:
+        row = ops.cast(ops.arange(last.shape[-1]) == 0, last.dtype)
+        row = ops.zeros_like(last[:, :1, :]) + row  # (N, 1, T): e_0 for each image
+    else:
+        row = ops.expand_dims(ops.cast(start, last.dtype), 1)
     for attn in reversed(mean_attns):
         scaled = row / (ops.expand_dims(ops.sum(attn, axis=-1), 1) + 1)
         row = ops.matmul(scaled, attn) + scaled
@@ -106,7 +128,10 @@ class ViT(keras.Model):
     Call with images ``(N, H, W, 3)``, float32, already preprocessed, H and W multiples of the
     patch size (any aspect ratio). Returns a dict:
 
-    - ``features``: ``(N, D)``, the final-normed CLS token;
+    - ``features``: ``(N, D)``, the final-normed CLS token (CLIP: Hugging Face's
+      ``pooler_output``, ``post_layernorm`` of the CLS token, before the visual projection, which
+      is not part of the model); with ``pool="map"`` (SigLIP) the attention-pooling head's output
+      (Hugging Face's ``pooler_output``);
     - ``logits``: ``(N, num_classes)`` where the preset has a head (distilled DeiT averages the
       CLS and distillation heads, as timm does at inference);
     - ``attention``: list of softmax probabilities, one per returned block (``attention="last"``:
@@ -116,10 +141,19 @@ class ViT(keras.Model):
       ``T = num_prefix_tokens + gh * gw`` on the patch grid ``preset.grid_at((H, W))``
       (``(H/p, W/p)``, finer with a stride),
       prefix tokens first, patches row by row;
+    - with ``pool="map"`` (no class token: SigLIP), ``"cls"`` returns ``[probe attention (N,
+      heads, 1, T)]`` in place of the class rows, so whatever reads "the class rows of the last
+      block" reads the probe; ``"last"`` and ``"all"`` return the blocks' ``(N, heads, T, T)``
+      as for any model; ``"cls_all"`` raises VidattnError (no block has class rows); and
+      whenever attention is asked for, or rollout, ``pool_attention``: ``(N, heads, 1, T)``, the
+      probe's attention (``vidattn.attention.class_rows`` picks what a CLS map reads);
     - ``rollout``: ``(N, T)``, the CLS row of attention rollout through every block
-      (:func:`cls_rollout`), only with ``rollout=True``;
+      (:func:`cls_rollout`), only with ``rollout=True``; with ``pool="map"`` it starts from the
+      probe's head-mean attention instead of ``e_0``;
     - ``patch_tokens``: ``(N, gh * gw, D)``, the final-normed patch tokens (DINOv2's
-      ``x_norm_patchtokens``), and ``patch_norms``: ``(N, gh * gw)``, the L2 norms of the
+      ``x_norm_patchtokens``; CLIP's normed by ``post_layernorm`` as OpenCLIP's ``ln_post``
+      norms every token, where Hugging Face's ``last_hidden_state`` is not normed; SigLIP's
+      are its ``last_hidden_state``), and ``patch_norms``: ``(N, gh * gw)``, the L2 norms of the
       patch tokens before the final norm (the residual stream, DINOv2's ``x_prenorm``, where the
       high-norm artifact tokens of "Vision Transformers Need Registers" show), only with
       ``tokens=True``.
@@ -129,19 +163,32 @@ class ViT(keras.Model):
     chunks walking the blocks last first (:func:`rollout_step`, from each block's input kept on
     the way: ``O(depth * T * D)`` memory instead of ``O(depth * T**2)``). Exact either way;
     ``vidattn.models.memory`` chooses it.
+
+    ``features=False``: the caller reads only the attention, rollout or facet it asked for
+    (the video views): then, unless ``tokens`` or a probe needs it, no ``features`` or
+    ``logits`` are returned and the last block computes only the attention asked of it
+    (``Block.attention_only``: its queries of the class rows and its keys), not its output,
+    feed-forward or the final norm.
     """
 
     def __init__(self, preset: Preset, seed: int | None = None, **kwargs):
         super().__init__(name=preset.name, **kwargs)
         self.preset = p = preset
         d = p.embed_dim
-        self.patch_embed = PatchEmbed(p.patch_size, d, p.stride, name="patch_embed")
+        self.patch_embed = PatchEmbed(p.patch_size, d, p.stride, bias=p.patch_bias,
+                                      name="patch_embed")
+        self.norm_pre = (keras.layers.LayerNormalization(epsilon=p.layer_norm_eps, name="norm_pre")
+                         if p.pre_norm else None)
         self.blocks = [
             Block(d, p.num_heads, p.hidden, p.layer_norm_eps, mlp=p.mlp,
-                  layer_scale=p.layer_scale, mask_k_bias=p.mask_k_bias, name=f"blocks_{i}")
+                  layer_scale=p.layer_scale, mask_k_bias=p.mask_k_bias, act=p.act,
+                  name=f"blocks_{i}")
             for i in range(p.depth)
         ]
         self.norm = keras.layers.LayerNormalization(epsilon=p.layer_norm_eps, name="norm")
+        self.attn_pool = (AttentionPool(d, p.num_heads, p.hidden, p.layer_norm_eps, p.act,
+                                        seed=seed, name="attn_pool")
+                          if p.pool == "map" else None)
         init = keras.initializers.TruncatedNormal(stddev=0.02, seed=seed)
         self.class_tokens = [
             self.add_weight(shape=(1, 1, d), initializer=init, name=name)
@@ -169,9 +216,9 @@ class ViT(keras.Model):
     def build(self, input_shape):
         d = self.preset.embed_dim
         self.patch_embed.build(input_shape)
-        for block in self.blocks:
-            block.build((None, None, d))
-        self.norm.build((None, None, d))
+        for layer in (*self.blocks, self.norm, self.norm_pre, self.attn_pool):
+            if layer is not None:
+                layer.build((None, None, d))
         for head in self.heads:
             head.build((None, d))
         self.built = True
@@ -192,17 +239,23 @@ class ViT(keras.Model):
                                 ops.reshape(resampled, (1, gh * gw, -1))], axis=1)
 
     def call(self, images, attention="none", rollout=False, tokens=False, chunk=None,
-             facet=None):
-        if attention not in ATTENTION_MODES:
-            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+             facet=None, features=True):
         p = self.preset
+        check_attention(p, attention)
+        pooled = self.attn_pool is not None
+        blocks_want = "none" if pooled and attention == "cls" else attention
         x, rope = self.tokens_in(images)
         kept, means, inputs = [], [], []
         last = len(self.blocks) - 1
+        # Without features, logits and tokens nothing reads the last block's output: it computes
+        # its attention alone (Block.attention_only), or nothing where none is wanted.
+        tail = features or tokens or pooled or facet == (last, "token")
         for i, block in enumerate(self.blocks):
-            keep = attention in ("all", "cls_all") or (attention in ("last", "cls") and i == last)
+            keep = blocks_want in ("all", "cls_all") or (blocks_want in ("last", "cls")
+                                                         and i == last)
             probs = None
-            if attention == "all" or (attention == "last" and i == last) or (rollout and not chunk):
+            if (blocks_want == "all" or (blocks_want == "last" and i == last)
+                    or (rollout and not chunk)):
                 probs = "all"
             elif keep:
                 probs = p.num_class_tokens
@@ -213,7 +266,11 @@ class ViT(keras.Model):
                     facet[1])]
                 n_tok = ops.shape(qkv)[1]
                 facet_out = ops.reshape(qkv, (-1, n_tok, p.embed_dim))[:, p.num_prefix_tokens:]
-            x, probabilities = block(x, rope=rope, probs=probs, chunk=chunk)
+            if i < last or tail:
+                x, probabilities = block(x, rope=rope, probs=probs, chunk=chunk)
+            else:
+                probabilities = None if probs is None else block.attention_only(
+                    x, rope, None if probs == "all" else probs)
             if facet is not None and facet == (i, "token"):
                 facet_out = self.norm(x)[:, p.num_prefix_tokens:]
             if keep:
@@ -221,28 +278,50 @@ class ViT(keras.Model):
                 kept.append(probabilities[:, :, : p.num_class_tokens] if rows else probabilities)
             if rollout and not chunk:
                 means.append(ops.mean(probabilities, axis=1))
-        if tokens:
-            prenorm = x[:, p.num_prefix_tokens :]
-        x = self.norm(x)
-        x = ops.cast(x, "float32")  # what leaves the model is float32, whatever its precision
-        out = {"features": x[:, 0], "attention": kept}
+        out = {"attention": kept}
+        start = None
+        if tail:
+            out.update(self._summary(x, tokens))
+        if pooled:
+            probe = out.pop("probe")
+            if attention != "none" or rollout:
+                out["pool_attention"] = probe
+            if attention == "cls":
+                kept.append(probe)
+            start = ops.mean(probe, axis=1)[:, 0]  # (N, T): the probe's head-mean row
         if rollout:
-            out["rollout"] = cls_rollout(means) if not chunk else self._chunked_rollout(
-                inputs, rope, chunk)
-        if tokens:
-            out["patch_tokens"] = x[:, p.num_prefix_tokens :]
-            out["patch_norms"] = ops.norm(ops.cast(prenorm, "float32"), axis=-1)
+            out["rollout"] = cls_rollout(means, start) if not chunk else self._chunked_rollout(
+                inputs, rope, chunk, start)
         if facet is not None:
             out["facet_tokens"] = ops.cast(facet_out, "float32")
+        return out
+
+    def _summary(self, x, tokens):
+        """What the final norm of the last block's output ``x`` ``(N, T, D)`` gives: float32
+        ``features`` (the CLS token, or the pooling head's output and its ``probe`` attention),
+        ``logits`` where the preset has a head, and with ``tokens`` ``patch_tokens`` and the
+        ``patch_norms`` before the norm."""
+        n_prefix = self.preset.num_prefix_tokens
+        out = {}
+        if tokens:
+            out["patch_norms"] = ops.norm(ops.cast(x[:, n_prefix:], "float32"), axis=-1)
+        x = ops.cast(self.norm(x), "float32")  # what leaves the model is float32, at any precision
+        out["features"] = x[:, 0]
+        if self.attn_pool is not None:
+            features, probe = self.attn_pool(x)
+            out.update(features=ops.cast(features, "float32"), probe=ops.cast(probe, "float32"))
+        if tokens:
+            out["patch_tokens"] = x[:, n_prefix:]
         if self.heads:
             logits = [ops.cast(head(x[:, i]), "float32") for i, head in enumerate(self.heads)]
             out["logits"] = logits[0] if len(logits) == 1 else (logits[0] + logits[1]) / 2
         return out
 
-    def tokens_in(self, images):
+    def tokens_in(self, images, rules=None):
         """What the first block takes: ``images`` ``(N, H, W, 3)`` -> the tokens ``(N, T, D)``
-        (class tokens, registers, patches; positions added) and the RoPE ``(sin, cos)`` or
-        None."""
+        (class tokens, registers, patches; positions added; then ``norm_pre`` where the preset
+        has it, as timm places it after the registers) and the RoPE ``(sin, cos)`` or None.
+        ``rules``: an LRP forward's (``layers.rule_norm``)."""
         p = self.preset
         grid = p.grid_at(images.shape[1:3])
         x = self.patch_embed(images)
@@ -257,6 +336,8 @@ class ViT(keras.Model):
         if self.register_tokens is not None:
             n_cls = p.num_class_tokens
             x = ops.concatenate([x[:, :n_cls], per_image(self.register_tokens), x[:, n_cls:]], 1)
+        if self.norm_pre is not None:
+            x = rule_norm(self.norm_pre, x, rules)
         rope = (None if self.periods is None
                 else rope_sin_cos(self.periods, grid, p.num_prefix_tokens))
         return x, rope
@@ -276,8 +357,14 @@ class ViT(keras.Model):
         ``rules`` (``layers.LRP_RULES``): the same values with the gradients of an LRP
         (``Block``; the final norm's deviation constant too). ``record`` (a dict) receives
         ``blocks``, each block's intermediates (``Block``), and ``normed``, the final norm's
-        output ``(N, T, D)``: what ``vidattn.relevance.lrp`` propagates through."""
-        x, rope = self.tokens_in(images)
+        output ``(N, T, D)``: what ``vidattn.relevance.lrp`` propagates through.
+
+        With ``pool="map"`` (SigLIP) ``features`` is the attention-pooling head's output; LRP
+        through that head is not implemented, so ``rules`` and ``record`` raise VidattnError."""
+        if self.attn_pool is not None and (rules is not None or record is not None):
+            raise VidattnError(f"LRP: {self.preset.name} pools by an attention probe, and LRP "
+                               "through that head is not implemented (use a gradient method)")
+        x, rope = self.tokens_in(images, rules)
         attention, last = [], len(self.blocks) - 1
         records = [None if record is None else Record() for _ in self.blocks]
         for i, (block, offset) in enumerate(zip(self.blocks, offsets)):
@@ -288,14 +375,19 @@ class ViT(keras.Model):
         x = ops.cast(rule_norm(self.norm, x, rules), "float32")
         if record is not None:
             record.update(blocks=[r.values for r in records], normed=x)
+        features = x[:, 0] if self.attn_pool is None else ops.cast(self.attn_pool(x)[0], "float32")
         return {"heads_logits": [ops.cast(head(x[:, i]), "float32")
-                                 for i, head in enumerate(self.heads)], "features": x[:, 0],
+                                 for i, head in enumerate(self.heads)], "features": features,
                 "attention": attention, "tokens": out[2] if tap is not None else None}
 
-    def _chunked_rollout(self, inputs, rope, chunk):
-        """:func:`cls_rollout` from each block's input, the attention recomputed in chunks."""
-        row = ops.cast(ops.arange(inputs[0].shape[1]) == 0, "float32")
-        row = ops.zeros_like(ops.cast(inputs[0][:, :, 0], "float32")) + row  # (N, T): e_0 each
+    def _chunked_rollout(self, inputs, rope, chunk, start=None):
+        """:func:`cls_rollout` from each block's input, the attention recomputed in chunks;
+        ``start`` as there."""
+        if start is None:
+            row = ops.cast(ops.arange(inputs[0].shape[1]) == 0, "float32")
+            row = ops.zeros_like(ops.cast(inputs[0][:, :, 0], "float32")) + row  # (N, T): e_0
+        else:
+            row = ops.cast(start, "float32")
         for block, x in zip(reversed(self.blocks), reversed(inputs)):
             q, k, _ = block.attn.heads(block.norm1(x), rope)
             row = rollout_step(row, q, k, block.attn.scale, chunk)
@@ -306,7 +398,9 @@ class ViT(keras.Model):
     def checkpoint_layout(self) -> dict[str, Slot]:
         """Each canonical checkpoint name (the official repositories' names: timm's and DINO's,
         DINOv2's ``ls1.gamma``, ``register_tokens``, ``mlp.w12``/``w3``, DINOv3's
-        ``rope_embed.periods`` and ``attn.qkv.bias_mask``) -> its :class:`Slot`."""
+        ``rope_embed.periods`` and ``attn.qkv.bias_mask``, timm's ``norm_pre`` and
+        ``attn_pool.*`` for CLIP and SigLIP; no ``patch_embed.proj.bias`` without
+        ``patch_bias``) -> its :class:`Slot`."""
         p, d, p_mlp = self.preset.patch_size, self.preset.embed_dim, self.preset.mlp
 
         def linear(prefix, dense):
@@ -326,28 +420,35 @@ class ViT(keras.Model):
         def dense_to_conv(k):
             return k.reshape(p, p, 3, d).transpose(3, 2, 0, 1)
 
+        def norm(prefix, layer):
+            return vector(prefix, {"weight": layer.gamma, "bias": layer.beta})
+
         layout = {
             "patch_embed.proj.weight": Slot(self.patch_embed.proj.kernel, (d, 3, p, p),
                                             conv_to_dense, dense_to_conv),
-            "patch_embed.proj.bias": Slot(self.patch_embed.proj.bias, (d,)),
-            **vector("norm", {"weight": self.norm.gamma, "bias": self.norm.beta}),
+            **norm("norm", self.norm),
         }
+        if self.patch_embed.proj.bias is not None:
+            layout["patch_embed.proj.bias"] = Slot(self.patch_embed.proj.bias, (d,))
+        if self.norm_pre is not None:
+            layout.update(norm("norm_pre", self.norm_pre))
         for token in self.class_tokens:
             layout[token.name] = Slot(token, (1, 1, d))
         if self.register_tokens is not None:
-            layout["register_tokens"] = Slot(self.register_tokens, tuple(self.register_tokens.shape))
+            layout["register_tokens"] = Slot(self.register_tokens,
+                                             tuple(self.register_tokens.shape))
         if self.pos_embed is not None:
             layout["pos_embed"] = Slot(self.pos_embed, tuple(self.pos_embed.shape))
         if self.periods is not None:
             layout["rope_embed.periods"] = Slot(self.periods, tuple(self.periods.shape))
         for i, b in enumerate(self.blocks):
             at = f"blocks.{i}."
-            layout.update(vector(at + "norm1", {"weight": b.norm1.gamma, "bias": b.norm1.beta}))
+            layout.update(norm(at + "norm1", b.norm1))
             layout.update(linear(at + "attn.qkv", b.attn.qkv))
             if b.attn.bias_mask is not None:
                 layout[at + "attn.qkv.bias_mask"] = Slot(b.attn.bias_mask, (3 * d,))
             layout.update(linear(at + "attn.proj", b.attn.proj))
-            layout.update(vector(at + "norm2", {"weight": b.norm2.gamma, "bias": b.norm2.beta}))
+            layout.update(norm(at + "norm2", b.norm2))
             for name in ("w12", "w3") if p_mlp == "swiglu" else ("fc1", "fc2"):
                 layout.update(linear(f"{at}mlp.{name}", getattr(b.mlp, name)))
             for ls in (b.ls1, b.ls2):
@@ -355,6 +456,13 @@ class ViT(keras.Model):
                     layout[f"{at}{ls.name}.gamma"] = Slot(ls.gamma, (d,))
         for head in self.heads:
             layout.update(linear(head.name, head))
+        if (pool := self.attn_pool) is not None:
+            layout["attn_pool.latent"] = Slot(pool.latent, (1, 1, d))
+            for name in ("q", "kv", "proj"):
+                layout.update(linear(f"attn_pool.{name}", getattr(pool, name)))
+            layout.update(norm("attn_pool.norm", pool.norm))
+            for name in ("fc1", "fc2"):
+                layout.update(linear(f"attn_pool.mlp.{name}", getattr(pool.mlp, name)))
         return layout
 
 
@@ -403,7 +511,8 @@ def randomize(model: ViT, seed: int | None = 0):
     for name, slot in model.checkpoint_layout().items():
         if name.endswith((".periods", ".bias_mask")):
             continue
-        if name.endswith((".bias", "norm.weight", "norm1.weight", "norm2.weight", ".gamma")):
+        if name.endswith((".bias", "norm.weight", "norm1.weight", "norm2.weight",
+                          "norm_pre.weight", ".gamma")):
             value = np.full(slot.shape, 0.0 if name.endswith(".bias") else 1.0)
         else:
             value = np.clip(rng.standard_normal(slot.shape), -2, 2) * 0.02

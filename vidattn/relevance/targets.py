@@ -73,7 +73,7 @@ def reference_target(model, image, size: int) -> Embedding:
 
     path = isinstance(image, (str, os.PathLike))
     pixels = load_image(image) if path else as_rgb(image)
-    x = preprocess_image(pixels, model.preset.preprocessing, size)
+    x = preprocess_image(pixels, model.preset.preprocessing, size, model.preset.resample)
     return Embedding.of(model, x, os.fspath(image) if path else "reference")
 
 
@@ -94,21 +94,25 @@ def describe(preset, logits, classes, target=None) -> list[dict]:
 
 def check_classifier(preset, target=None) -> None:
     """One line for a preset without a classifier head (the self-supervised families) and a
-    ``target`` that is not an ``Embedding``: what to give instead."""
+    ``target`` that is not an ``Embedding``: what to give instead. Any model with a head is
+    supervised, a named preset or one read from its own folder (``--model PATH``, whose classes
+    are its config's ``id2label``)."""
     if not preset.num_classes and not is_embedding(target):
         from vidattn.models.presets import PRESETS
 
         supervised = ", ".join(name for name, p in PRESETS.items() if p.num_classes)
         raise VidattnError(f"{preset.name} has no classifier head, so there is no class to "
-                           f"explain: {HOW_TO_REFER}, or use a supervised preset ({supervised})")
+                           f"explain: {HOW_TO_REFER}, or use a supervised preset ({supervised}) "
+                           "or a classifier's own folder (--model PATH)")
 
 
-def class_names(preset) -> list[str] | None:
-    """The names of the head's classes: the preset's own (``Preset.class_names``, the toy
-    ``demo_classifier``'s shapes), ImageNet-1k's for a 1000-way head, or None."""
+def class_names(preset, short: bool = False) -> list[str] | None:
+    """The names of the head's classes: the preset's own (``Preset.class_names``: the toy
+    ``demo_classifier``'s shapes, a checkpoint config's ``id2label``), else ImageNet-1k's for a
+    1000-way head (``short``: the first synonym of each, as the top-5 shows them), or None."""
     if preset.class_names:
         return list(preset.class_names)
-    return imagenet_labels() if preset.num_classes == 1000 else None
+    return imagenet_labels(short) if preset.num_classes == 1000 else None
 
 
 def _key(text: str) -> str:

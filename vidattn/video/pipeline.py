@@ -40,6 +40,10 @@ HEAD_PANEL_MIN = 240  # heads view: panels are the frame scaled by 1/cols, but n
 # Threads that resize and normalise a batch's frames, and that draw them: the cores beside the
 # model's (decoding and encoding are FFmpeg's and x264's own threads); one on a 2-core machine.
 WORKERS = max(1, min(8, (os.cpu_count() or 1) // 2))
+# Batches each queue between the threads holds (decoded frames, prepared inputs, maps to draw).
+# The model is the slowest stage by far, so one batch ready on each side keeps it fed; each
+# queued batch holds its decoded frames (2.8 MB each at 720p), and deeper queues only held more.
+QUEUED_BATCHES = 1
 
 
 @dataclass
@@ -85,7 +89,7 @@ class _Sink:
 
     _END = object()
 
-    def __init__(self, fn, maxsize=2):
+    def __init__(self, fn, maxsize=QUEUED_BATCHES):
         self._fn, self._queue, self._error = fn, queue.Queue(maxsize), None
         self._finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vidattn-render", daemon=True)
@@ -216,8 +220,8 @@ class MapMaker:
         forward = layout.blocks or layout.rollout or layout.similarity or self.tokens
         out = self.model.run(padded, attention=self._attention, rollout=layout.rollout,
                              tokens=self.tokens,
-                             facet=(o.layer, o.facet) if layout.similarity else None
-                             ) if forward else {"attention": ()}
+                             facet=(o.layer, o.facet) if layout.similarity else None,
+                             features=False) if forward else {"attention": ()}
         attns = dict(zip(self._returned, out["attention"]))
         for block in layout.blocks:
             maps = am.cls_maps(attns[block][:n], self.n_prefix, self.grid_hw)
@@ -385,6 +389,9 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
     opts = _plan_batch(model, opts, geometry)
     kind = model.preset.preprocessing
     layout = MapLayout.of(model, opts)
+    from vidattn.models.vit import check_attention  # the model is loaded: Keras is imported
+
+    check_attention(model.preset, layout.attention(model.preset.depth))  # before any output
     if dst is not None:
         _check_writable(dst)
     basis = fit_video_pca(model, src, info, opts, geometry) if layout.pca else None
@@ -407,7 +414,8 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
 
     def prepared():
         frames = read_frames(src, opts.start, opts.end, opts.every, opts.max_frames)
-        with Prefetcher(frames, maxsize=2 * opts.batch_size, name="vidattn-decode") as decoded:
+        with Prefetcher(frames, maxsize=QUEUED_BATCHES * opts.batch_size,
+                        name="vidattn-decode") as decoded:
             for batch in _batches(decoded, opts.batch_size):
                 parts = _in_parallel(pool, prepare, _split([f.image for f in batch], WORKERS))
                 yield batch, np.concatenate(parts)
@@ -457,7 +465,7 @@ def render_video(model, src, dst, opts: VideoOptions | None = None) -> VideoResu
             raise
     sink = _Sink(consume)
     try:
-        with Prefetcher(prepared(), maxsize=2, name="vidattn-prepare") as batches:
+        with Prefetcher(prepared(), maxsize=QUEUED_BATCHES, name="vidattn-prepare") as batches:
             for batch, inputs in batches:
                 maps, tokens, explained = make_maps(inputs)
                 if features is not None:
@@ -620,7 +628,8 @@ def _plan_batch(model, opts: VideoOptions, geometry) -> VideoOptions:
     else:
         plan = model.plan(
             geometry.input_hw, opts.batch_size, layout.attention(model.preset.depth),
-            layout.rollout, tokens=layout.pca or layout.similarity or opts.save_features is not None,
+            layout.rollout,
+            tokens=layout.pca or layout.similarity or opts.save_features is not None,
             extra_per_image=5 * fh * fw * 3, sizes=sizes)
     if plan.batch < opts.batch_size:
         if opts.progress:

@@ -142,6 +142,25 @@ def write_image_viewer(model, image, outdir, size: int = DEFAULT_SIZE,
                          explanation=explanation)[0]
 
 
+def viewer_rows(out, n_prefix):
+    """The attention rows one image's viewer stores, from ``model.run(..., attention="all")``'s
+    ``out``: ``(rows, rollout)``, each block's ``(heads, R, P)`` and rollout's ``(R, P)`` over
+    the ``P`` patch keys, one row per query token (``n_prefix`` prefix tokens, then patches).
+
+    A model that pools by a probe (SigLIP: no class token) gets the probe as a first, virtual
+    query row, where the viewer's "CLS" query is: its attention in the last block (which it
+    reads), zeros in the others, and its rollout, ``probe head mean @ J``, the row the model's
+    rollout returns (``vit.cls_rollout`` from the probe)."""
+    attns = [a[0] for a in out["attention"]]
+    joint = am.rollout_matrix(out["attention"])[0]  # (T, T)
+    if "pool_attention" not in out:
+        return [a[:, :, n_prefix:] for a in attns], joint[:, n_prefix:]
+    probe = out["pool_attention"][0]  # (heads, 1, P)
+    rows = [np.concatenate([probe if b == len(attns) - 1 else np.zeros_like(probe), a], axis=1)
+            for b, a in enumerate(attns)]
+    return rows, np.concatenate([probe.mean(axis=0) @ joint, joint])
+
+
 def _write_viewer(model, image, outdir, size, threshold, name, facet, run=None,
                   explanation=None):
     """``write_image_viewer``, with ``run`` the page's note of its run file (``ImageRun``) ->
@@ -149,21 +168,23 @@ def _write_viewer(model, image, outdir, size, threshold, name, facet, run=None,
     pixels = image if isinstance(image, np.ndarray) else load_image(image)
     name = name or (Path(image).name if not isinstance(image, np.ndarray) else "image")
     p = model.preset
-    out = model.run(preprocess_image(pixels, p.preprocessing, size), attention="all",
+    out = model.run(preprocess_image(pixels, p.preprocessing, size, p.resample), attention="all",
                     facet=facet)  # one forward pass for the attention and the features
-    attns, n_prefix = out["attention"], p.num_prefix_tokens
+    n_prefix = p.num_prefix_tokens
+    rows, rollout = viewer_rows(out, n_prefix)
     feats = StoredFeatures.of(out["facet_tokens"][0])
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     temp = temporary_folder(outdir / DATA_FOLDER)
     try:
-        Image.fromarray(display_image(pixels, size)).save(temp / IMAGE_NAME, format="PNG")
+        Image.fromarray(display_image(pixels, size, p.resample)).save(temp / IMAGE_NAME,
+                                                                      format="PNG")
         keys = []
-        for b, attn in enumerate(attns):
-            data, scales = quantize(attn[0, :, :, n_prefix:])
+        for b, block_rows in enumerate(rows):
+            data, scales = quantize(block_rows)
             keys.append(f"block-{b:02d}")
             write_chunk(temp, keys[-1], scales, data)
-        data, scales = quantize(am.rollout_matrix(attns)[0, :, n_prefix:])
+        data, scales = quantize(rollout)
         write_chunk(temp, "rollout", scales, data)
         write_chunk(temp, feats.key, feats.scales, feats.data)
         if explanation is not None:  # (classes, methods, gh, gw) -> one row per pair
@@ -182,7 +203,8 @@ def _write_viewer(model, image, outdir, size, threshold, name, facet, run=None,
     }
     meta = page_meta(
         model, kind="image", source=name, image=f"{DATA_FOLDER}/{IMAGE_NAME}", size=size,
-        grid=[grid, grid], tokens=n_prefix + grid * grid,
+        grid=[grid, grid], tokens=len(rollout), probe="pool_attention" in out,
+        prefix_tokens=len(rollout) - grid * grid,
         chunks={"folder": DATA_FOLDER, "blocks": keys, "rollout": "rollout"},
         colormaps=colormap_tables(), features=features, run=run,
         explain=None if explanation is None else {

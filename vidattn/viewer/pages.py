@@ -64,7 +64,8 @@ def colormap_tables(extra: str | None = None) -> dict[str, str]:
 
 def page_meta(model, **fields) -> dict:
     """What every viewer page says about the model: preset, weights, RANDOM flag, geometry of its
-    tokens, the colour tables and one colour per head, then ``fields``."""
+    tokens, the colour tables and one colour per head, then ``fields`` (which may replace any:
+    the image viewer's prefix rows count a pooling probe)."""
     p = model.preset
     return {
         "model": p.name, "weights": model.weights_label, "random": model.is_random,

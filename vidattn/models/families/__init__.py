@@ -9,9 +9,9 @@ so the model can report them. Each preset names its family (``Preset.family``).
 
 from __future__ import annotations
 
-from vidattn.models.families import dinov2, dinov3, vit
+from vidattn.models.families import clip, dinov2, dinov3, siglip, vit
 
-FAMILIES = {"vit": vit, "dinov2": dinov2, "dinov3": dinov3}
+FAMILIES = {"vit": vit, "dinov2": dinov2, "dinov3": dinov3, "clip": clip, "siglip": siglip}
 
 
 def get(name: str):

@@ -15,19 +15,19 @@ Canonical layout: the official ``.pth`` (``torch.hub`` backbones, ``block_chunks
 - Hugging Face ``Dinov2Model`` / ``Dinov2WithRegistersModel`` files (the Hub's names:
   ``embeddings.*``, ``encoder.layer.{i}.attention.attention.{query,key,value}``,
   ``layer_scale{1,2}.lambda1``, SwiGLU ``mlp.weights_in``/``weights_out``, ``layernorm``);
-- timm's ``vit_*_patch14_dinov2`` and ``vit_*_patch14_reg4_dinov2``: SwiGLU as ``mlp.fc1`` (the
-  fused w12) and ``mlp.fc2``; with registers ``reg_token`` and, as timm's ``no_embed_class``
-  layout, the CLS position folded into ``cls_token`` and ``pos_embed`` holding patches only. The
-  CLS position is then zero and the token already carries it: the same sum, ``cls + pos[0]``.
+- timm's ``vit_*_patch14_dinov2`` and ``vit_*_patch14_reg4_dinov2`` (``vit.timm_layout``):
+  SwiGLU as ``mlp.fc1`` (the fused w12) and ``mlp.fc2``; with registers ``reg_token`` and, as
+  timm's ``no_embed_class`` layout, the CLS position folded into ``cls_token`` and ``pos_embed``
+  holding patches only. The CLS position is then zero and the token already carries it: the
+  same sum, ``cls + pos[0]``.
 """
 
 from __future__ import annotations
 
 import re
 
-import numpy as np
-
-from vidattn.models.families.keys import concat, constant, rename, renames
+from vidattn.models.families.keys import rename, renames
+from vidattn.models.families.vit import timm_layout
 
 _LAYER, _WB = r"encoder\.layer\.(\d+)\.", r"\.(weight|bias)"
 _HF_RENAMES = renames([
@@ -47,8 +47,6 @@ _HF_QKV = re.compile(_LAYER + r"attention\.attention\.(query|key|value)" + _WB)
 _HF_MARKER = re.compile(r"(dinov2\.)?embeddings\.patch_embeddings\.")
 _UNUSED = re.compile(r"(embeddings\.)?mask_token$")
 _CHUNKED = re.compile(r"blocks\.\d+\.(\d+\.)")
-_TIMM_SWIGLU = renames([(r"(blocks\.\d+\.mlp\.)fc1\.(\w+)", r"\1w12.\2"),
-                        (r"(blocks\.\d+\.mlp\.)fc2\.(\w+)", r"\1w3.\2")])
 
 
 def to_canonical(tensors, preset, path):
@@ -58,11 +56,4 @@ def to_canonical(tensors, preset, path):
         return rename(tensors, _HF_RENAMES, _HF_QKV, _UNUSED, path)
     tensors = {_CHUNKED.sub(r"blocks.\1", k, count=1): v for k, v in tensors.items()
                if not _UNUSED.match(k)}
-    if preset is not None and preset.mlp == "swiglu" and any(".mlp.fc1." in k for k in tensors):
-        tensors = rename(tensors, _TIMM_SWIGLU)
-    if "reg_token" in tensors:  # timm's reg4 layout
-        tensors["register_tokens"] = tensors.pop("reg_token")
-        if "pos_embed" in tensors and preset is not None:
-            zero = constant(np.zeros((1, 1, preset.embed_dim)))
-            tensors["pos_embed"] = concat([zero, tensors["pos_embed"]], axis=1)
-    return tensors
+    return timm_layout(tensors, preset, path)

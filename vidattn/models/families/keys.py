@@ -12,7 +12,7 @@ import numpy as np
 from vidattn.errors import VidattnError
 from vidattn.models.formats import LazyTensor, load_tensor
 
-__all__ = ["concat", "constant", "rename", "renames"]
+__all__ = ["concat", "constant", "rename", "renames", "transformed"]
 
 
 def renames(pairs):
@@ -23,6 +23,12 @@ def renames(pairs):
 def concat(parts, axis=0) -> LazyTensor:
     """One lazy tensor: ``parts`` (tensors or lazy tensors) concatenated along ``axis``."""
     return LazyTensor(lambda: np.concatenate([load_tensor(p) for p in parts], axis=axis))
+
+
+def transformed(value, fn) -> LazyTensor:
+    """One lazy tensor: ``fn`` (a reshape, a slice of rows) of ``value`` (a tensor or lazy
+    tensor), applied when it is read."""
+    return LazyTensor(lambda: fn(load_tensor(value)))
 
 
 def constant(value) -> LazyTensor:

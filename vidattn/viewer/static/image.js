@@ -141,7 +141,9 @@
   function describeQuery() {
     const q = state.query - nPrefix;
     $("query").textContent = q < 0
-      ? "query: the CLS token (click a patch to see its row)"
+      ? (info.probe ? "query: the pooling probe, which reads the last block's output (click a "
+                      + "patch to see its row)"
+                    : "query: the CLS token (click a patch to see its row)")
       : `query: patch row ${Math.floor(q / gw)}, column ${q % gw}`;
   }
 
@@ -324,6 +326,7 @@
     describeQuery();
   };
   VA.controls(info, state, () => { sync(); similarity(); render(); });
+  if (info.probe) $("cls").textContent = "show the pooling probe's row";
   $("cls").addEventListener("click", () => { state.query = 0; sync(); render(); });
   stage.addEventListener("click", (e) => {
     const cell = VA.cellAt(e, stage, geo, gh, gw);
