@@ -3,7 +3,8 @@
 - Parity with ``transformers``' ``CLIPVisionModel`` and ``SiglipVisionModel`` (eager attention)
   on random peaked weights, read through vidattn from the publishers' file layouts (a
   ``CLIPModel`` safetensors with its text half, ``save_pretrained`` files, an OpenCLIP state
-  dict), at the native size, a smaller one and a non-square one (``interpolate_pos_encoding``):
+  dict), at the native size, a smaller one and a non-square one (``interpolate_pos_encoding``;
+  for OpenCLIP's weights, OpenCLIP's own antialiased resize of the position table):
   every block's attention within 1e-5, the features (``pooler_output``) and patch tokens, the
   MAP head's probe attention (from the head's own ``nn.MultiheadAttention``) against
   ``attention="cls"``, and rollout from the probe against the full product.
@@ -21,7 +22,7 @@ from safetensors.torch import save_file
 
 import vidattn
 from tests.support.clip import (clip_model_file, openclip_state_dict, peaky_reference,
-                                reference_run, timm_state_dict)
+                                reference_run, resize_as_openclip, timm_state_dict)
 from tests.support.study import study_rollout
 from vidattn.attention import (class_rows, cls_maps, head_mean, peak_location, rollout_map,
                                rollout_matrix)
@@ -47,6 +48,7 @@ def pair(request, tmp_path_factory):
     elif request.param == "openclip":
         path = folder / "open_clip_pytorch_model.bin"
         torch.save(openclip_state_dict(reference), path)
+        resize_as_openclip(reference)  # (our preset's pos_resize "antialias")
     else:
         reference.save_pretrained(folder)
         path = folder / "model.safetensors"

@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from transformers import ViTImageProcessor
 
 import vidattn
 from tests.support import publishers
 from vidattn.errors import VidattnError
 from vidattn.models.configs import describe, is_model_source, read_model
+from vidattn.preprocess import NORMALIZATIONS, _mean_std
 
 
 def _reference(model, images):
@@ -77,6 +79,10 @@ def test_fields_are_read_as_each_publisher_gives_them(tmp_path):
                                                                      "imagenet")
     assert (phikon.layer_norm_eps, phikon.num_classes) == (1e-12, 0)
     assert (vitc.num_classes, vitc.class_names) == (3, ("cat", "dog", "teapot"))
+    # no preprocessor_config.json: what transformers' ViTImageProcessor would then use
+    processor = ViTImageProcessor()
+    assert np.allclose(NORMALIZATIONS[vitc.preprocessing],
+                       _mean_std(processor.image_mean, processor.image_std))
     reg = made["dinov2_registers"]
     assert (reg.num_register_tokens, reg.mlp, reg.hidden, reg.pos_resize) == (4, "swiglu", 176,
                                                                               "antialias")
@@ -148,32 +154,37 @@ def _one_line(excinfo, *words):
 _rewrite = publishers.rewrite_json
 
 
-@pytest.mark.parametrize("changes,words", [
-    ({"num_attention_heads": 5}, ["config.json", "hidden size 64 is not divisible by 5 heads"]),
-    ({"model_type": "swin"}, ["config.json", "model_type 'swin'"]),
-    ({"hidden_size": 96}, ["model.safetensors", "width 96", "(64, 3, 14, 14)"]),
-    ({"num_hidden_layers": 3}, ["model.safetensors", "3 blocks", "hold 2"]),
-    ({"image_size": 70}, ["model.safetensors", "image size 70", "pos_embed has 17 rows"]),
-    ({"qkv_bias": False}, ["config.json", "qkv_bias=false is not supported"]),
-    ({"hidden_act": "relu"}, ["config.json", "hidden_act", "'relu'"]),
-    ({"patch_size": [14, 16]}, ["config.json", "patch_size", "not square"]),
-])
-def test_bad_hugging_face_config_is_one_line(tmp_path, changes, words):
-    publishers.publish_rad_dino(tmp_path)
-    _rewrite(tmp_path / "config.json", **changes)
-    with pytest.raises(VidattnError) as excinfo:
-        read_model(str(tmp_path))
-    _one_line(excinfo, *words)
-
-
-@pytest.mark.parametrize("changes,words", [
-    ({"architecture": "eva02_large_patch14_448"}, ["config.json", "eva02_large_patch14_448"]),
-    ({"model_args__mlp_layer": "timm.layers.GluMlp"}, ["config.json", "mlp_layer GluMlp"]),
-    ({"model_args__global_pool": "avg"}, ["config.json", "global_pool 'avg'"]),
-    ({"model_args__qk_norm": True}, ["config.json", "qk_norm=true is not supported"]),
-])
-def test_bad_timm_config_is_one_line(tmp_path, changes, words):
-    publishers.publish_virchow2(tmp_path)
+@pytest.mark.parametrize("publish,changes,words", [
+    (publishers.publish_rad_dino, {"num_attention_heads": 5},
+     ["config.json", "hidden size 64 is not divisible by 5 heads"]),
+    (publishers.publish_rad_dino, {"model_type": "swin"}, ["config.json", "model_type 'swin'"]),
+    (publishers.publish_rad_dino, {"model_type": [3, 4]}, ["config.json", "model_type [3, 4]"]),
+    (publishers.publish_rad_dino, {"hidden_size": 96},
+     ["model.safetensors", "width 96", "(64, 3, 14, 14)"]),
+    (publishers.publish_rad_dino, {"num_hidden_layers": 3}, ["model.safetensors", "3 blocks",
+                                                              "hold 2"]),
+    (publishers.publish_rad_dino, {"image_size": 70},
+     ["model.safetensors", "image size 70", "pos_embed has 17 rows"]),
+    (publishers.publish_rad_dino, {"mlp_ratio": 3}, ["model.safetensors", "feed-forward width"]),
+    (publishers.publish_rad_dino, {"qkv_bias": False},
+     ["config.json", "qkv_bias=false is not supported"]),
+    (publishers.publish_rad_dino, {"hidden_act": "relu"}, ["config.json", "hidden_act", "'relu'"]),
+    (publishers.publish_rad_dino, {"patch_size": [14, 16]},
+     ["config.json", "patch_size", "not square"]),
+    (publishers.publish_virchow2, {"architecture": "eva02_large_patch14_448"},
+     ["config.json", "eva02_large_patch14_448"]),
+    (publishers.publish_virchow2, {"architecture": []}, ["config.json", "architecture []"]),
+    (publishers.publish_virchow2, {"model_args__mlp_layer": "timm.layers.GluMlp"},
+     ["config.json", "mlp_layer GluMlp"]),
+    (publishers.publish_virchow2, {"model_args__global_pool": "avg"},
+     ["config.json", "global_pool 'avg'"]),
+    (publishers.publish_virchow2, {"model_args__qk_norm": True},
+     ["config.json", "qk_norm=true is not supported"]),
+    (publishers.publish_virchow2, {"model_args__reg_tokens": 2 ** 40},
+     ["model.safetensors", "1099511627776 register tokens"]),
+], ids=lambda v: getattr(v, "__name__", None))
+def test_bad_config_is_one_line(tmp_path, publish, changes, words):
+    publish(tmp_path)
     _rewrite(tmp_path / "config.json", **changes)
     with pytest.raises(VidattnError) as excinfo:
         read_model(str(tmp_path))

@@ -181,7 +181,7 @@ def test_planted_peaks_on_non_square_inputs(hw, box, registers):
     img[box] = (255, 0, 0)
     grid = (hw[0] // 16, hw[1] // 16)
     out = model.run(normalize(img[None], "imagenet"), attention="all", rollout=True)
-    heads = pr.head_maps(model, out["attention"], grid)[0]
+    heads = pr.head_maps(model, out, grid)[0]
     shares = pr.register_shares(model, out["attention"])[0]
     assert shares.shape == (2, 2) and ((shares > 0.5) if registers else (shares == 0)).all()
     rollout = pr.rollout_maps(model, out["rollout"], grid)[0]

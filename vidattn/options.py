@@ -25,6 +25,7 @@ __all__ = [
 
 DEFAULT_PRESET = "dino_vits16"  # the model of the commands and of vidattn.probe / vidattn.render
 DEFAULT_SIZE = 224  # the resolution the presets were trained at (DINOv2's 518 aside)
+DEFAULT_RESAMPLE = "bicubic"  # the study's resize filter (a preset's ``resample`` may differ)
 DEFAULT_BATCH = 8
 DEFAULT_THRESHOLD = 0.6  # DINO's masks keep 60 % of each head's attention mass
 VIEWS = ("heads", "mean", "masks", "rollout", "pca", "similarity", "explain", "side-by-side")

@@ -26,7 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from vidattn.backend import keras
 from vidattn.cells import grid_shape
 from vidattn.errors import VidattnError
-from vidattn.options import DEFAULT_SIZE
+from vidattn.options import DEFAULT_RESAMPLE, DEFAULT_SIZE
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -47,7 +47,6 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_RESAMPLE = "bicubic"  # the study's resize filter (a preset's ``resample`` may differ)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's, also OpenCLIP's default
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 

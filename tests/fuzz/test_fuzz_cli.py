@@ -146,7 +146,7 @@ def test_batch_command_over_a_messy_tree(tmp_path, ray):
     out = (tmp_path / "out").resolve()
     assert all((out / r["output"]).resolve().is_relative_to(out) for r in records)
     assert all((out / r["output"]).exists() for r in records if r["status"] == "ok")
-    outside = {p.name for p in tmp_path.iterdir()}
+    outside = {p.name for p in tmp_path.iterdir()} - {"vidattn-home"}  # (its compile cache)
     assert outside == {"in", "out"} and partial_files(tmp_path) == []
 
 

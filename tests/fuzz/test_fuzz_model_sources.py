@@ -211,9 +211,6 @@ _CONFIG = {"vit_classifier": "config.json", "dinov2_registers": "config.json",
               "2^40, strings, lists, objects)",
               "read and loaded (a forward pass gives finite features), or one error naming the "
               "config or the weights"))
-@pytest.mark.xfail(raises=TypeError, strict=False,
-                   reason="configs.read_model: an unhashable model_type / timm architecture "
-                   "(a list) raises TypeError, not VidattnError (reported to its owner, B1)")
 @examples(15)
 @given(data=st.data())
 def test_mutated_configs_load_or_fail_cleanly(data, seeds, scratch):

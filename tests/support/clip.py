@@ -71,6 +71,26 @@ def reference_run(model, images):
             probe)
 
 
+def resize_as_openclip(model):
+    """Make the reference ``CLIPVisionModel`` resize its position table as OpenCLIP does when
+    a model is made at another image size (``open_clip``'s ``resize_pos_embed``): the class
+    row kept, the grid by ``interpolate(size=grid, mode="bicubic", antialias=True,
+    align_corners=False)``, where transformers' CLIP interpolates without antialiasing."""
+    embeddings = model.embeddings
+
+    def interpolate(tokens, height, width):
+        table = embeddings.position_embedding.weight
+        old, p, dim = int(round((len(table) - 1) ** 0.5)), embeddings.patch_size, table.shape[1]
+        grid = table[1:].reshape(1, old, old, dim).permute(0, 3, 1, 2)
+        grid = torch.nn.functional.interpolate(grid, size=(height // p, width // p),
+                                               mode="bicubic", antialias=True,
+                                               align_corners=False)
+        return torch.cat([table[:1], grid.permute(0, 2, 3, 1).reshape(-1, dim)])[None]
+
+    embeddings.interpolate_pos_encoding = interpolate
+    return model
+
+
 def clip_model_file(model, path):
     """The vision half of a ``CLIPModel`` safetensors as the hub holds it: ``vision_model.``
     names beside a text tower, the projections, ``logit_scale`` and the ``position_ids``."""

@@ -204,7 +204,8 @@ _HF = {  # model_type -> how transformers reads that config.json
     "vit": Format("transformers ViTModel", _hf_common(768, 12, 12, 1e-12, 224, 16) + (
         Key("intermediate_size", "mlp_hidden", 3072, _positive),
         Key("hidden_act", "act", "gelu", _act), Key("qkv_bias", None, True),
-    ), {"family": "vit", "pos_resize": "size"}),
+    ), {"family": "vit", "pos_resize": "size",
+        "preprocessing": "minus_one_one"}),  # ViTImageProcessor's default: mean = std = 0.5
     "dinov2": Format("transformers Dinov2Model", _hf_common(768, 12, 12, 1e-6, 224, 14)
                      + _DINOV2_KEYS,
                      {"family": "dinov2", "layer_scale": True, "pos_resize": "size"}, _dinov2_mlp),
@@ -426,12 +427,12 @@ def _hf_config(config: dict, path) -> tuple[dict, dict]:
     ``vision_config``."""
     model_type = config.get("model_type")
     prefix = ""
-    if model_type in _HF_TOWERS:
+    if isinstance(model_type, str) and model_type in _HF_TOWERS:
         if not isinstance(config.get("vision_config", {}), dict):
             raise VidattnError("vision_config is not an object", path)
         config, prefix, model_type = config.get("vision_config", {}), "vision_config.", \
             _HF_TOWERS[model_type]
-    if model_type not in _HF:
+    if not isinstance(model_type, str) or model_type not in _HF:
         raise VidattnError(f"model_type {model_type!r} is not one vidattn reads (known: "
                            f"{', '.join([*_HF, *_HF_TOWERS])}, or timm's and OpenCLIP's configs)",
                            path)
@@ -503,7 +504,7 @@ def _timm_config(config: dict, path) -> tuple[dict, dict]:
     ``input_size`` as ``timm.create_model`` takes it; mean, std and interpolation from
     ``pretrained_cfg``; class names from ``label_names``."""
     arch = config.get("architecture")
-    if arch not in TIMM_ARCHITECTURES:
+    if not isinstance(arch, str) or arch not in TIMM_ARCHITECTURES:
         raise VidattnError(f"timm architecture {arch!r} is not one vidattn reads (known: the "
                            f"vision_transformer names {', '.join(TIMM_ARCHITECTURES)})", path)
     model_args = config.get("model_args") or {}
@@ -528,7 +529,8 @@ def _timm_config(config: dict, path) -> tuple[dict, dict]:
             raise VidattnError(f"pretrained_cfg mean/std: {exc}", path) from None
         origins["preprocessing"] = "config.json pretrained_cfg.mean, std"
     if "interpolation" in pretrained:
-        if pretrained["interpolation"] not in _TIMM_RESAMPLE:
+        if not isinstance(pretrained["interpolation"], str) \
+                or pretrained["interpolation"] not in _TIMM_RESAMPLE:
             raise VidattnError(f"pretrained_cfg.interpolation {pretrained['interpolation']!r}",
                                path)
         fields["resample"] = _TIMM_RESAMPLE[pretrained["interpolation"]]
@@ -747,8 +749,8 @@ def _read_local(source: str) -> _Read:
                         if (folder / _HF_PREPROCESSOR).is_file() else None)
         fields, origins, code = _from_config(config_name, config, folder / config_name,
                                              preprocessor)
-        return _Read(fields, origins, folder.name, code, str(folder), folder / config_name,
-                     weights)
+        return _Read(fields, origins, folder.resolve().name, code, str(folder),
+                     folder / config_name, weights)
     if given is None:
         found = sorted(p for p in folder.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
         if len(found) != 1:
@@ -769,11 +771,11 @@ def _hub_file(repo: str, name: str) -> Path | None:
     from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError,
                                         LocalEntryNotFoundError, RepositoryNotFoundError)
 
-    from vidattn.models.hub import _check_reachable
+    from vidattn.models.hub import check_reachable
 
     try:
         if not constants.HF_HUB_OFFLINE:
-            _check_reachable(constants.ENDPOINT)
+            check_reachable(constants.ENDPOINT)
         return Path(hf_hub_download(repo, name))
     except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError)
         if constants.HF_HUB_OFFLINE:
@@ -832,8 +834,9 @@ def _read_hub(repo: str) -> _Read:
 
 
 def _check(preset: Preset, weights: Path):
-    """What is cheap to check against the weights before a model is built: the patch
-    embedding's shape (width, patch), the block count and the learned position grid."""
+    """What is cheap to check against the weights before a model is built (and a wrong config
+    would otherwise allocate for): the patch embedding's shape (width, patch), the block count,
+    the register tokens, the feed-forward width and the learned position grid."""
     from vidattn.models import families
     from vidattn.models.state_dict import network_tensors
 
@@ -852,6 +855,18 @@ def _check(preset: Preset, weights: Path):
         if blocks and max(blocks) + 1 != preset.depth:
             raise VidattnError(f"the config says {preset.depth} blocks, the weights hold "
                                f"{max(blocks) + 1}", weights)
+        rows = (load_tensor(tensors["register_tokens"]).shape[1]
+                if "register_tokens" in tensors else 0)
+        if rows != preset.num_register_tokens:
+            raise VidattnError(f"the config says {preset.num_register_tokens} register tokens, "
+                               f"the weights hold {rows}", weights)
+        for name, factor in (("fc1", 1), ("w12", 2)):  # GELU's fc1, SwiGLU's fused gate and up
+            if f"blocks.0.mlp.{name}.weight" in tensors:
+                rows = load_tensor(tensors[f"blocks.0.mlp.{name}.weight"]).shape[0]
+                if rows != factor * preset.hidden:
+                    raise VidattnError(f"the config says a feed-forward width of "
+                                       f"{preset.hidden}, the weights' is {rows // factor}",
+                                       weights)
         if preset.position == "learned" and "pos_embed" in tensors:
             rows = load_tensor(tensors["pos_embed"]).shape[1]
             if rows != preset.num_class_tokens + preset.grid_size**2:

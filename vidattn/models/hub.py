@@ -207,7 +207,7 @@ def _from_hugging_face(preset) -> Path:
     hub_logger.setLevel(logging.ERROR)  # its retry warnings would break our one-line errors
     try:
         if not constants.HF_HUB_OFFLINE:
-            _check_reachable(constants.ENDPOINT)
+            check_reachable(constants.ENDPOINT)
         return Path(hf_hub_download(repo, name))
     except (OSError, HfHubHTTPError, ValueError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
@@ -221,7 +221,7 @@ def _from_hugging_face(preset) -> Path:
         hub_logger.setLevel(level)
 
 
-def _check_reachable(endpoint: str):
+def check_reachable(endpoint: str):
     """Raise OSError unless a TCP connection to ``endpoint``'s host opens within the timeout."""
     parts = urllib.parse.urlparse(endpoint)
     port = parts.port or (443 if parts.scheme == "https" else 80)

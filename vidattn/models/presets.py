@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from vidattn.cells import grid_shape
 from vidattn.demo.classes import CLASSES
+from vidattn.options import DEFAULT_RESAMPLE
 
 __all__ = ["PRESETS", "Preset", "get_preset", "with_stride"]
 
@@ -105,7 +106,7 @@ class Preset:
     class_names: tuple[str, ...] = ()
     image_size: int = 224
     preprocessing: str | tuple = "imagenet"
-    resample: str = "bicubic"
+    resample: str = DEFAULT_RESAMPLE
     weights_url: str | None = None
     hf_repo: str | None = None
     hf_file: str = "model.safetensors"
