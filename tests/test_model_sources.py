@@ -118,7 +118,8 @@ def test_top5_names_are_the_classifiers_id2label(tmp_path, published):
                  "--probes", "heads", "--quiet")
     assert result.exit_code == 0, result.output
     top5 = json.loads((out / "chelsea" / "probes.json").read_text())["top5"]
-    x = preprocess_image(load_image(CHELSEA), "imagenet", 48)
+    # no preprocessor_config.json: ViTImageProcessor's default mean = std = 0.5
+    x = preprocess_image(load_image(CHELSEA), "minus_one_one", 48)
     with torch.no_grad():
         logits = reference(pixel_values=torch.from_numpy(x).permute(0, 3, 1, 2)).logits[0]
     probs = torch.softmax(logits.double(), 0).numpy()

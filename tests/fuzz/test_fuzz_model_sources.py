@@ -136,8 +136,8 @@ CASES = [
      "config says 3 blocks, the weights hold 2"),
     ("other weights", "a classifier's config.json beside another model's weights (same width "
      "and patch, another grid, feed-forward and no head)",
-     "error naming the weights: the config says a 6 x 6 grid, pos_embed has 17 rows",
-     _other_weights, "config says image size 48 .* pos_embed has 17 rows"),
+     "error naming the weights: the config says a feed-forward width of 192, the weights' "
+     "is 256", _other_weights, "config says a feed-forward width of 192, the weights' is 256"),
     ("unknown type", "a config.json with model_type swin",
      "error naming config.json: model_type 'swin' is not one vidattn reads (lists them)",
      _unknown_type, "model_type 'swin' is not one vidattn reads"),
