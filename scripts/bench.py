@@ -31,8 +31,10 @@ Parts (all by default, in this order):
   ``output_attentions`` for "last", sdpa without attentions for "none"), each timed in
   alternation with ours on the same pixels: the "ours vs torch" rows' ratio (> 1: ours is
   faster) compares calls made in the same seconds.
-- ``families``: ``Model.run(attention="last")`` of dinov2_vits14_reg and dinov3_vits16 (random
-  weights) against Hugging Face's ``Dinov2WithRegistersModel`` and ``DINOv3ViTModel`` with eager
+- ``families``: ``Model.run(attention="last")`` of dinov2_vits14_reg, dinov3_vits16,
+  clip_vitb16 and siglip2_vitb16 (random weights) against Hugging Face's
+  ``Dinov2WithRegistersModel``, ``DINOv3ViTModel``, ``CLIPVisionModel`` and
+  ``SiglipVisionModel`` (its MAP head included) with eager
   attention returning every block's attention (the only way it gives attention), at 224x224 and
   224x400 (224x392 for patch 14), batch 8, timed in alternation.
 - ``ceiling``: float32 matmul GFLOP/s on the active Keras backend (2048^3 and the model's largest
@@ -121,7 +123,7 @@ from vidattn.runtime import keep_freed_memory  # noqa: E402
 
 PARTS = ("startup", "vs-dino", "model", "torch", "families", "ceiling", "e2e", "memory", "fullres",
          "rollout", "batch", "viewer", "track", "explain")
-FAMILY_PRESETS = ("dinov2_vits14_reg", "dinov3_vits16")
+FAMILY_PRESETS = ("dinov2_vits14_reg", "dinov3_vits16", "clip_vitb16", "siglip2_vitb16")
 FAMILY_HW = ((224, 224), (224, 400))  # the width is rounded down to whole patches (392 at 14)
 PRESET = "dino_vits16"
 ROLLOUT_PRESET = "dino_vits8"
@@ -640,14 +642,18 @@ def part_torch(bench):
 def part_families(bench):
     import torch
 
+    from tests.support.clip import hf_vision
     from tests.support.families import hf_dinov2, hf_dinov3
 
     torch.set_num_threads(os.cpu_count())
     device = bench.args.torch_device
+    references = {"dinov2": hf_dinov2, "dinov3": hf_dinov3, "clip": hf_vision,
+                  "siglip": hf_vision}
     for name in FAMILY_PRESETS:
         preset = get_preset(name)
-        reference = (hf_dinov2 if preset.family == "dinov2" else hf_dinov3)(preset)
-        reference = reference.eval().to(device)
+        reference = references[preset.family](preset).eval().to(device)
+        # CLIP and SigLIP resize their positions only when asked; DINOv2 and DINOv3 always do
+        resize = {"interpolate_pos_encoding": True} if preset.family in ("clip", "siglip") else {}
         ours = bench.model(name)
         p = preset.patch_size
         for hw in FAMILY_HW:
@@ -657,7 +663,7 @@ def part_families(bench):
 
             def call(x=x):
                 with torch.inference_mode():
-                    out = reference(pixel_values=x, output_attentions=True)
+                    out = reference(pixel_values=x, output_attentions=True, **resize)
                     out.last_hidden_state[:, 0].cpu().numpy()
                     out.attentions[-1].cpu().numpy()
 
