@@ -18,8 +18,8 @@ Parts (all by default, in this order):
   kept there (``runtime.keep_compiled_programs``), the backends alternating, 3 rounds.
 - ``vs-dino`` (only with ``--dino-repo PATH``, a checkout of facebookresearch/dino): DINO's own
   ``video_generation.py --resize 224`` against ``vidattn video --view mean --size 224``, whole
-  fresh processes timed in alternation (3 rounds) on generated 720p clips with audio of 200 and
-  30 frames, from the same random dino_vits16 checkpoint in DINO's .pth layout. torchvision,
+  fresh processes timed in alternation (3 rounds) on generated 720p clips with audio of 200, 30
+  and 600 frames, from the same random dino_vits16 checkpoint in DINO's .pth layout. torchvision,
   which DINO's script imports, is replaced by a stand-in written to a temporary folder on that
   subprocess's PYTHONPATH (``TORCHVISION_STANDIN``).
 - ``model``: ``Model.run`` throughput of dino_vits16 (random weights) at 224x224 and at the video
@@ -446,7 +446,8 @@ def part_startup(bench):
 
 # -- part: vs-dino ---------------------------------------------------------------------------
 
-DINO_CLIPS = (200, 30)  # frames of the 720p clips: a long run, and one where start-up dominates
+# frames of the 720p clips: a long run, one where start-up dominates, and one where it is small
+DINO_CLIPS = (200, 30, 600)
 DINO_ROUNDS = 3
 # torchvision, which DINO's video_generation.py imports, cannot be installed beside this torch:
 # a stand-in with what that script calls (transforms.Compose, ToTensor, Resize of the short side,
@@ -530,7 +531,7 @@ def part_vs_dino(bench):
     batch 1, torch eager, frames and head-mean heatmaps through JPEG files, no overlay, no audio)
     against ``vidattn video --view mean`` (overlay, the input's audio), each a whole fresh process
     on the same 720p clip with audio, short side 224, the same official-format checkpoint;
-    timed in alternation, ``DINO_ROUNDS`` rounds, on a long clip and a short one."""
+    timed in alternation, ``DINO_ROUNDS`` rounds, on a long clip, a short one and a longer one."""
     repo = bench.args.dino_repo
     if repo is None:
         print("vs-dino: skipped (no --dino-repo)", file=sys.stderr)

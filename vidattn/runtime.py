@@ -5,11 +5,15 @@ Rendering a 720p video makes a dozen 1-4 MB arrays per frame (decoded frame, hea
 blend, YUV planes). glibc serves blocks that large with fresh ``mmap`` calls and returns them on
 ``free``, so every frame pays a page fault for each of ~3,000 new 4 KiB pages: measured here, 12 of
 the 21 ms an overlay takes at 720p. Keeping freed memory in the heap lets the next frame reuse the
-same pages: blocks under ``_KEEP_BYTES`` (32 MiB: a float32 RGB 1080p frame is 25 MB) come from
+same pages: blocks under ``_KEEP_BYTES`` (16 MiB: a float32 RGB 720p frame is 11 MB) come from
 the heap, and the heap keeps up to that much free memory at its top. The heap's holes and free
 top are not handed back between frames, so the limit is small: with 256 MiB a 720p render's
-peak RSS kept growing with its length (1,382 MiB after 60 frames, 1,487 after 200); with 32 MiB
-it levels off (1,410 and 1,447), the frames' pages still reused.
+peak RSS kept growing with its length (1,382 MiB after 60 frames, 1,487 after 200). With 32 MiB
+a 360p render still grew in steps of 21 MiB, one every few hundred frames, to 1,238 MiB after
+1,500 frames (the block is not a NumPy array: tracemalloc sees none that large, so it is the
+backend's or the codecs'); with 16 MiB that block is mapped afresh on each use, and the peak
+levels off: 1,041, 1,088 and 1,085 MiB after 60, 600 and 1,500 frames (``scripts/bench.py
+--only memory``). A 1080p frame's float32 arrays (25 MB) are mapped afresh too.
 
 But each thread that allocates gets an arena of its own, and each arena keeps its freed memory:
 with a reader, a preparing and a rendering thread beside the main one, a 400-frame track grew by
@@ -45,7 +49,7 @@ _M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 ARENAS = 2
-_KEEP_BYTES = 32 * 2**20  # blocks under this come from the heap; the heap keeps this much free
+_KEEP_BYTES = 16 * 2**20  # blocks under this come from the heap; the heap keeps this much free
 
 
 def keep_freed_memory() -> bool:
